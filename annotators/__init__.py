@@ -1,0 +1,3 @@
+"""annotators"""
+
+import paraforge_compat  # noqa: F401  (first, in every process)

@@ -1,0 +1,3 @@
+"""jobs"""
+
+import paraforge_compat  # noqa: F401  (first, in every process)

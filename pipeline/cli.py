@@ -1,0 +1,40 @@
+"""The `pipeline` command: the root only registers command groups; each lives in pipeline/commands."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+import paraforge_compat  # noqa: F401
+from pipeline.commands import demo_data, ingest, versions
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  help="paraforge data pipeline: ingest, annotate, tokenize, dataset versions.")
+app.command("ingest")(ingest.ingest)
+app.command("demo-data")(demo_data.demo_data)
+app.add_typer(versions.app, name="versions")
+
+
+def run(typer_app: typer.Typer) -> None:
+    """Invoke a Typer app with one error formatter: user errors print one line, exit 2."""
+    try:
+        typer_app(standalone_mode=False)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+def main() -> None:
+    run(app)

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.config import load_config
+
+Opt = typer.Option
+
+
+def parse_columns(text: str | None) -> dict[str, str] | None:
+    """"input_image=src,output_image=edited" -> {"input_image": "src", ...}."""
+    if not text:
+        return None
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError(f"--columns {text!r}: expected canonical=source_column[,...]")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def ingest(
+    sources: Annotated[list[str], typer.Argument(help="JSONL/Parquet files, folders, HF datasets on disk, tars")],
+    dataset: Annotated[str, Opt("--dataset", help="dataset name in the registry")],
+    format: Annotated[str, Opt(help="auto|jsonl|parquet|folder|hf|webdataset")] = "auto",
+    columns: Annotated[Optional[str], Opt(help="column mapping, e.g. input_image=src,output_image=edited")] = None,
+    allow_remote: Annotated[bool, Opt("--allow-remote", help="fetch image URLs")] = False,
+    min_side: Annotated[Optional[int], Opt(help="reject images whose shorter side is smaller")] = None,
+    max_aspect_ratio: Annotated[Optional[float], Opt(help="reject images more elongated than this")] = None,
+    max_pixels: Annotated[Optional[int], Opt(help="decompression-bomb guard, checked before decoding")] = None,
+    max_instruction_chars: Annotated[Optional[int], Opt()] = None,
+    batch_size: Annotated[Optional[int], Opt()] = None,
+    registry: Annotated[Optional[str], Opt(help="registry root (else $PARAFORGE_REGISTRY, ./paraforge-data)")] = None,
+    ray_address: Annotated[Optional[str], Opt(help="Ray cluster (else $RAY_ADDRESS, else a local Ray)")] = None,
+    config: Annotated[Optional[str], Opt(help="YAML config file")] = None,
+    set_: Annotated[Optional[list[str]], Opt("--set", help="key=value config override, repeatable")] = None,
+    progress: Annotated[bool, Opt(help="show progress bars")] = True,
+) -> None:
+    """Validate and version editing/generation sources; prints the new version id last."""
+    from pipeline.ingest import IngestConfig, accounting_table, run_ingest
+
+    cfg = load_config(IngestConfig, config, set_, sources=sources, dataset=dataset, format=format,
+                      columns=parse_columns(columns), allow_remote=allow_remote or None,
+                      min_side=min_side, max_aspect_ratio=max_aspect_ratio, max_pixels=max_pixels,
+                      max_instruction_chars=max_instruction_chars, batch_size=batch_size,
+                      registry=registry, ray_address=ray_address)
+    manifest = run_ingest(cfg, progress=progress)
+    print(accounting_table(manifest))
+    print(f"published {manifest.ref} ({len(manifest.shards)} shard(s), "
+          f"{sum(s.bytes for s in manifest.shards) / 1e6:.1f} MB)")
+    print(manifest.version)

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.registry import DatasetRegistry
+
+app = typer.Typer(no_args_is_help=True, help="Dataset versions: list, show, diff, tag.")
+Registry = Annotated[Optional[str], typer.Option(help="registry root (else $PARAFORGE_REGISTRY, ./paraforge-data)")]
+Json = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+@app.command("list")
+def list_(name: str, registry: Registry = None, json_: Json = False) -> None:
+    """Versions of a dataset, oldest first."""
+    versions = DatasetRegistry(registry).versions(name)
+    if json_:
+        print(json.dumps([m.to_dict() for m in versions], indent=2, sort_keys=True))
+        return
+    if not versions:
+        raise ValueError(f"dataset {name!r} has no versions")
+    print(f"{'version':<18} {'stage':<9} {'schema':<12} {'rows':>8} {'quar.':>6} {'dups':>5}  created_at                 tags")
+    for m in versions:
+        c = m.counts
+        print(f"{m.version:<18} {m.stage:<9} {m.schema:<12} {c.output:>8} {c.quarantined:>6} {c.duplicates:>5}  "
+              f"{m.created_at[:26]:<26} {','.join(m.tags)}")
+
+
+@app.command()
+def show(ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@TAG")],
+         registry: Registry = None, json_: Json = False) -> None:
+    """One version's manifest (NAME alone = latest)."""
+    m = DatasetRegistry(registry).resolve(ref)
+    if json_:
+        print(m.to_json())
+        return
+    print(f"{m.ref}  stage={m.stage} schema={m.schema} parent={m.parent} created_at={m.created_at}")
+    print(f"tags: {', '.join(m.tags) or '-'}")
+    print(m.counts.line())
+    for reason, n in m.stats.get("quarantine_reasons", {}).items():
+        print(f"  quarantined {reason}: {n}")
+    for s in m.shards + m.quarantine_shards:
+        print(f"  {s.path}  rows={s.rows} bytes={s.bytes} sha256={s.sha256[:16]}")
+    print(f"lineage: {m.lineage.get('command')} (paraforge {m.lineage.get('package_version')}, "
+          f"git {m.lineage.get('git_revision')})")
+
+
+@app.command()
+def diff(a: str, b: str, registry: Registry = None, json_: Json = False) -> None:
+    """Rows added, removed and changed from A to B, by sample_id."""
+    d = DatasetRegistry(registry).diff(a, b)
+    if json_:
+        print(json.dumps(d, indent=2))
+        return
+    print(f"{d['a']} -> {d['b']}: +{d['added']} added, -{d['removed']} removed, "
+          f"~{d['changed']} changed, ={d['unchanged']} unchanged")
+    for kind in ("added", "removed", "changed"):
+        for sid in d["examples"][kind]:
+            print(f"  {kind:<8} {sid}")
+
+
+@app.command()
+def tag(ref: str, tag: str, registry: Registry = None) -> None:
+    """Point TAG at a version (tags move; versions never change)."""
+    m = DatasetRegistry(registry).tag(ref, tag)
+    print(f"{m.dataset}@{tag} -> {m.version}")

@@ -1,0 +1,307 @@
+"""The dataset registry: immutable, content-addressed versions on any pyarrow filesystem.
+
+Layout under the root (a local path or a URI such as s3://bucket/prefix):
+
+    <dataset>/versions/<id>/manifest.json      the VersionManifest; its presence makes the version
+    <dataset>/versions/<id>/shards/*.arrow     Arrow IPC files (uncompressed: memory-mappable)
+    <dataset>/versions/<id>/quarantine/*.arrow rejected rows, schema quarantine/1
+    <dataset>/tags/<tag>                       a version id; tags move, versions never change
+    <dataset>/_staging/<uuid>/                 a version being written; never read
+
+A version id is a hash of its content (stage, schema, parent, shard hashes, counts), so the same
+inputs give the same id. Publishing is one atomic rename of the staging folder on a local disk; on
+object stores, where folders cannot be renamed, the shards move first and the manifest is written
+last, in one PUT: either way a reader never sees a version without all its shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.ipc as ipc
+
+from schemas import Counts, ShardInfo, VersionManifest, conform, get_schema, schema_name
+
+DEFAULT_ROOT = "./paraforge-data"
+TARGET_SHARD_BYTES = 256 * 1024 * 1024
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def resolve_root(root: str | None = None) -> str:
+    return root or os.environ.get("PARAFORGE_REGISTRY") or DEFAULT_ROOT
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"invalid {kind} name {name!r}: use letters, digits, '.', '_' and '-'")
+    return name
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """"NAME@VERSION_OR_TAG" -> (NAME, VERSION_OR_TAG); "NAME" -> (NAME, None)."""
+    name, _, selector = ref.partition("@")
+    return _check_name("dataset", name), (selector or None)
+
+
+class DatasetRegistry:
+    def __init__(self, root: str | None = None):
+        self.root = resolve_root(root)
+        if "://" in self.root and not self.root.startswith("file://"):
+            self.fs, self.base = pafs.FileSystem.from_uri(self.root)
+        else:
+            path = self.root.removeprefix("file://")
+            self.fs, self.base = pafs.LocalFileSystem(), os.path.abspath(path)
+        self.base = self.base.rstrip("/")
+
+    # -- paths and small files ---------------------------------------------------------------
+    def _path(self, *parts: str) -> str:
+        return "/".join((self.base, *parts))
+
+    def _read_text(self, path: str) -> str:
+        with self.fs.open_input_stream(path) as f:
+            return f.read().decode()
+
+    def _write_bytes(self, path: str, data: bytes) -> None:
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(path) as f:
+            f.write(data)
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def _children(self, path: str) -> list[str]:
+        if not self._exists(path):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(path))
+        return sorted(info.base_name for info in infos)
+
+    # -- reading -------------------------------------------------------------------------------
+    def datasets(self) -> list[str]:
+        return [d for d in self._children(self.base) if self._exists(self._path(d, "versions"))]
+
+    def versions(self, dataset: str) -> list[VersionManifest]:
+        """Published versions, oldest first. A folder without a manifest is not a version."""
+        manifests = []
+        for vid in self._children(self._path(dataset, "versions")):
+            path = self._path(dataset, "versions", vid, "manifest.json")
+            if self._exists(path):
+                manifests.append(VersionManifest.from_json(self._read_text(path)))
+        tags = self.tags(dataset)
+        manifests = [dataclasses.replace(m, tags=sorted(t for t, v in tags.items() if v == m.version))
+                     for m in manifests]
+        return sorted(manifests, key=lambda m: (m.created_at, m.version))
+
+    def tags(self, dataset: str) -> dict[str, str]:
+        return {t: self._read_text(self._path(dataset, "tags", t)).strip()
+                for t in self._children(self._path(dataset, "tags"))}
+
+    def resolve(self, ref: str) -> VersionManifest:
+        """NAME (latest), NAME@VERSION, NAME@TAG or NAME@<unique version prefix>."""
+        dataset, selector = split_ref(ref)
+        versions = self.versions(dataset)
+        if not versions:
+            raise ValueError(f"dataset {dataset!r} has no versions in registry {self.root}")
+        if selector is None:
+            return versions[-1]
+        selector = self.tags(dataset).get(selector, selector)
+        matches = [m for m in versions if m.version.startswith(selector)]
+        if len(matches) != 1:
+            known = ", ".join(m.version for m in versions)
+            what = "no version or tag" if not matches else "an ambiguous version prefix"
+            raise ValueError(f"{ref!r}: {what} {selector!r} in {dataset!r} (versions: {known})")
+        return matches[0]
+
+    def shard_paths(self, manifest: VersionManifest, quarantine: bool = False) -> list[str]:
+        shards = manifest.quarantine_shards if quarantine else manifest.shards
+        return [self._path(manifest.dataset, "versions", manifest.version, s.path) for s in shards]
+
+    def iter_batches(self, manifest: VersionManifest, columns: list[str] | None = None,
+                     quarantine: bool = False) -> Iterator[pa.RecordBatch]:
+        for path in self.shard_paths(manifest, quarantine):
+            with self.fs.open_input_file(path) as f:
+                reader = ipc.open_file(f)
+                for i in range(reader.num_record_batches):
+                    batch = reader.get_batch(i)
+                    yield batch.select(columns) if columns else batch
+
+    def read_table(self, manifest: VersionManifest, columns: list[str] | None = None,
+                   quarantine: bool = False) -> pa.Table:
+        schema = get_schema("quarantine/1" if quarantine else manifest.schema)
+        batches = list(self.iter_batches(manifest, columns, quarantine))
+        if batches:
+            return pa.Table.from_batches(batches)
+        return pa.Table.from_batches([], schema=pa.schema([schema.field(c) for c in columns])
+                                     if columns else schema)
+
+    # -- writing -------------------------------------------------------------------------------
+    def writer(self, dataset: str, stage: str, schema: pa.Schema, parent: str | None = None,
+               target_shard_bytes: int = TARGET_SHARD_BYTES) -> "VersionWriter":
+        return VersionWriter(self, _check_name("dataset", dataset), stage, schema, parent,
+                             target_shard_bytes)
+
+    def tag(self, ref: str, tag: str) -> VersionManifest:
+        manifest = self.resolve(ref)
+        self._write_bytes(self._path(manifest.dataset, "tags", _check_name("tag", tag)),
+                          manifest.version.encode())
+        return self.resolve(f"{manifest.dataset}@{manifest.version}")
+
+    def _publish(self, staging: str, manifest: VersionManifest) -> VersionManifest:
+        final = self._path(manifest.dataset, "versions", manifest.version)
+        manifest_path = final + "/manifest.json"
+        if self._exists(manifest_path):  # same content published before: versions are immutable
+            self.fs.delete_dir(staging)
+            return VersionManifest.from_json(self._read_text(manifest_path))
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            self._write_bytes(staging + "/manifest.json", manifest.to_json().encode())
+            if self._exists(final):  # a folder left by an interrupted object-store style publish
+                self.fs.delete_dir(final)
+            self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+            os.rename(staging, final)  # the one atomic step
+        else:
+            for info in self.fs.get_file_info(pafs.FileSelector(staging, recursive=True)):
+                if info.type == pafs.FileType.File:
+                    target = final + info.path[len(staging):]
+                    self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                    self.fs.move(info.path, target)
+            self._write_bytes(manifest_path, manifest.to_json().encode())  # the commit point
+            self.fs.delete_dir(staging)
+        return manifest
+
+    # -- comparing -----------------------------------------------------------------------------
+    def diff(self, ref_a: str, ref_b: str, examples: int = 10) -> dict[str, Any]:
+        """Rows added, removed and changed from A to B, keyed by sample_id. "Changed" compares the
+        columns both versions have, so a raw version diffs cleanly against its annotated child."""
+        a, b = self.resolve(ref_a), self.resolve(ref_b)
+        common = [c for c in get_schema(a.schema).names if c in get_schema(b.schema).names]
+        frames = [_row_hashes(self.read_table(m, common)) for m in (a, b)]
+        joined = frames[0].join(frames[1], on="sample_id", how="full", suffix="_b", coalesce=True)
+        added = joined.filter(pl.col("row_hash").is_null())["sample_id"]
+        removed = joined.filter(pl.col("row_hash_b").is_null())["sample_id"]
+        both = joined.filter(pl.col("row_hash").is_not_null() & pl.col("row_hash_b").is_not_null())
+        changed = both.filter(pl.col("row_hash") != pl.col("row_hash_b"))["sample_id"]
+        return {
+            "a": a.ref, "b": b.ref, "compared_columns": common,
+            "added": len(added), "removed": len(removed), "changed": len(changed),
+            "unchanged": len(both) - len(changed),
+            "examples": {"added": sorted(added.to_list())[:examples],
+                         "removed": sorted(removed.to_list())[:examples],
+                         "changed": sorted(changed.to_list())[:examples]},
+        }
+
+
+def _row_hashes(table: pa.Table) -> pl.DataFrame:
+    df = pl.from_arrow(table)
+    others = [c for c in df.columns if c != "sample_id"]
+    if not others:
+        return df.select("sample_id", pl.lit(0, pl.UInt64).alias("row_hash"))
+    return df.select("sample_id", pl.struct(others).hash(seed=0).alias("row_hash"))
+
+
+class _ShardSink:
+    """Buffers tables and writes deterministic Arrow IPC files of about `target_bytes` each.
+
+    Shards are assembled in memory and hashed before they are written, so the bytes (and thus the
+    version id) depend only on the rows, never on how upstream batches happened to be cut."""
+
+    BATCH_ROWS = 1024
+
+    def __init__(self, registry: DatasetRegistry, folder: str, prefix: str, schema: pa.Schema,
+                 target_bytes: int):
+        self.registry, self.folder, self.prefix = registry, folder, prefix
+        self.schema, self.target_bytes = schema, target_bytes
+        self.pending: list[pa.Table] = []
+        self.pending_bytes = 0
+        self.shards: list[ShardInfo] = []
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        table = conform(table, self.schema)
+        self.pending.append(table)
+        self.pending_bytes += table.nbytes
+        if self.pending_bytes >= self.target_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        table = pa.concat_tables(self.pending).combine_chunks()
+        self.pending, self.pending_bytes = [], 0
+        sink = io.BytesIO()
+        with ipc.new_file(sink, self.schema) as writer:
+            writer.write_table(table, max_chunksize=self.BATCH_ROWS)
+        data = sink.getvalue()
+        name = f"{self.prefix}/{self.prefix}-{len(self.shards):05d}.arrow"
+        self.registry._write_bytes(f"{self.folder}/{name}", data)
+        self.shards.append(ShardInfo(name, table.num_rows, len(data), hashlib.sha256(data).hexdigest()))
+
+
+class VersionWriter:
+    """Collects a version's rows in a staging folder, then publishes it atomically.
+
+        with registry.writer("demo", "ingest", RAW) as w:
+            w.write(table); w.quarantine(rejected)
+            manifest = w.publish(counts, lineage)
+    """
+
+    def __init__(self, registry: DatasetRegistry, dataset: str, stage: str, schema: pa.Schema,
+                 parent: str | None, target_shard_bytes: int):
+        self.registry, self.dataset, self.stage, self.parent = registry, dataset, stage, parent
+        self.schema = schema
+        self.staging = registry._path(dataset, "_staging", uuid.uuid4().hex)
+        registry.fs.create_dir(self.staging, recursive=True)
+        self.rows = _ShardSink(registry, self.staging, "shards", schema, target_shard_bytes)
+        self.rejected = _ShardSink(registry, self.staging, "quarantine", get_schema("quarantine/1"),
+                                   target_shard_bytes)
+        self.published: VersionManifest | None = None
+
+    def write(self, table: pa.Table) -> None:
+        self.rows.add(table)
+
+    def quarantine(self, table: pa.Table) -> None:
+        self.rejected.add(table)
+
+    def publish(self, counts: Counts, lineage: dict[str, Any],
+                stats: dict[str, Any] | None = None) -> VersionManifest:
+        if not counts.reconciles():
+            raise AssertionError(f"row accounting does not reconcile: {counts.line()}")
+        self.rows.flush()
+        self.rejected.flush()
+        written = sum(s.rows for s in self.rows.shards)
+        kept = sum(s.rows for s in self.rejected.shards)
+        assert (written, kept) == (counts.output, counts.quarantined), (written, kept, counts)
+        name = schema_name(self.schema)
+        identity = {"dataset": self.dataset, "stage": self.stage, "schema": name,
+                    "parent": self.parent, "counts": dataclasses.asdict(counts),
+                    "shards": [s.sha256 for s in self.rows.shards],
+                    "quarantine": [s.sha256 for s in self.rejected.shards]}
+        version = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        manifest = VersionManifest(
+            dataset=self.dataset, version=version, stage=self.stage, schema=name,
+            parent=self.parent, created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+            counts=counts, shards=self.rows.shards, quarantine_shards=self.rejected.shards,
+            lineage=lineage, stats=stats or {})
+        self.published = self.registry._publish(self.staging, manifest)
+        return self.published
+
+    def abort(self) -> None:
+        if self.published is None and self.registry._exists(self.staging):
+            self.registry.fs.delete_dir(self.staging)
+
+    def __enter__(self) -> "VersionWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()

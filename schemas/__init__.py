@@ -1,0 +1,25 @@
+"""The data contract: stage schemas, the version manifest and the token layout (pyarrow only)."""
+
+import paraforge_compat  # noqa: F401  (first, in every process: see the module)
+
+from schemas.manifest import Counts, ShardInfo, VersionManifest
+from schemas.stages import (
+    ANNOTATED,
+    QUARANTINE,
+    RAW,
+    SCHEMAS,
+    TASKS,
+    TOKENIZED,
+    conform,
+    get_schema,
+    sample_id,
+    schema_name,
+    tokenized_schema,
+)
+from schemas.token_layout import MMADA_M, TokenLayout
+
+__all__ = [
+    "ANNOTATED", "QUARANTINE", "RAW", "SCHEMAS", "TASKS", "TOKENIZED", "Counts", "MMADA_M",
+    "ShardInfo", "TokenLayout", "VersionManifest", "conform", "get_schema", "sample_id",
+    "schema_name", "tokenized_schema",
+]

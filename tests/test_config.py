@@ -1,0 +1,37 @@
+import dataclasses
+
+import pytest
+
+from pipeline.config import load_config, parse_overrides
+
+
+@dataclasses.dataclass(kw_only=True)
+class Inner:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
+@dataclasses.dataclass(kw_only=True)
+class Outer:
+    name: str
+    steps: int = 10
+    sources: list[str] = dataclasses.field(default_factory=list)
+    optim: Inner = dataclasses.field(default_factory=Inner)
+    note: str | None = None
+
+
+def test_yaml_then_values_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\nsteps: 5\noptim:\n  lr: 0.1\n")
+    cfg = load_config(Outer, path, ["optim.lr=3", "sources=x.jsonl"], steps=7, note=None)
+    assert cfg == Outer(name="a", steps=7, sources=["x.jsonl"], optim=Inner(lr=3.0))
+    assert isinstance(cfg.optim.lr, float)
+
+
+def test_unknown_keys_and_bad_types_are_errors():
+    with pytest.raises(ValueError, match="unknown config key.*optim.lrr"):
+        load_config(Outer, None, ["name=a", "optim.lrr=1"])
+    with pytest.raises(ValueError, match="expected int"):
+        load_config(Outer, None, ["name=a", "steps=many"])
+    with pytest.raises(ValueError, match="not key=value"):
+        parse_overrides(["steps"])

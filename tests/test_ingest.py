@@ -1,0 +1,94 @@
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from pipeline.ingest import IngestConfig, accounting_table, ingest_batch, run_ingest
+from pipeline.registry import DatasetRegistry
+from pipeline.sources import read_source
+from tests import corpus
+
+
+def ingest(sources, registry_root, **kw):
+    return run_ingest(IngestConfig(sources=[str(s) for s in sources], dataset=kw.pop("dataset", "d"),
+                                   registry=registry_root, **kw), progress=False)
+
+
+def test_broken_corpus_is_accounted_for_exactly(ray_local, tmp_path, registry_root):
+    manifest_path, expected = corpus.build(tmp_path / "src")
+    assert len(expected["verdicts"]) - 1 >= 30  # one clean row, then one line per kind of broken/odd input
+    assert len(expected["reasons"]) >= 18
+    m = ingest([manifest_path], registry_root)
+    print(accounting_table(m))
+    assert (m.counts.input, m.counts.output, m.counts.quarantined, m.counts.duplicates) == (
+        expected["input"], expected["output"], expected["quarantined"], expected["duplicates"])
+    assert m.counts.reconciles()
+    assert m.stats["quarantine_reasons"] == expected["reasons"]
+
+    registry = DatasetRegistry(registry_root)
+    quarantine = registry.read_table(m, quarantine=True).to_pylist()
+    verdicts = {int(r["source_ref"].split(":")[1]): r["reason"] for r in quarantine}
+    for lineno, verdict in enumerate(expected["verdicts"], start=1):
+        if verdict not in ("ok", "duplicate"):
+            assert verdicts[lineno] == verdict, (lineno, verdicts.get(lineno))
+    assert all(r["stage"] == "ingest" and r["message"] for r in quarantine)
+
+    rows = {r["instruction"]: r for r in registry.read_table(m).to_pylist()}
+    for row in rows.values():  # every accepted image decodes to 8-bit RGB
+        for key in ("input_image", "output_image"):
+            if row[key] is not None:
+                assert Image.open(io.BytesIO(row[key])).mode == "RGB"
+    deep = np.asarray(Image.open(io.BytesIO(rows["16-bit target"]["output_image"])))
+    assert deep.min() == deep.max() == 128  # 32768 / 65535 scaled to 8 bits, not clipped to 255
+    assert np.asarray(Image.open(io.BytesIO(rows["palette target"]["output_image"])))[0, 0].tolist() == [255] * 3
+    assert np.asarray(Image.open(io.BytesIO(rows["transparent target"]["output_image"])))[0, 0].tolist() == [255] * 3
+    rotated = rows["rotated target"]
+    assert (rotated["output_width"], rotated["output_height"]) == (128, 64)  # EXIF orientation applied
+    assert m.stats["images_converted"] == 6
+    gen = rows["a red square"]
+    assert gen["task"] == "generate" and gen["input_image"] is None and gen["category"] == "shapes"
+    assert json.loads(gen["meta"]) == {"source_id": 7}
+
+
+def test_thresholds_are_configurable(ray_local, tmp_path, registry_root):
+    manifest_path, _ = corpus.build(tmp_path / "src")
+    m = ingest([manifest_path], registry_root, min_side=4, max_aspect_ratio=10.0)
+    assert "image_too_small" not in m.stats["quarantine_reasons"]
+    assert "extreme_aspect_ratio" not in m.stats["quarantine_reasons"]
+
+
+def test_ingest_batch_is_a_pure_function_without_ray(demo_dir):
+    refs = next(read_source(str(demo_dir / "data.jsonl")))
+    config = IngestConfig(sources=[], dataset="x")
+    out = ingest_batch(refs, config)
+    assert out.num_rows == refs.num_rows
+    assert out["reason"].null_count == out.num_rows
+    assert out.column("sample_id").to_pylist() == ingest_batch(refs, config).column("sample_id").to_pylist()
+
+
+def test_reingest_gives_the_same_version(ray_local, demo_dir, registry_root):
+    first = ingest([demo_dir / "data.jsonl"], registry_root)
+    second = ingest([demo_dir / "data.jsonl"], registry_root)
+    assert second.version == first.version
+    assert second.created_at == first.created_at  # the published version was kept, not rewritten
+    assert len(DatasetRegistry(registry_root).versions("d")) == 1
+    lineage = first.lineage
+    assert lineage["config"]["sources"] == [str(demo_dir / "data.jsonl")]
+    assert lineage["sources"] == [{"uri": str(demo_dir / "data.jsonl"), "format": "jsonl"}]
+    assert lineage["package_version"] == "0.1.0"
+
+
+def test_two_sources_dedup_across_sources(ray_local, demo_dir, registry_root):
+    m = ingest([demo_dir / "data.jsonl", demo_dir / "data.jsonl"], registry_root)
+    assert (m.counts.input, m.counts.output, m.counts.duplicates) == (48, 24, 24)
+
+
+def test_unknown_column_mapping_is_a_clear_error(ray_local, demo_dir, registry_root):
+    with pytest.raises(ValueError, match="unknown field"):
+        ingest([demo_dir / "data.jsonl"], registry_root, columns={"picture": "x"})
+    with pytest.raises(ValueError, match="does not exist"):
+        ingest([demo_dir / "nope.jsonl"], registry_root)
+    assert pa  # noqa

@@ -1,0 +1,3 @@
+"""trainer"""
+
+import paraforge_compat  # noqa: F401  (first, in every process)
