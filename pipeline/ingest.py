@@ -42,7 +42,8 @@ class IngestConfig:
     min_side: int = 32
     max_aspect_ratio: float = 4.0
     max_instruction_chars: int = 4000
-    batch_size: int = 32
+    batch_size: int = 32  # rows per Ray task
+    shard_bytes: int = 256 * 1024 * 1024  # target size of each output shard
     registry: str | None = None
     ray_address: str | None = None
 
@@ -167,7 +168,7 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> VersionManifest:
     seen: set[str] = set()
     reasons: collections.Counter[str] = collections.Counter()
     n_out = n_dup = converted = 0
-    with registry.writer(config.dataset, STAGE, RAW) as writer:
+    with registry.writer(config.dataset, STAGE, RAW, target_shard_bytes=config.shard_bytes) as writer:
         for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
             is_rejected = pc.is_valid(batch["reason"])
             rejected = batch.filter(is_rejected)

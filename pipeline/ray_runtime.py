@@ -36,6 +36,7 @@ def init_ray(address: str | None = None) -> None:
 def map_stage(tables: list[pa.Table], fn: Callable[..., pa.Table], *, batch_size: int,
               **fn_kwargs: Any) -> ray.data.Dataset:
     """Run a pure `fn(table, **fn_kwargs) -> table` over `tables` as a Ray Data job."""
-    refs = [ray.put(t) for t in tables]
+    # One block per batch: Ray schedules blocks, so a big table left whole would run as one task.
+    refs = [ray.put(t.slice(i, batch_size)) for t in tables for i in range(0, t.num_rows, batch_size)]
     ds = ray.data.from_arrow_refs(refs)
     return ds.map_batches(fn, batch_format="pyarrow", batch_size=batch_size, fn_kwargs=fn_kwargs)

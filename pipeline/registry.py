@@ -27,8 +27,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
@@ -56,9 +58,13 @@ def split_ref(ref: str) -> tuple[str, str | None]:
 
 
 class DatasetRegistry:
-    def __init__(self, root: str | None = None):
+    def __init__(self, root: str | None = None, filesystem: pafs.FileSystem | None = None):
+        """`filesystem` overrides the one the root's URI implies (e.g. an fsspec one wrapped in
+        `pyarrow.fs.PyFileSystem`); the root is then a path inside it."""
         self.root = resolve_root(root)
-        if "://" in self.root and not self.root.startswith("file://"):
+        if filesystem is not None:
+            self.fs, self.base = filesystem, self.root
+        elif "://" in self.root and not self.root.startswith("file://"):
             self.fs, self.base = pafs.FileSystem.from_uri(self.root)
         else:
             path = self.root.removeprefix("file://")
@@ -182,9 +188,11 @@ class DatasetRegistry:
     # -- comparing -----------------------------------------------------------------------------
     def diff(self, ref_a: str, ref_b: str, examples: int = 10) -> dict[str, Any]:
         """Rows added, removed and changed from A to B, keyed by sample_id. "Changed" compares the
-        columns both versions have, so a raw version diffs cleanly against its annotated child."""
+        content columns both versions have (so a raw version diffs cleanly against its annotated
+        child); where a row was read from (`source`, `source_ref`) is provenance, not content."""
         a, b = self.resolve(ref_a), self.resolve(ref_b)
-        common = [c for c in get_schema(a.schema).names if c in get_schema(b.schema).names]
+        common = [c for c in get_schema(a.schema).names
+                  if c in get_schema(b.schema).names and c not in ("source", "source_ref")]
         frames = [_row_hashes(self.read_table(m, common)) for m in (a, b)]
         joined = frames[0].join(frames[1], on="sample_id", how="full", suffix="_b", coalesce=True)
         added = joined.filter(pl.col("row_hash").is_null())["sample_id"]
@@ -209,11 +217,28 @@ def _row_hashes(table: pa.Table) -> pl.DataFrame:
     return df.select("sample_id", pl.struct(others).hash(seed=0).alias("row_hash"))
 
 
-class _ShardSink:
-    """Buffers tables and writes deterministic Arrow IPC files of about `target_bytes` each.
+def _row_bytes(table: pa.Table) -> np.ndarray:
+    """Approximate encoded size of each row, from column types and value lengths alone."""
+    sizes = np.zeros(table.num_rows, dtype=np.int64)
+    for column in table.columns:
+        t = column.type
+        if pa.types.is_binary(t) or pa.types.is_string(t) or pa.types.is_large_binary(t):
+            sizes += pc.fill_null(pc.binary_length(column), 0).to_numpy() + 4
+        elif pa.types.is_fixed_size_list(t):
+            sizes += t.list_size * max(t.value_type.bit_width // 8, 1)
+        elif pa.types.is_list(t):
+            sizes += pc.fill_null(pc.list_value_length(column), 0).to_numpy() * max(t.value_type.bit_width // 8, 1) + 4
+        else:
+            sizes += max(getattr(t, "bit_width", 64) // 8, 1)
+    return sizes
 
-    Shards are assembled in memory and hashed before they are written, so the bytes (and thus the
-    version id) depend only on the rows, never on how upstream batches happened to be cut."""
+
+class _ShardSink:
+    """Buffers rows and writes Arrow IPC files of about `target_bytes` each.
+
+    A shard closes at the first row where the running size reaches the target, with sizes computed
+    per row, so shard bytes (and thus the version id) depend only on the rows, never on how
+    upstream batches happened to be cut. Shards are assembled in memory and hashed as written."""
 
     BATCH_ROWS = 1024
 
@@ -226,13 +251,17 @@ class _ShardSink:
         self.shards: list[ShardInfo] = []
 
     def add(self, table: pa.Table) -> None:
-        if table.num_rows == 0:
-            return
         table = conform(table, self.schema)
-        self.pending.append(table)
-        self.pending_bytes += table.nbytes
-        if self.pending_bytes >= self.target_bytes:
+        while table.num_rows:
+            running = self.pending_bytes + np.cumsum(_row_bytes(table))
+            full = int(np.searchsorted(running, self.target_bytes))  # first row reaching the target
+            if full >= table.num_rows:
+                self.pending.append(table)
+                self.pending_bytes = int(running[-1])
+                return
+            self.pending.append(table.slice(0, full + 1))
             self.flush()
+            table = table.slice(full + 1)
 
     def flush(self) -> None:
         if not self.pending:
@@ -243,7 +272,7 @@ class _ShardSink:
         with ipc.new_file(sink, self.schema) as writer:
             writer.write_table(table, max_chunksize=self.BATCH_ROWS)
         data = sink.getvalue()
-        name = f"{self.prefix}/{self.prefix}-{len(self.shards):05d}.arrow"
+        name = f"{self.prefix}/part-{len(self.shards):05d}.arrow"
         self.registry._write_bytes(f"{self.folder}/{name}", data)
         self.shards.append(ShardInfo(name, table.num_rows, len(data), hashlib.sha256(data).hexdigest()))
 

@@ -204,6 +204,8 @@ def _read_tables(source: str, tables: Iterator[tuple[str, pa.Table]], base: str,
         offset = 0
         for batch in table.select(keep).to_batches(max_chunksize=READ_BATCH_ROWS):
             for i, obj in enumerate(batch.to_pylist()):
+                if "task" not in keep:  # tabular sets rarely say; an input image means an edit
+                    obj["task"] = "edit" if obj.get("input_image") is not None else "generate"
                 if (out := batcher.add(**_record_row(obj, f"{name}:{offset + i}"))) is not None:
                     yield out
             offset += batch.num_rows

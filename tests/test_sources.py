@@ -1,0 +1,107 @@
+"""Every source format yields the same samples as the canonical JSONL manifest of the same data."""
+
+import json
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.registry import DatasetRegistry
+from pipeline.sources import detect_format
+from tests.test_ingest import ingest
+
+
+@pytest.fixture(scope="module")
+def records(demo_dir):
+    rows = [json.loads(line) for line in (demo_dir / "data.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["input_bytes"] = (demo_dir / r["input_image"]).read_bytes() if "input_image" in r else None
+        r["output_bytes"] = (demo_dir / r["output_image"]).read_bytes()
+    return rows
+
+
+@pytest.fixture(scope="module")
+def jsonl_ids(ray_local, demo_dir, tmp_path_factory):
+    m = ingest([demo_dir / "data.jsonl"], str(tmp_path_factory.mktemp("reg")))
+    assert m.counts.output == 24
+    return sorted(DatasetRegistry(m.lineage["config"]["registry"]).read_table(m)["sample_id"].to_pylist())
+
+
+def ids_of(m):
+    assert m.counts.reconciles() and m.counts.quarantined == 0, m.stats
+    return sorted(DatasetRegistry(m.lineage["config"]["registry"]).read_table(m)["sample_id"].to_pylist())
+
+
+def test_parquet_with_image_bytes(records, jsonl_ids, tmp_path, registry_root):
+    table = pa.table({"task": [r["task"] for r in records], "instruction": [r["instruction"] for r in records],
+                      "input_image": [r["input_bytes"] for r in records],
+                      "output_image": [r["output_bytes"] for r in records]})
+    pq.write_table(table.slice(0, 10), tmp_path / "part-0.parquet")
+    pq.write_table(table.slice(10), tmp_path / "part-1.parquet")
+    (tmp_path / "reg").mkdir()
+    assert detect_format(str(tmp_path)) == "parquet"
+    assert ids_of(ingest([tmp_path], registry_root)) == jsonl_ids
+
+
+def test_parquet_with_paths_and_a_column_mapping(records, jsonl_ids, demo_dir, registry_root):
+    # paths resolve against the Parquet file's folder, like the JSONL manifest's
+    table = pa.table({"prompt": [r["instruction"] for r in records],
+                      "source": [r.get("input_image") for r in records],
+                      "target": [r["output_image"] for r in records]})
+    path = demo_dir / "mapped.parquet"
+    pq.write_table(table, path)
+    m = ingest([path], registry_root, columns={"instruction": "prompt", "input_image": "source",
+                                               "output_image": "target"})
+    assert ids_of(m) == jsonl_ids  # task inferred from the presence of an input image
+
+
+def test_huggingface_dataset_saved_to_disk(records, jsonl_ids, tmp_path, registry_root):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"edit_prompt": datasets.Value("string"), "src": datasets.Image(),
+                                  "edited": datasets.Image()})
+    ds = datasets.Dataset.from_dict(
+        {"edit_prompt": [r["instruction"] for r in records],
+         "src": [{"bytes": r["input_bytes"], "path": None} if r["input_bytes"] else None for r in records],
+         "edited": [{"bytes": r["output_bytes"], "path": None} for r in records]}, features=features)
+    datasets.DatasetDict({"train": ds.select(range(12)), "test": ds.select(range(12, 24))}).save_to_disk(
+        tmp_path / "hf")
+    assert detect_format(str(tmp_path / "hf")) == "hf"
+    m = ingest([tmp_path / "hf"], registry_root,
+               columns={"instruction": "edit_prompt", "input_image": "src", "output_image": "edited"})
+    assert ids_of(m) == jsonl_ids
+    refs = DatasetRegistry(registry_root).read_table(m)["source_ref"].to_pylist()
+    assert refs[0].startswith("train/") and refs[-1].startswith("test/")
+
+
+def test_folder_layout(records, jsonl_ids, tmp_path, registry_root):
+    for r in records:
+        d = tmp_path / "folder" / r["id"]
+        d.mkdir(parents=True)
+        (d / "instruction.txt").write_text(r["instruction"])
+        (d / "output.png").write_bytes(r["output_bytes"])
+        if r["input_bytes"]:
+            (d / "input.png").write_bytes(r["input_bytes"])
+    assert detect_format(str(tmp_path / "folder")) == "folder"
+    assert ids_of(ingest([tmp_path / "folder"], registry_root)) == jsonl_ids
+
+
+def test_webdataset_tars(records, jsonl_ids, tmp_path, registry_root):
+    shards = tmp_path / "wds"
+    shards.mkdir()
+    for k, part in enumerate((records[:15], records[15:])):
+        with tarfile.open(shards / f"shard-{k:04d}.tar", "w") as tar:
+            for r in part:
+                members = {"instruction.txt": r["instruction"].encode(), "output.png": r["output_bytes"]}
+                if r["input_bytes"]:
+                    members["input.png"] = r["input_bytes"]
+                for suffix, data in members.items():
+                    info = tarfile.TarInfo(f"{r['id']}.{suffix}")
+                    info.size = len(data)
+                    import io
+
+                    tar.addfile(info, io.BytesIO(data))
+    assert detect_format(str(shards)) == "webdataset"
+    assert ids_of(ingest([shards], registry_root)) == jsonl_ids
+    single = ingest([shards / "shard-0000.tar"], registry_root, dataset="one")
+    assert single.counts.output == 15
