@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 import ray
+import ray.data
 
 # Every Ray worker runs this first, so torchvision imports cleanly beside a CPU torch.
 RUNTIME_ENV = {"worker_process_setup_hook": "paraforge_compat.install"}
@@ -19,18 +20,19 @@ RUNTIME_ENV = {"worker_process_setup_hook": "paraforge_compat.install"}
 
 def init_ray(address: str | None = None) -> None:
     """Connect once per process; a Ray already started (by a test or a job) is reused."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"runtime_env": RUNTIME_ENV, "logging_level": logging.WARNING,
-                              "log_to_driver": True}
-    if address is None:
-        kwargs["include_dashboard"] = False
-    ray.init(address=address, **kwargs)
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        kwargs: dict[str, Any] = {"runtime_env": RUNTIME_ENV, "logging_level": logging.WARNING}
+        if address is None:
+            kwargs["include_dashboard"] = False
+        ray.init(address=address, **kwargs)
     ctx = ray.data.DataContext.get_current()
     # Output order follows input order, so identical inputs give byte-identical shards and the
     # same version id.
     ctx.execution_options.preserve_order = True
+    # Per-operator resource reservation holds CPUs back for operators our single-map jobs don't
+    # have; on a small machine it serialises the map (measured: 1.4 s -> 0.85 s for 512 samples).
+    ctx.op_resource_reservation_enabled = False
 
 
 def map_stage(tables: list[pa.Table], fn: Callable[..., pa.Table], *, batch_size: int,
