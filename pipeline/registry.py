@@ -266,7 +266,10 @@ class _ShardSink:
     def flush(self) -> None:
         if not self.pending:
             return
-        table = pa.concat_tables(self.pending).combine_chunks()
+        pending = pa.concat_tables(self.pending)
+        # Fresh contiguous buffers: a slice keeps its parent's buffers, and the IPC writer would
+        # then write different bytes for the same rows.
+        table = pa.Table.from_arrays([pa.concat_arrays(c.chunks) for c in pending.columns], schema=self.schema)
         self.pending, self.pending_bytes = [], 0
         sink = io.BytesIO()
         with ipc.new_file(sink, self.schema) as writer:

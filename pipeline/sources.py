@@ -126,6 +126,13 @@ def _text(value: Any, field: str) -> tuple[str | None, str | None]:
     return value, None
 
 
+def _printable(value: Any) -> str:
+    """JSON fallback for quarantine records: image bytes are summarised, never stored twice."""
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    return str(value)
+
+
 def _record_row(obj: dict[str, Any], ref: str) -> dict[str, Any]:
     """A manifest-like mapping (JSONL object, Parquet row) -> reference row fields."""
     row: dict[str, Any] = {"source_ref": ref}
@@ -149,8 +156,7 @@ def _record_row(obj: dict[str, Any], ref: str) -> dict[str, Any]:
         meta = {**(meta if isinstance(meta, dict) else {"meta": meta} if meta is not None else {}),
                 "source_id": obj["id"]}
     row["meta"] = json.dumps(meta, sort_keys=True, default=str) if meta is not None else None
-    row["record"] = json.dumps({k: v for k, v in obj.items() if not isinstance(v, (bytes, dict))
-                                or k == "meta"}, default=str, sort_keys=True)[:2000]
+    row["record"] = json.dumps(obj, default=_printable, sort_keys=True)[:2000]
     if problems:
         reason = "invalid_utf8" if "invalid_utf8" in problems else "bad_field_type"
         row.update(error_reason=reason, error_message="; ".join(problems))
