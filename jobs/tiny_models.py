@@ -1,0 +1,81 @@
+"""Tiny models with random weights, in the published formats, for tests and the offline demo.
+
+Nothing is downloaded: each builder writes a folder that loads through the same code path as the
+real checkpoint (`from_pretrained` on a local directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# A vocabulary-building corpus: enough words for the BPE to learn merges, nothing more.
+_CORPUS = [
+    "Change the colour of the red circle to blue and keep everything else unchanged.",
+    "Move the green square to the top right corner of the picture.",
+    "Add a small yellow triangle in the bottom left, on a pale blue background.",
+    "Remove the purple circle; the background stays light grey.",
+    "The scene shows a large orange square in the centre and a black triangle on the left.",
+    "To edit the image I first find the object named in the instruction, then decide its new state.",
+] * 20
+
+QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                       "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+# Qwen's chat format: <|im_start|>role\n ... <|im_end|>\n, images as vision_start/image_pad/vision_end.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] in ('image', 'image_url') %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen25vl(out: str | Path, seed: int = 0, vocab_size: int = 600) -> Path:
+    """A 2-layer Qwen2.5-VL (head_dim 64, which vLLM's CPU kernels need) with a BPE tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2_5_VLProcessor,
+                              Qwen2TokenizerFast, Qwen2VLImageProcessor,
+                              Qwen2VLVideoProcessor)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(_CORPUS, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=QWEN_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = Qwen2TokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   unk_token=None, bos_token=None)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
+    processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                    video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
+
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=4096, rms_norm_eps=1e-6,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                          "mrope_section": [8, 12, 12]},
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2,
+                           out_hidden_size=128, patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

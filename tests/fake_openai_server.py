@@ -1,0 +1,101 @@
+"""A scripted OpenAI-compatible chat server for fault injection and client benchmarks.
+
+Behaviour is chosen per sample by a marker in the request's text, `[fault:KIND]` or
+`[fault:KINDxN]` (the first N requests for that sample misbehave, later ones answer well), so a test
+knows exactly what each sample will meet. Kinds: 500, 429 (with Retry-After), timeout, malformed,
+empty, leak, refusal, short, length. Without a marker the server answers at once with a good trace.
+
+    python tests/fake_openai_server.py --port 8123 [--retry-after 0.2] [--hang-s 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import re
+import time
+
+from aiohttp import web
+
+MARKER = re.compile(r"\[fault:([a-z0-9]+?)(?:x(\d+))?\]")
+INSTRUCTION = re.compile(r'(?:instruction|Prompt): "(.*?)"', re.S)
+
+
+def good_trace(instruction: str) -> str:
+    return (f"The request is to {instruction.strip().rstrip('.').lower()}. First I look at the scene as it "
+            "stands and find the object that the request names, with its colour, its size and its place "
+            "in the grid.\n\nThen I decide exactly what has to change: only that object is affected, and "
+            "its new state must follow the words of the request. Everything else in the scene, the other "
+            "shapes and the background colour, must stay as it is, so the picture keeps its layout.")
+
+
+ANSWERS = {
+    "empty": ("", "stop"),
+    "leak": ("Looking at the target image, the circle is blue now. " * 6, "stop"),
+    "refusal": ("I'm sorry, but I cannot help with editing this picture as requested by the user today. " * 4, "stop"),
+    "short": ("Make it blue.", "stop"),
+    "length": None,  # a good text, cut off: finish_reason "length"
+}
+
+
+class Script:
+    def __init__(self, retry_after: float, hang_s: float):
+        self.retry_after, self.hang_s = retry_after, hang_s
+        self.seen: collections.Counter[str] = collections.Counter()
+        self.log: list[dict] = []  # one entry per request: key, kind, time
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        text = " ".join(p.get("text", "") for m in body["messages"] if isinstance(m["content"], list)
+                        for p in m["content"]) + " ".join(m["content"] for m in body["messages"]
+                                                          if isinstance(m["content"], str))
+        instruction = (INSTRUCTION.search(text) or [None, text])[1]
+        marker = MARKER.search(instruction)
+        self.seen[instruction] += 1
+        kind = None
+        if marker:
+            limit = int(marker.group(2)) if marker.group(2) else None
+            if limit is None or self.seen[instruction] <= limit:
+                kind = marker.group(1)
+        self.log.append({"key": instruction, "kind": kind, "t": time.monotonic(), "seed": body.get("seed")})
+        if kind == "500":
+            return web.json_response({"error": {"message": "injected"}}, status=500)
+        if kind == "429":
+            return web.json_response({"error": {"message": "slow down"}}, status=429,
+                                     headers={"Retry-After": str(self.retry_after)})
+        if kind == "timeout":
+            await asyncio.sleep(self.hang_s)
+        if kind == "malformed":
+            return web.Response(text='{"id": "x", "choices": [', content_type="application/json")
+        content, finish = ANSWERS.get(kind) or (good_trace(instruction), "stop")
+        if kind == "length":
+            content, finish = good_trace(instruction)[:80], "length"
+        return web.json_response({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": body.get("model", "fake"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": len(text.split()), "completion_tokens": len(content.split()),
+                      "total_tokens": len(text.split()) + len(content.split())}})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"requests": len(self.log), "log": self.log})
+
+
+def make_app(retry_after: float = 0.2, hang_s: float = 5.0) -> web.Application:
+    script = Script(retry_after, hang_s)
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", script.chat)
+    app.router.add_get("/stats", script.stats)
+    app.router.add_get("/health", lambda r: web.Response(text="ok"))
+    return app
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--retry-after", type=float, default=0.2)
+    parser.add_argument("--hang-s", type=float, default=5.0)
+    args = parser.parse_args()
+    web.run_app(make_app(args.retry_after, args.hang_s), host="127.0.0.1", port=args.port, print=None,
+                access_log=None)

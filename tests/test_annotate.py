@@ -1,0 +1,168 @@
+"""`pipeline annotate` against a scripted OpenAI-compatible server: faults, validation, resume."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from annotators import ValidatorConfig
+from annotators.openai_backend import OpenAIConfig
+from pipeline.annotate import AnnotateConfig, report, run_annotate
+from pipeline.registry import DatasetRegistry
+from tests.test_ingest import ingest
+
+SERVER = Path(__file__).parent / "fake_openai_server.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, seconds: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+@pytest.fixture
+def fake_server():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(SERVER), "--port", str(port), "--retry-after", "0.3",
+                             "--hang-s", "3"])
+    wait_http(f"http://127.0.0.1:{port}/health", 30, proc)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait()
+
+
+def server_log(url: str) -> list[dict]:
+    return json.load(urllib.request.urlopen(f"{url}/stats"))["log"]
+
+
+FAULTS = [  # (marker, accepted?, attempts, final reason)
+    ("", True, 1, None),
+    ("[fault:500x2]", True, 1, None),
+    ("[fault:429x1]", True, 1, None),
+    ("[fault:timeoutx1]", True, 1, None),
+    ("[fault:malformedx1]", True, 2, None),
+    ("[fault:malformed]", False, 3, "malformed_response"),
+    ("[fault:emptyx1]", True, 2, None),
+    ("[fault:empty]", False, 3, "empty_trace"),
+    ("[fault:leakx1]", True, 2, None),
+    ("[fault:leak]", False, 3, "target_leak"),
+    ("[fault:refusal]", False, 3, "refusal"),
+    ("[fault:short]", False, 3, "too_short"),
+    ("[fault:length]", False, 3, "truncated"),
+    ("[fault:500]", False, 3, "server_error"),
+]
+
+
+@pytest.fixture
+def fault_dataset(ray_local, demo_dir, registry_root, tmp_path):
+    lines = []
+    for i, (marker, *_rest) in enumerate(FAULTS):
+        lines.append(json.dumps({"task": "edit", "instruction": f"Sample {i}: make the circle blue. {marker}",
+                                 "input_image": str(demo_dir / "images/demo-00000_input.png"),
+                                 "output_image": str(demo_dir / "images/demo-00000_output.png")}))
+    (demo_dir / f"faults-{tmp_path.name}.jsonl").write_text("\n".join(lines))
+    m = ingest([demo_dir / f"faults-{tmp_path.name}.jsonl"], registry_root, dataset="faults")
+    assert m.counts.output == len(FAULTS)
+    return m
+
+
+def annotate_config(dataset, registry_root, base_url, **kw):
+    return AnnotateConfig(dataset=dataset, registry=registry_root, backend="openai", model="fake",
+                          openai=OpenAIConfig(base_url=f"{base_url}/v1", timeout_s=1.0, max_retries=2,
+                                              backoff_base_s=0.01, backoff_max_s=0.05), **kw)
+
+
+def test_faults_are_retried_validated_and_accounted(fault_dataset, fake_server, registry_root):
+    m = run_annotate(annotate_config("faults", registry_root, fake_server, batch_size=32), progress=False)
+    print(report(m))
+    accepted = sum(1 for f in FAULTS if f[1])
+    assert (m.counts.input, m.counts.output, m.counts.quarantined) == (len(FAULTS), accepted, len(FAULTS) - accepted)
+    assert m.counts.reconciles() and m.parent == fault_dataset.ref and m.schema == "annotated/1"
+    assert m.stats["attempts"] == {"1": 4, "2": 3, "3": 7}
+    assert m.stats["quarantine_reasons"] == {r: 1 for *_x, r in FAULTS if r}
+    registry = DatasetRegistry(registry_root)
+    rows = {r["instruction"].split(":")[0]: r for r in registry.read_table(m).to_pylist()}
+    for i, (marker, ok, attempts, _) in enumerate(FAULTS):
+        if ok:
+            row = rows[f"Sample {i}"]
+            assert row["attempts"] == attempts and row["reasoning"].startswith("The request is to")
+            assert row["prompt_id"] == "edit-v1" and len(row["prompt_hash"]) == 64
+            assert json.loads(row["verdicts"])["leakage"] == "pass"
+    quarantine = {r["sample_id"]: r for r in registry.read_table(m, quarantine=True).to_pylist()}
+    assert all(r["stage"] == "annotate" and r["message"].count("attempt") == 3 for r in quarantine.values())
+
+    log = server_log(fake_server)
+    per_key = {}
+    for entry in log:
+        per_key.setdefault(entry["key"].split(":")[0], []).append(entry)
+    assert len(per_key["Sample 1"]) == 3  # two 500s, then an answer
+    assert len(per_key["Sample 13"]) == 9  # 3 attempts x (1 try + 2 retries), all 500
+    first, second = per_key["Sample 2"][:2]
+    assert second["t"] - first["t"] >= 0.3  # Retry-After honoured
+    assert len({e["seed"] for e in per_key["Sample 9"]}) == 3  # each attempt a new seed
+    assert "OPENAI_API_KEY" not in json.dumps(m.to_dict()) and "sk-" not in json.dumps(m.to_dict())
+
+
+def test_validator_thresholds_are_configurable(fault_dataset, fake_server, registry_root):
+    lenient = ValidatorConfig(min_words=1, disabled=["leakage"])
+    m = run_annotate(annotate_config("faults", registry_root, fake_server, validators=lenient, max_attempts=1,
+                                     output="lenient"), progress=False)
+    assert "too_short" not in m.stats["quarantine_reasons"]
+    assert "target_leak" not in m.stats["quarantine_reasons"]
+
+
+def test_killed_annotate_resumes_without_redoing_chunks(ray_local, demo_dir, fake_server, registry_root, tmp_path):
+    raw = ingest([demo_dir / "data.jsonl"], registry_root, dataset="demo")
+    clean_root = str(tmp_path / "clean")
+    ingest([demo_dir / "data.jsonl"], clean_root, dataset="demo")
+    args = ["annotate", "demo", "--backend", "openai", "--model", "fake", "--base-url", f"{fake_server}/v1",
+            "--no-progress", "--request-concurrency", "1", "--set", "chunk_rows=4", "--set", "batch_size=2"]
+    bin_ = Path(sys.executable).parent / "pipeline"
+    env = {**os.environ, "RAY_ADDRESS": ray_local}
+    clean = subprocess.run([str(bin_), *args, "--registry", clean_root], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr
+    n_clean = len(server_log(fake_server))
+
+    proc = subprocess.Popen([str(bin_), *args, "--registry", registry_root], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    chunks = Path(registry_root) / "demo" / "_work"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(chunks.glob("*/chunks/*.arrow"))) < 2:
+        assert proc.poll() is None, "annotate finished before it could be killed"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(chunks.glob("*/chunks/*.arrow")))
+    assert 2 <= done < 6
+    assert DatasetRegistry(registry_root).versions("demo")[-1].version == raw.version  # nothing published
+
+    requests_before = len(server_log(fake_server))
+    rerun = subprocess.run([str(bin_), *args, "--registry", registry_root], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{done} of 6 chunks already annotated" in rerun.stdout
+    assert rerun.stdout.split()[-1] == clean.stdout.split()[-1]  # the same version as an uninterrupted run
+    redone = len(server_log(fake_server)) - requests_before
+    assert redone == 24 - 4 * done  # only the missing chunks went to the server again
+    assert n_clean == 24
