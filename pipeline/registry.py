@@ -113,14 +113,18 @@ class DatasetRegistry:
         return {t: self._read_text(self._path(dataset, "tags", t)).strip()
                 for t in self._children(self._path(dataset, "tags"))}
 
-    def resolve(self, ref: str) -> VersionManifest:
-        """NAME (latest), NAME@VERSION, NAME@TAG or NAME@<unique version prefix>."""
+    def resolve(self, ref: str, schema: str | None = None) -> VersionManifest:
+        """NAME (latest), NAME@VERSION, NAME@TAG or NAME@<unique version prefix>. With `schema`,
+        NAME alone means the latest version of that schema (a stage's input lives beside its output)."""
         dataset, selector = split_ref(ref)
         versions = self.versions(dataset)
         if not versions:
             raise ValueError(f"dataset {dataset!r} has no versions in registry {self.root}")
         if selector is None:
-            return versions[-1]
+            candidates = [m for m in versions if schema in (None, m.schema)]
+            if not candidates:
+                raise ValueError(f"dataset {dataset!r} has no {schema} version in registry {self.root}")
+            return candidates[-1]
         selector = self.tags(dataset).get(selector, selector)
         matches = [m for m in versions if m.version.startswith(selector)]
         if len(matches) != 1:
