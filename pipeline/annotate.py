@@ -73,6 +73,11 @@ class AnnotateStage:
             for chunk, r in zip(batch["chunk"].to_pylist(), results)], schema=RESULT_SCHEMA)
 
 
+def annotate_batch(batch: pa.Table, config: AnnotatorConfig) -> pa.Table:
+    """The stage as a stateless task, for backends with no model to keep loaded (openai)."""
+    return AnnotateStage(config)(batch)
+
+
 def _chunks(manifest: VersionManifest, chunk_rows: int) -> list[dict[str, int]]:
     """Chunk descriptors over the input's shards: deterministic for a version and chunk size."""
     chunks, global_start = [], 0
@@ -128,10 +133,16 @@ def _annotate_missing(config: AnnotateConfig, registry: DatasetRegistry, source:
     ds = ray.data.from_items(missing).map_batches(
         _read_chunks, batch_size=1, batch_format="pyarrow",
         fn_kwargs={"registry": registry.root, "dataset": source.dataset, "version": source.version})
-    ds = ds.map_batches(AnnotateStage, batch_size=config.batch_size, batch_format="pyarrow",
-                        fn_constructor_kwargs={"config": config.annotator_config()},
-                        compute=ray.data.ActorPoolStrategy(size=config.concurrency),
-                        num_gpus=config.vllm.tensor_parallel_size if on_gpu else 0)
+    if config.backend == "openai":
+        # Nothing to load: plain tasks run on Ray's warm worker pool, where an actor would start a
+        # fresh process per run (seconds of imports), and `concurrency` tasks run at once.
+        ds = ds.map_batches(annotate_batch, batch_size=config.batch_size, batch_format="pyarrow",
+                            fn_kwargs={"config": config.annotator_config()}, concurrency=config.concurrency)
+    else:  # one model per actor, one actor per GPU (or tensor-parallel group)
+        ds = ds.map_batches(AnnotateStage, batch_size=config.batch_size, batch_format="pyarrow",
+                            fn_constructor_kwargs={"config": config.annotator_config()},
+                            compute=ray.data.ActorPoolStrategy(size=config.concurrency),
+                            num_gpus=config.vllm.tensor_parallel_size if on_gpu else 0)
     expected = {c["chunk"]: c["length"] for c in missing}
     pending: dict[int, list[pa.Table]] = collections.defaultdict(list)
     received: collections.Counter[int] = collections.Counter()
