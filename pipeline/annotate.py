@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import time
 from typing import Any
 
@@ -136,8 +137,12 @@ def _annotate_missing(config: AnnotateConfig, registry: DatasetRegistry, source:
     if config.backend == "openai":
         # Nothing to load: plain tasks run on Ray's warm worker pool, where an actor would start a
         # fresh process per run (seconds of imports), and `concurrency` tasks run at once.
+        # The key travels as an environment variable of the tasks, never inside the config.
+        key = os.environ.get("OPENAI_API_KEY")
+        env = {"runtime_env": {"env_vars": {"OPENAI_API_KEY": key}}} if key else {}
         ds = ds.map_batches(annotate_batch, batch_size=config.batch_size, batch_format="pyarrow",
-                            fn_kwargs={"config": config.annotator_config()}, concurrency=config.concurrency)
+                            fn_kwargs={"config": config.annotator_config()}, concurrency=config.concurrency,
+                            **env)
     else:  # one model per actor, one actor per GPU (or tensor-parallel group)
         ds = ds.map_batches(AnnotateStage, batch_size=config.batch_size, batch_format="pyarrow",
                             fn_constructor_kwargs={"config": config.annotator_config()},

@@ -59,7 +59,8 @@ class Script:
             limit = int(marker.group(2)) if marker.group(2) else None
             if limit is None or self.seen[instruction] <= limit:
                 kind = marker.group(1)
-        self.log.append({"key": instruction, "kind": kind, "t": time.monotonic(), "seed": body.get("seed")})
+        self.log.append({"key": instruction, "kind": kind, "t": time.monotonic(), "seed": body.get("seed"),
+                         "auth": request.headers.get("Authorization")})
         if kind == "500":
             return web.json_response({"error": {"message": "injected"}}, status=500)
         if kind == "429":

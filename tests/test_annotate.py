@@ -92,7 +92,8 @@ def annotate_config(dataset, registry_root, base_url, **kw):
                                               backoff_base_s=0.01, backoff_max_s=0.05), **kw)
 
 
-def test_faults_are_retried_validated_and_accounted(fault_dataset, fake_server, registry_root):
+def test_faults_are_retried_validated_and_accounted(fault_dataset, fake_server, registry_root, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-sentinel-123")
     m = run_annotate(annotate_config("faults", registry_root, fake_server, batch_size=32), progress=False)
     print(report(m))
     accepted = sum(1 for f in FAULTS if f[1])
@@ -120,7 +121,9 @@ def test_faults_are_retried_validated_and_accounted(fault_dataset, fake_server, 
     first, second = per_key["Sample 2"][:2]
     assert second["t"] - first["t"] >= 0.3  # Retry-After honoured
     assert len({e["seed"] for e in per_key["Sample 9"]}) == 3  # each attempt a new seed
-    assert "OPENAI_API_KEY" not in json.dumps(m.to_dict()) and "sk-" not in json.dumps(m.to_dict())
+    assert {e["auth"] for e in log} == {"Bearer sk-test-sentinel-123"}  # the key reached the workers...
+    stored = (Path(registry_root) / "faults" / "versions" / m.version / "manifest.json").read_text()
+    assert "sk-test-sentinel" not in stored and "sk-test-sentinel" not in capsys.readouterr().out  # ...and no record
 
 
 def test_validator_thresholds_are_configurable(fault_dataset, fake_server, registry_root):
