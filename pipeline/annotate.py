@@ -1,11 +1,9 @@
 """`pipeline annotate`: a raw version -> an `annotated` version with a validated reasoning trace per
 sample, or the sample in quarantine with every attempt's reason.
 
-Work is cut into chunks of `chunk_rows` input rows. A Ray Data job reads the chunks still missing,
-runs `AnnotateStage` in an actor pool (one annotator, so one model, per actor), and the driver
-writes each finished chunk's annotations to the run's work folder with an atomic rename. A killed
-run restarted with the same arguments finds those chunks and redoes only the rest; the version is
-assembled from the chunks at the end, so it comes out the same either way.
+The annotator runs as a resumable chunked Ray Data job (see `pipeline.chunked`): an actor pool for
+backends that hold a model (one engine per actor, one actor per GPU), plain tasks for the `openai`
+backend. Rerunning with the same arguments resumes from the chunks already done.
 """
 
 from __future__ import annotations
@@ -13,20 +11,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import io
 import json
 import os
-import time
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc as ipc
-from tqdm import tqdm
 
 from annotators import AnnotatorConfig, Sample, build_annotator
 from annotators.annotator import to_json
 from annotators.prompts import load_prompts
+from pipeline.chunked import iter_results, plan_chunks, run_missing
 from pipeline.lineage import lineage
 from pipeline.ray_runtime import init_ray
 from pipeline.registry import DatasetRegistry, split_ref
@@ -79,28 +75,6 @@ def annotate_batch(batch: pa.Table, config: AnnotatorConfig) -> pa.Table:
     return AnnotateStage(config)(batch)
 
 
-def _chunks(manifest: VersionManifest, chunk_rows: int) -> list[dict[str, int]]:
-    """Chunk descriptors over the input's shards: deterministic for a version and chunk size."""
-    chunks, global_start = [], 0
-    for shard, info in enumerate(manifest.shards):
-        for start in range(0, info.rows, chunk_rows):
-            chunks.append({"chunk": len(chunks), "shard": shard, "start": start,
-                           "length": min(chunk_rows, info.rows - start), "row": global_start + start})
-        global_start += info.rows
-    return chunks
-
-
-def _read_chunks(descriptors: dict[str, Any], registry: str, dataset: str, version: str) -> pa.Table:
-    reg = DatasetRegistry(registry)
-    manifest = reg.resolve(f"{dataset}@{version}")
-    tables = []
-    for chunk, shard, start, length in zip(descriptors["chunk"], descriptors["shard"], descriptors["start"],
-                                           descriptors["length"]):
-        rows = reg.read_rows(manifest, int(shard), int(start), int(length), _INPUT_COLUMNS)
-        tables.append(rows.append_column("chunk", pa.array([int(chunk)] * rows.num_rows, pa.int64())))
-    return pa.concat_tables(tables)
-
-
 def run_key(config: AnnotateConfig, source: VersionManifest) -> str:
     """Same arguments -> same key -> the same work folder to resume from. Settings that change
     only speed (concurrency, batch size, Ray address) are left out, so they may change on resume."""
@@ -115,55 +89,26 @@ def run_key(config: AnnotateConfig, source: VersionManifest) -> str:
     return "annotate-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _ipc_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
+def _apply_stage(config: AnnotateConfig) -> Callable:
+    def apply(ds):
+        import ray
+        import ray.data
 
-
-def _annotate_missing(config: AnnotateConfig, registry: DatasetRegistry, source: VersionManifest,
-                      missing: list[dict[str, int]], work: str, progress: bool) -> float:
-    """Run the Ray Data job over the missing chunks; returns the seconds it took."""
-    import ray
-    import ray.data
-
-    started = time.perf_counter()
-    gpus = ray.cluster_resources().get("GPU", 0)
-    on_gpu = config.backend in ("vllm", "transformers") and gpus > 0
-    ds = ray.data.from_items(missing).map_batches(
-        _read_chunks, batch_size=1, batch_format="pyarrow",
-        fn_kwargs={"registry": registry.root, "dataset": source.dataset, "version": source.version})
-    if config.backend == "openai":
-        # Nothing to load: plain tasks run on Ray's warm worker pool, where an actor would start a
-        # fresh process per run (seconds of imports), and `concurrency` tasks run at once.
-        # The key travels as an environment variable of the tasks, never inside the config.
-        key = os.environ.get("OPENAI_API_KEY")
-        env = {"runtime_env": {"env_vars": {"OPENAI_API_KEY": key}}} if key else {}
-        ds = ds.map_batches(annotate_batch, batch_size=config.batch_size, batch_format="pyarrow",
-                            fn_kwargs={"config": config.annotator_config()}, concurrency=config.concurrency,
-                            **env)
-    else:  # one model per actor, one actor per GPU (or tensor-parallel group)
-        ds = ds.map_batches(AnnotateStage, batch_size=config.batch_size, batch_format="pyarrow",
-                            fn_constructor_kwargs={"config": config.annotator_config()},
-                            compute=ray.data.ActorPoolStrategy(size=config.concurrency),
-                            num_gpus=config.vllm.tensor_parallel_size if on_gpu else 0)
-    expected = {c["chunk"]: c["length"] for c in missing}
-    pending: dict[int, list[pa.Table]] = collections.defaultdict(list)
-    received: collections.Counter[int] = collections.Counter()
-    bar = tqdm(total=sum(expected.values()), unit="trace", disable=not progress, desc="annotate")
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        for chunk in set(batch["chunk"].to_pylist()):
-            part = batch.filter(pc.equal(batch["chunk"], chunk))
-            pending[chunk].append(part)
-            received[chunk] += part.num_rows
-            if received[chunk] == expected[chunk]:  # chunk complete: make it durable
-                registry.write_atomic(f"{work}/chunks/{chunk:08d}.arrow",
-                                      _ipc_bytes(pa.concat_tables(pending.pop(chunk))))
-        bar.update(batch.num_rows)
-    bar.close()
-    assert not pending, f"chunks left incomplete: {sorted(pending)}"
-    return time.perf_counter() - started
+        if config.backend == "openai":
+            # Nothing to load: plain tasks run on Ray's warm worker pool, where an actor would start a
+            # fresh process per run (seconds of imports). The key travels as an environment variable
+            # of the tasks, never inside the config.
+            key = os.environ.get("OPENAI_API_KEY")
+            env = {"runtime_env": {"env_vars": {"OPENAI_API_KEY": key}}} if key else {}
+            return ds.map_batches(annotate_batch, batch_size=config.batch_size, batch_format="pyarrow",
+                                  fn_kwargs={"config": config.annotator_config()},
+                                  concurrency=config.concurrency, **env)
+        on_gpu = config.backend in ("vllm", "transformers") and ray.cluster_resources().get("GPU", 0) > 0
+        return ds.map_batches(AnnotateStage, batch_size=config.batch_size, batch_format="pyarrow",
+                              fn_constructor_kwargs={"config": config.annotator_config()},
+                              compute=ray.data.ActorPoolStrategy(size=config.concurrency),
+                              num_gpus=config.vllm.tensor_parallel_size if on_gpu else 0)
+    return apply
 
 
 def run_annotate(config: AnnotateConfig, progress: bool = True) -> VersionManifest:
@@ -174,24 +119,15 @@ def run_annotate(config: AnnotateConfig, progress: bool = True) -> VersionManife
     output = config.output or split_ref(config.dataset)[0]
     key = run_key(config, source)
     work = registry.work_dir(output, key)
-    chunks = _chunks(source, config.chunk_rows)
-    missing = [c for c in chunks if not registry.exists(f"{work}/chunks/{c['chunk']:08d}.arrow")]
-    resumed = len(chunks) - len(missing)
-    if resumed:
-        print(f"resuming {key}: {resumed} of {len(chunks)} chunks already annotated")
-    seconds = 0.0
-    if missing:
-        init_ray(config.ray_address)
-        seconds = _annotate_missing(config, registry, source, missing, work, progress)
+    chunks = plan_chunks(source, config.chunk_rows)
+    init_ray(config.ray_address)
+    resumed, seconds = run_missing(registry, source, chunks, work, _INPUT_COLUMNS, _apply_stage(config),
+                                   progress=progress, unit="trace")
 
     prompts = load_prompts(config.prompt_edit, config.prompt_generate)
     results: list[dict[str, Any]] = []
     with registry.writer(output, STAGE, ANNOTATED, parent=source.ref) as writer:
-        for c in chunks:
-            with registry.fs.open_input_file(f"{work}/chunks/{c['chunk']:08d}.arrow") as f:
-                notes = ipc.open_file(f).read_all()
-            rows = registry.read_rows(source, c["shard"], c["start"], c["length"])
-            assert notes["sample_id"].to_pylist() == rows["sample_id"].to_pylist(), f"chunk {c['chunk']} misaligned"
+        for rows, notes in iter_results(registry, source, chunks, work):
             results += notes.drop_columns(["chunk"]).to_pylist()
             _write_chunk(writer, rows, notes, config, prompts)
         accepted = sum(r["reasoning"] is not None for r in results)

@@ -164,7 +164,7 @@ def test_killed_annotate_resumes_without_redoing_chunks(ray_local, demo_dir, fak
     rerun = subprocess.run([str(bin_), *args, "--registry", registry_root], env=env, capture_output=True,
                            text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"{done} of 6 chunks already annotated" in rerun.stdout
+    assert f"{done} of 6 chunks already done" in rerun.stdout
     assert rerun.stdout.split()[-1] == clean.stdout.split()[-1]  # the same version as an uninterrupted run
     redone = len(server_log(fake_server)) - requests_before
     assert redone == 24 - 4 * done  # only the missing chunks went to the server again

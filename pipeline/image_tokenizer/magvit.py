@@ -1,0 +1,111 @@
+"""`MagvitV2`: load, encode, decode, preprocess. The public API of the image tokenizer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.image_tokenizer.model import Decoder, Encoder, LookupFreeQuantizer, MagvitV2Config
+
+DEFAULT_ID = "showlab/magvitv2"
+WEIGHT_FILES = ("pytorch_model.safetensors", "model.safetensors", "pytorch_model.bin")
+
+
+def resolve_checkpoint(path_or_hub_id: str) -> Path:
+    """A local folder, or a hub repo fetched through the local cache (no download when offline)."""
+    path = Path(path_or_hub_id)
+    if path.is_dir():
+        return path
+    if path.exists() or path_or_hub_id.startswith((".", "/")):
+        raise ValueError(f"{path_or_hub_id}: not a checkpoint folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(path_or_hub_id, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+    except Exception as e:
+        raise ValueError(f"cannot fetch {path_or_hub_id!r} from the hub or its cache "
+                         f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): {e}") from None
+
+
+def weights_file(folder: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise ValueError(f"{folder}: no weights file (expected one of {WEIGHT_FILES})")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class MagvitV2(nn.Module):
+    def __init__(self, config: MagvitV2Config | None = None):
+        super().__init__()
+        self.config = config or MagvitV2Config()
+        self.encoder = Encoder(self.config)
+        self.decoder = Decoder(self.config)
+        self.quantize = LookupFreeQuantizer(self.config.latent_channels)
+        self.checkpoint_sha256: str | None = None  # of the weights file it was loaded from
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str = DEFAULT_ID, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "MagvitV2":
+        folder = resolve_checkpoint(path_or_hub_id)
+        spec = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+        if spec.get("_class_name", "MAGVITv2").lower() != "magvitv2":
+            raise ValueError(f"{folder}/config.json is for {spec['_class_name']!r}, not MAGVITv2")
+        # The published config.json carries no architecture fields; the architecture is fixed.
+        model = cls()
+        path = weights_file(folder)
+        if path.suffix == ".bin":
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        model.load_state_dict(state, strict=True)
+        model.checkpoint_sha256 = sha256_file(path)
+        return model.to(device=device, dtype=dtype).eval()
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """The published layout: a diffusers-style config.json and pytorch_model.safetensors."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps({"_class_name": "MAGVITv2", "_diffusers_version": "0.30.1"}))
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        save_file(state, path / "pytorch_model.safetensors")
+        return path
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [-1, 1] -> [B, (H/16)*(W/16)] codes in [0, 8192)."""
+        return self.quantize.codes(self.encoder(pixels))
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """[B, h*w] codes -> [B, 3, 16h, 16w] in [0, 1]."""
+        dtype = next(self.decoder.parameters()).dtype
+        x = self.decoder(self.quantize.latents(codes.long(), grid).to(dtype))
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    @staticmethod
+    def preprocess(images, resolution: int = 512) -> torch.Tensor:
+        """PIL images -> [B, 3, R, R] in [-1, 1]: squash resize (no crop), bicubic, as published."""
+        from PIL import Image
+
+        arrays = [np.asarray(im.convert("RGB").resize((resolution, resolution), Image.BICUBIC), dtype=np.float32)
+                  for im in images]
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        return pixels / 127.5 - 1.0
