@@ -32,7 +32,7 @@ from pipeline.demo_data import make_demo_data  # noqa: E402
 from pipeline.ingest import IngestConfig, run_ingest  # noqa: E402
 from pipeline.ray_runtime import init_ray  # noqa: E402
 from pipeline.registry import DatasetRegistry  # noqa: E402
-from tests.test_annotate import free_port, wait_http  # noqa: E402
+from tests.servers import free_port, wait_http  # noqa: E402
 
 
 async def bare_loop(base_url: str, payloads: list[list[dict]], seeds: list[int], concurrency: int) -> None:

@@ -79,3 +79,35 @@ def build_tiny_qwen25vl(out: str | Path, seed: int = 0, vocab_size: int = 600) -
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+LLADA_SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|eot_id|>",
+                        "<|start_header_id|>", "<|end_header_id|>"]
+
+
+def build_tiny_llada_tokenizer(out: str | Path, vocab_size: int = 800) -> Path:
+    """A byte-level BPE with LLaDA's special tokens, saved as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    out = Path(out)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(_CORPUS, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=LLADA_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|startoftext|>",
+                                        eos_token="<|endoftext|>", mask_token="<|mdm_mask|>")
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_random_magvitv2(out: str | Path, seed: int = 0) -> Path:
+    """Full-size MAGVIT-v2 with random weights, saved in the published `showlab/magvitv2` layout."""
+    import torch
+
+    from pipeline.image_tokenizer import MagvitV2
+
+    torch.manual_seed(seed)
+    return MagvitV2().save_pretrained(out)

@@ -7,12 +7,14 @@ import sys
 import typer
 
 import paraforge_compat  # noqa: F401
-from pipeline.commands import annotate, demo_data, ingest, versions
+from pipeline.commands import annotate, demo_data, ingest, tokenize, versions
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="paraforge data pipeline: ingest, annotate, tokenize, dataset versions.")
 app.command("ingest")(ingest.ingest)
 app.command("annotate")(annotate.annotate)
+app.command("tokenize")(tokenize.tokenize)
+app.command("preview")(tokenize.preview)
 app.command("demo-data")(demo_data.demo_data)
 app.add_typer(versions.app, name="versions")
 

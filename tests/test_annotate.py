@@ -18,39 +18,6 @@ from pipeline.annotate import AnnotateConfig, report, run_annotate
 from pipeline.registry import DatasetRegistry
 from tests.test_ingest import ingest
 
-SERVER = Path(__file__).parent / "fake_openai_server.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, seconds: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(url)
-
-
-@pytest.fixture
-def fake_server():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(SERVER), "--port", str(port), "--retry-after", "0.3",
-                             "--hang-s", "3"])
-    wait_http(f"http://127.0.0.1:{port}/health", 30, proc)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait()
-
-
 def server_log(url: str) -> list[dict]:
     return json.load(urllib.request.urlopen(f"{url}/stats"))["log"]
 

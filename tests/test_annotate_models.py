@@ -15,7 +15,7 @@ from annotators.vllm_backend import VLLMConfig
 from jobs.tiny_models import build_tiny_qwen25vl
 from pipeline.annotate import AnnotateConfig, run_annotate
 from pipeline.registry import DatasetRegistry
-from tests.test_annotate import free_port, wait_http
+from tests.servers import free_port, wait_http
 from tests.test_ingest import ingest
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None

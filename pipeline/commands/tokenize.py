@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.config import load_config
+
+Opt = typer.Option
+
+
+def tokenize(
+    dataset: Annotated[str, typer.Argument(help="NAME[@VERSION|@TAG] of an annotated version")],
+    image_tokenizer: Annotated[Optional[str], Opt(help="MAGVIT-v2 folder or hub id (showlab/magvitv2)")] = None,
+    text_tokenizer: Annotated[Optional[str], Opt(help="tokenizer folder or hub id (GSAI-ML/LLaDA-8B-Instruct)")] = None,
+    resolution: Annotated[Optional[int], Opt(help="square pixels per image, a multiple of 16")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="samples per MAGVIT forward")] = None,
+    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda")] = None,
+    dtype: Annotated[Optional[str], Opt(help="float32 | bfloat16")] = None,
+    overflow: Annotated[Optional[str], Opt(help="over-long text: quarantine (default) | truncate")] = None,
+    concurrency: Annotated[Optional[int], Opt(help="MAGVIT actors (one per GPU)")] = None,
+    output: Annotated[Optional[str], Opt(help="output dataset name (default: the input's)")] = None,
+    registry: Annotated[Optional[str], Opt(help="registry root")] = None,
+    ray_address: Annotated[Optional[str], Opt(help="Ray cluster (else $RAY_ADDRESS, else local)")] = None,
+    config: Annotated[Optional[str], Opt(help="YAML config file")] = None,
+    set_: Annotated[Optional[list[str]], Opt("--set", help="key=value override")] = None,
+    progress: Annotated[bool, Opt(help="show a progress bar")] = True,
+) -> None:
+    """MAGVIT-v2 codes + text ids -> a tokenized version (resumable); prints the version id last."""
+    from pipeline.tokenize import TokenizeConfig, report, run_tokenize
+
+    cfg = load_config(TokenizeConfig, config, set_, dataset=dataset, image_tokenizer=image_tokenizer,
+                      text_tokenizer=text_tokenizer, resolution=resolution, batch_size=batch_size,
+                      device=device, dtype=dtype, overflow=overflow, concurrency=concurrency,
+                      output=output, registry=registry, ray_address=ray_address)
+    manifest = run_tokenize(cfg, progress=progress)
+    print(report(manifest))
+    print(f"published {manifest.ref} (parent {manifest.parent})")
+    print(manifest.version)
+
+
+def preview(
+    dataset: Annotated[str, typer.Argument(help="NAME[@VERSION] of a tokenized version")],
+    out: Annotated[str, Opt("--out", help="folder for the PNGs")],
+    n: Annotated[int, Opt("--n", help="samples to show")] = 8,
+    image_tokenizer: Annotated[Optional[str], Opt(help="default: the one the version was made with")] = None,
+    registry: Annotated[Optional[str], Opt(help="registry root")] = None,
+) -> None:
+    """Decode codes back to PNG (source left, decoded right) to see what the tokenizer kept."""
+    from pipeline.preview import preview as run_preview
+
+    for path in run_preview(dataset, out, n, image_tokenizer, registry):
+        print(path)

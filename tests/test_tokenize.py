@@ -1,0 +1,106 @@
+"""`pipeline tokenize`: MAGVIT-v2 codes and LLaDA-style text ids into memory-mappable Arrow shards."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from transformers import AutoTokenizer
+
+from annotators.openai_backend import OpenAIConfig
+from pipeline.annotate import AnnotateConfig, run_annotate
+from pipeline.preview import preview
+from pipeline.registry import DatasetRegistry
+from pipeline.tokenize import TokenizeConfig, run_tokenize
+from tests.test_ingest import ingest
+
+
+@pytest.fixture
+def annotated(ray_local, demo_dir, fake_server, registry_root):
+    raw = ingest([demo_dir / "data.jsonl"], registry_root, dataset="demo")
+    m = run_annotate(AnnotateConfig(dataset="demo", registry=registry_root, backend="openai", model="fake",
+                                    openai=OpenAIConfig(base_url=f"{fake_server}/v1")), progress=False)
+    assert m.counts.output == raw.counts.output == 24
+    return m
+
+
+def tokenize(registry_root, magvit_dir, tokenizer_dir, **kw):
+    kw = {"resolution": 64, "batch_size": 8, **kw}
+    cfg = TokenizeConfig(dataset="demo", registry=registry_root, image_tokenizer=str(magvit_dir),
+                         text_tokenizer=str(tokenizer_dir), **kw)
+    return run_tokenize(cfg, progress=False)
+
+
+def test_shards_have_the_contract_types(annotated, magvit_dir, llada_tokenizer_dir, registry_root):
+    m = tokenize(registry_root, magvit_dir, llada_tokenizer_dir)
+    assert (m.counts.input, m.counts.output, m.counts.quarantined) == (24, 24, 0)
+    assert m.schema == "tokenized/1" and m.parent == annotated.ref
+    lineage = m.lineage["tokenize"]
+    assert lineage["resolution"] == 64 and len(lineage["image_tokenizer_sha256"]) == 64
+    assert lineage["text_tokenizer"] == str(llada_tokenizer_dir) and len(lineage["text_tokenizer_sha256"]) == 64
+
+    registry = DatasetRegistry(registry_root)
+    [path] = registry.shard_paths(m)
+    assert path.endswith(".arrow")
+    table = pa.ipc.open_file(pa.memory_map(path)).read_all()  # plain pyarrow, memory-mapped
+    expected = {"sample_id": pa.string(), "task": pa.string(), "instruction_ids": pa.list_(pa.int32()),
+                "reasoning_ids": pa.list_(pa.int32()), "input_image_codes": pa.list_(pa.int32(), 16),
+                "output_image_codes": pa.list_(pa.int32(), 16), "grid_h": pa.int32(), "grid_w": pa.int32(),
+                "instruction_len": pa.int32(), "reasoning_len": pa.int32()}
+    assert {f.name: f.type for f in table.schema} == expected
+
+    text = AutoTokenizer.from_pretrained(str(llada_tokenizer_dir))
+    sources = {r["sample_id"]: r for r in registry.read_table(annotated).to_pylist()}
+    for row in table.to_pylist():
+        src = sources[row["sample_id"]]
+        assert row["instruction_ids"] == text(src["instruction"], add_special_tokens=False)["input_ids"]
+        assert text.bos_token_id not in row["reasoning_ids"] and text.eos_token_id not in row["reasoning_ids"]
+        assert row["reasoning_len"] == len(row["reasoning_ids"]) > 0
+        assert (row["grid_h"], row["grid_w"]) == (4, 4)
+        assert all(0 <= c < 8192 for c in row["output_image_codes"])
+        assert (row["input_image_codes"] is None) == (row["task"] == "generate")
+
+    pictures = preview(m.ref, Path(registry_root) / "preview", n=3, registry=registry_root)
+    assert len(pictures) >= 3 and all(p.stat().st_size > 0 for p in pictures)
+
+
+def test_overflow_is_quarantined_or_truncated(annotated, magvit_dir, llada_tokenizer_dir, registry_root):
+    m = tokenize(registry_root, magvit_dir, llada_tokenizer_dir, max_reasoning_tokens=8, output="q")
+    assert (m.counts.output, m.counts.quarantined) == (0, 24)
+    assert m.stats["quarantine_reasons"] == {"reasoning_too_long": 24}
+    t = tokenize(registry_root, magvit_dir, llada_tokenizer_dir, max_reasoning_tokens=8, overflow="truncate",
+                 output="t")
+    assert t.counts.output == 24
+    rows = DatasetRegistry(registry_root).read_table(t).to_pylist()
+    assert {r["reasoning_len"] for r in rows} == {8}
+
+
+def test_killed_tokenize_resumes(annotated, magvit_dir, llada_tokenizer_dir, registry_root, ray_local, tmp_path):
+    args = ["tokenize", "demo", "--image-tokenizer", str(magvit_dir), "--text-tokenizer", str(llada_tokenizer_dir),
+            "--resolution", "64", "--batch-size", "2", "--no-progress", "--set", "chunk_rows=4"]
+    bin_ = Path(sys.executable).parent / "pipeline"
+    env = {**os.environ, "RAY_ADDRESS": ray_local}
+    clean_root = str(tmp_path / "clean")
+    shutil.copytree(registry_root, clean_root)  # the same annotated version, for an uninterrupted run
+    proc = subprocess.Popen([str(bin_), *args, "--registry", registry_root], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    work = Path(registry_root) / "demo" / "_work"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(work.glob("tokenize-*/chunks/*.arrow"))) < 2:
+        assert proc.poll() is None, "tokenize finished before it could be killed"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(work.glob("tokenize-*/chunks/*.arrow")))
+    assert 2 <= done < 6
+    rerun = subprocess.run([str(bin_), *args, "--registry", registry_root], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{done} of 6 chunks already done" in rerun.stdout
+    clean = tokenize(clean_root, magvit_dir, llada_tokenizer_dir, batch_size=2, chunk_rows=4)
+    assert rerun.stdout.split()[-1] == clean.version
