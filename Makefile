@@ -33,7 +33,9 @@ test: $(STAMP)
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python -m benchmarks.ingest
+	$(BIN)/python -m benchmarks.annotate
+	$(BIN)/python -m benchmarks.tokenize
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -5,7 +5,7 @@ The ratio (annotate requests/s / bare requests/s) says whether the pipeline arou
 anything; the absolute rate says whether a client on 2 cores can keep a GPU fleet busy. Goal: ratio
 >= 0.9 and >= 200 requests/s with 512 px images. Ray starts and warms up before timing.
 
-    python benchmarks/annotate.py [--n 512] [--resolution 512] [--concurrency 64] [--repeats 3]
+    python -m benchmarks.annotate [--n 512] [--resolution 512] [--concurrency 64] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -20,19 +20,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import openai  # noqa: E402
+import openai
 
-from annotators.annotator import Sample, attempt_seed  # noqa: E402
-from annotators.openai_backend import OpenAIConfig  # noqa: E402
-from annotators.prompts import load_prompts  # noqa: E402
-from pipeline.annotate import AnnotateConfig, run_annotate  # noqa: E402
-from pipeline.demo_data import make_demo_data  # noqa: E402
-from pipeline.ingest import IngestConfig, run_ingest  # noqa: E402
-from pipeline.ray_runtime import init_ray  # noqa: E402
-from pipeline.registry import DatasetRegistry  # noqa: E402
-from tests.servers import free_port, wait_http  # noqa: E402
+from annotators.annotator import Sample, attempt_seed
+from annotators.openai_backend import OpenAIConfig
+from annotators.prompts import load_prompts
+from pipeline.annotate import AnnotateConfig, run_annotate
+from pipeline.demo_data import make_demo_data
+from pipeline.ingest import IngestConfig, run_ingest
+from pipeline.ray_runtime import init_ray
+from pipeline.registry import DatasetRegistry
+from tests.servers import free_port, wait_http
 
 
 async def bare_loop(base_url: str, payloads: list[list[dict]], seeds: list[int], concurrency: int) -> None:

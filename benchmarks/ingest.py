@@ -4,7 +4,7 @@ Both run in this process, on the same files, alternately, so machine noise hits 
 result is a ratio (ingest rows/s / bare rows/s). Ray is started and warmed before timing: the
 benchmark measures the stage, not Ray's start-up. Goal: >= 0.8 on >= 512 samples at 512 px.
 
-    python benchmarks/ingest.py [--n 512] [--resolution 512] [--repeats 3]
+    python -m benchmarks.ingest [--n 512] [--resolution 512] [--repeats 3]
 """
 
 from __future__ import annotations

@@ -68,8 +68,10 @@ def run_missing(registry: DatasetRegistry, source: VersionManifest, chunks: list
     if not missing:
         return resumed, 0.0
     started = time.perf_counter()
+    # Reading is light I/O: it reserves no CPU, so it can never wait behind a stage whose actors
+    # hold every CPU (that would deadlock the job).
     ds = ray.data.from_items(missing).map_batches(
-        read_chunks, batch_size=1, batch_format="pyarrow",
+        read_chunks, batch_size=1, batch_format="pyarrow", num_cpus=0,
         fn_kwargs={"registry": registry.root, "ref": source.ref, "columns": columns})
     expected = {c["chunk"]: c["length"] for c in missing}
     pending: dict[int, list[pa.Table]] = collections.defaultdict(list)

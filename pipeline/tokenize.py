@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 from collections.abc import Callable
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,6 +48,7 @@ class TokenizeConfig:
     max_reasoning_tokens: int = 512
     overflow: str = "quarantine"  # quarantine | truncate
     concurrency: int = 1  # MAGVIT actors (one per GPU)
+    cpus_per_actor: int = 1  # CPU threads of each actor's MAGVIT when it runs on the CPU
     chunk_rows: int = 256
     registry: str | None = None
     ray_address: str | None = None
@@ -84,6 +84,8 @@ class TokenizeStage:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if self.device.type == "cpu":  # Ray pins workers to 1 thread; use the CPUs the actor holds
+            torch.set_num_threads(config.cpus_per_actor)
         self.dtype = getattr(torch, config.dtype)
         self.magvit = MagvitV2.from_pretrained(config.image_tokenizer, device=self.device, dtype=self.dtype)
         self.text = _text_tokenizer(config.text_tokenizer)
@@ -138,7 +140,7 @@ def _apply_stage(config: TokenizeConfig) -> Callable:
         return ds.map_batches(TokenizeStage, batch_size=config.batch_size, batch_format="pyarrow",
                               fn_constructor_kwargs={"config": config},
                               compute=ray.data.ActorPoolStrategy(size=config.concurrency),
-                              num_gpus=1 if gpus else 0)
+                              num_gpus=1 if gpus else 0, num_cpus=config.cpus_per_actor)
     return apply
 
 

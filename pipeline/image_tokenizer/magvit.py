@@ -65,7 +65,9 @@ class MagvitV2(nn.Module):
         if spec.get("_class_name", "MAGVITv2").lower() != "magvitv2":
             raise ValueError(f"{folder}/config.json is for {spec['_class_name']!r}, not MAGVITv2")
         # The published config.json carries no architecture fields; the architecture is fixed.
-        model = cls()
+        # Built on the meta device: every tensor comes from the checkpoint, so skip the random init.
+        with torch.device("meta"):
+            model = cls()
         path = weights_file(folder)
         if path.suffix == ".bin":
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -73,7 +75,7 @@ class MagvitV2(nn.Module):
             from safetensors.torch import load_file
 
             state = load_file(path)
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
         model.checkpoint_sha256 = sha256_file(path)
         return model.to(device=device, dtype=dtype).eval()
 
