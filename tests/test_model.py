@@ -1,0 +1,76 @@
+"""The MMaDA/LLaDA model: published names and shapes, strict loading, real padding masks."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.model import MMaDAConfig, MMaDAModel
+
+COMPAT = Path(__file__).parent / "data" / "mmada8b_params.json"  # a copy of shared/compat
+TINY = MMaDAConfig(d_model=64, n_heads=4, n_layers=2, mlp_hidden_size=128, embedding_size=300, vocab_size=200,
+                   max_sequence_length=64)
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    return MMaDAModel(TINY).eval()
+
+
+def test_8b_config_has_the_published_names_and_shapes():
+    published = json.loads(COMPAT.read_text())
+    config = MMaDAConfig.from_dict(published["config"])
+    assert (config.d_model, config.n_layers, config.embedding_size, config.rope_theta) == (4096, 32, 134656, 500000.0)
+    with torch.device("meta"):  # 8B parameters, no memory
+        model = MMaDAModel(config)
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == published["params"]
+    assert sum(v.numel() for v in model.state_dict().values()) == published["num_elements"]
+
+
+def test_save_and_load_round_trip_strictly(tmp_path):
+    model = tiny()
+    ids = torch.randint(0, 300, (2, 10))
+    model.save_pretrained(tmp_path / "one")
+    assert torch.equal(MMaDAModel.from_pretrained(str(tmp_path / "one"))(ids), model(ids))
+    model.save_pretrained(tmp_path / "sharded", max_shard_bytes=40_000)
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    assert torch.equal(MMaDAModel.from_pretrained(str(tmp_path / "sharded"))(ids), model(ids))
+    bf16 = MMaDAModel.from_pretrained(str(tmp_path / "one"), dtype=torch.bfloat16)
+    assert bf16(ids).dtype == torch.bfloat16
+    # strict: an extra or missing tensor is an error
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "one" / "model.safetensors")
+    state["model.transformer.blocks.0.extra.weight"] = torch.zeros(1)
+    save_file(state, tmp_path / "one" / "model.safetensors")
+    with pytest.raises(RuntimeError, match="extra"):
+        MMaDAModel.from_pretrained(str(tmp_path / "one"))
+
+
+def test_padding_is_really_masked():
+    model = tiny()
+    ids = torch.randint(0, 300, (1, 8))
+    padded = torch.cat([ids, torch.full((1, 5), 126 % 300)], dim=1)
+    mask = torch.cat([torch.ones(1, 8), torch.zeros(1, 5)], dim=1)
+    with torch.no_grad():
+        alone, masked, unmasked = model(ids), model(padded, mask)[:, :8], model(padded)[:, :8]
+    assert torch.allclose(alone, masked, atol=1e-5)  # padding changes nothing when masked
+    assert not torch.allclose(alone, unmasked, atol=1e-3)  # and would, were it not
+
+
+def test_attention_is_bidirectional():
+    model = tiny()
+    ids = torch.randint(0, 300, (1, 8))
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % 300
+    with torch.no_grad():
+        assert not torch.allclose(model(ids)[0, 0], model(changed)[0, 0])  # the first sees the last
+
+
+def test_unsupported_configs_are_refused():
+    with pytest.raises(ValueError, match="block_type"):
+        MMaDAConfig.from_dict({"block_type": "sequential"})
+    assert MMaDAConfig.from_dict({"d_model": 64, "mlp_ratio": 4, "mlp_hidden_size": None}).mlp_hidden_size == 256

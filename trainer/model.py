@@ -1,0 +1,219 @@
+"""MMaDA / LLaDA: a bidirectional transformer over one vocabulary of text ids and image codes.
+
+LLaMA-style blocks (RMSNorm, rotary position embedding, SwiGLU), no causal mask: every position
+sees every other, which is what masked diffusion needs. Module and parameter names follow the
+published MMaDA-8B / MMaDA-Parallel-M checkpoints (`model.transformer.blocks.N.q_proj.weight`, ...)
+so they load with strict=True; the config is read from the checkpoint's own `config.json`, with
+LLaDA's field names. Unlike the public code, padding is really masked: padded keys get -inf.
+This file holds no distributed code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclasses.dataclass(kw_only=True)
+class MMaDAConfig:
+    d_model: int = 4096
+    n_heads: int = 32
+    n_kv_heads: int | None = None  # None: = n_heads
+    n_layers: int = 32
+    mlp_hidden_size: int = 12288
+    rope_theta: float = 500000.0
+    rms_norm_eps: float = 1e-5
+    embedding_size: int = 134656  # rows of the embedding and of the output head
+    vocab_size: int = 126464  # text ids; image codes follow (see schemas.TokenLayout)
+    max_sequence_length: int = 4096
+    weight_tying: bool = False
+    gradient_checkpointing: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MMaDAConfig":
+        """LLaDA/MMaDA config.json -> config; fields we do not use are ignored, unsupported
+        settings are refused rather than silently changed."""
+        for key, supported in (("block_type", "llama"), ("layer_norm_type", "rms"), ("activation_type", "silu")):
+            if d.get(key, supported) != supported:
+                raise ValueError(f"config {key}={d[key]!r} is not supported (only {supported!r})")
+        if d.get("alibi") or d.get("include_bias") or d.get("include_qkv_bias"):
+            raise ValueError("alibi and bias terms are not supported")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in fields and v is not None}
+        if d.get("mlp_hidden_size") is None and d.get("mlp_ratio") and d.get("d_model"):
+            values["mlp_hidden_size"] = d["mlp_ratio"] * d["d_model"]
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("gradient_checkpointing")
+        return {**d, "model_type": "mmada", "block_type": "llama", "layer_norm_type": "rms",
+                "activation_type": "silu", "rope": True, "alibi": False, "include_bias": False}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()  # normalise in fp32 even under bf16, as LLaDA does
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rotary(seq_len: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    angles = torch.cat([freqs, freqs], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE in fp32 (LLaDA's rope_full_precision)."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: MMaDAConfig):
+        super().__init__()
+        kv_heads = cfg.n_kv_heads or cfg.n_heads
+        self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, kv_heads, cfg.head_dim
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, kv_heads * cfg.head_dim, bias=False)
+        self.attn_out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.ff_norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        self.ff_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden_size, bias=False)  # gate
+        self.up_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden_size, bias=False)
+        self.ff_out = nn.Linear(cfg.mlp_hidden_size, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                key_mask: torch.Tensor | None) -> torch.Tensor:
+        b, n, _ = x.shape
+        h = self.attn_norm(x)
+        q = self.q_proj(h).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=False,
+                                              enable_gqa=self.kv_heads != self.n_heads)
+        x = x + self.attn_out(attn.transpose(1, 2).reshape(b, n, -1))
+        h = self.ff_norm(x)
+        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+
+
+class _Backbone(nn.Module):
+    def __init__(self, cfg: MMaDAConfig):
+        super().__init__()
+        self.transformer = nn.ModuleDict({
+            "wte": nn.Embedding(cfg.embedding_size, cfg.d_model),
+            "blocks": nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers)),
+            "ln_f": RMSNorm(cfg.d_model, cfg.rms_norm_eps),
+        })
+        if not cfg.weight_tying:
+            self.transformer["ff_out"] = nn.Linear(cfg.d_model, cfg.embedding_size, bias=False)
+
+
+class MMaDAModel(nn.Module):
+    def __init__(self, config: MMaDAConfig):
+        super().__init__()
+        self.config = config
+        self.model = _Backbone(config)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, L] ids (and a [B, L] mask, 1 = real, 0 = padding) -> logits [B, L, embedding_size]."""
+        t = self.model.transformer
+        x = t["wte"](input_ids)
+        cos, sin = rotary(input_ids.shape[1], self.config.head_dim, self.config.rope_theta, input_ids.device)
+        key_mask = None
+        if attention_mask is not None:  # a boolean key mask: padded keys are never attended to
+            key_mask = attention_mask.bool()[:, None, None, :]
+        for block in t["blocks"]:
+            if self.config.gradient_checkpointing and self.training:
+                x = checkpoint(block, x, cos, sin, key_mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, key_mask)
+        x = t["ln_f"](x)
+        head = t["ff_out"].weight if "ff_out" in t else t["wte"].weight
+        return F.linear(x, head)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu") -> "MMaDAModel":
+        """A folder (or hub repo) with config.json and model.safetensors, or shards listed in
+        model.safetensors.index.json. Loading is strict: every tensor present, nothing extra."""
+        from safetensors.torch import load_file
+
+        folder = _resolve(path_or_hub_id)
+        config = MMaDAConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        elif (folder / "model.safetensors").is_file():
+            files = ["model.safetensors"]
+        else:
+            raise ValueError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+        state: dict[str, torch.Tensor] = {}
+        for name in files:
+            state.update(load_file(folder / name))
+        with torch.device("meta"):
+            model = cls(config)
+        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+        return model.to(device)
+
+    def save_pretrained(self, path: str | Path, max_shard_bytes: int = 5 * 1024**3) -> Path:
+        """The published layout: config.json plus safetensors, sharded with an index when large."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        size = 0
+        for name, tensor in self.state_dict().items():
+            nbytes = tensor.numel() * tensor.element_size()
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][name] = tensor.detach().to("cpu").contiguous()
+            size += nbytes
+        if len(shards) == 1:
+            save_file(shards[0], path / "model.safetensors", metadata={"format": "pt"})
+            return path
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, path / name, metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, name))
+        total = sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        (path / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        return path
+
+
+def _resolve(path_or_hub_id: str) -> Path:
+    path = Path(path_or_hub_id)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(path_or_hub_id, allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as e:
+        raise ValueError(f"cannot find {path_or_hub_id!r} locally or in the hub cache: {e}") from None
