@@ -66,6 +66,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "2e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if origin in (list, tuple) and not isinstance(value, (list, tuple)):
         value = [value]
     if origin is tuple:

@@ -33,6 +33,23 @@ class TokenLayout:
     edit_task_id: int = 126095
     generate_task_id: int = 126088
 
+    @classmethod
+    def compact(cls, text_vocab_size: int, image_codebook_size: int = 8192) -> "TokenLayout":
+        """A small vocabulary for tiny models: special ids take the top 16 text ids, so a tokenizer
+        with fewer than text_vocab_size - 16 ids fits below them."""
+        top = text_vocab_size - 16
+        names = ["mask_id", "bos_id", "eos_id", "eot_id", "soi_id", "eoi_id", "t2i_id", "mmu_id", "ipad_id",
+                 "r2i_id", "interleave_id", "t2it_id"]
+        ids = {name: top + i for i, name in enumerate(names)}
+        return cls(text_vocab_size=text_vocab_size, image_codebook_size=image_codebook_size,
+                   image_token_offset=text_vocab_size, pad_id=ids["eos_id"], edit_task_id=ids["interleave_id"],
+                   generate_task_id=ids["t2i_id"], **ids)
+
+    @property
+    def max_text_id(self) -> int:
+        """Text ids from the tokenizer must stay below this (the lowest special id of a compact layout)."""
+        return min(self.special_ids().values())
+
     def __post_init__(self) -> None:
         self.validate()
 

@@ -67,3 +67,27 @@ def llada_tokenizer_dir(tmp_path_factory):
     from jobs.tiny_models import build_tiny_llada_tokenizer
 
     return build_tiny_llada_tokenizer(tmp_path_factory.mktemp("llada-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tokenized_demo(ray_local, demo_dir, magvit_dir, llada_tokenizer_dir, tmp_path_factory):
+    """The demo data through ingest -> annotate (scripted server) -> tokenize (64 px): a real
+    tokenized version for the trainer tests. Returns (registry root, version ref)."""
+    from annotators.openai_backend import OpenAIConfig
+    from pipeline.annotate import AnnotateConfig, run_annotate
+    from pipeline.ingest import IngestConfig, run_ingest
+    from pipeline.tokenize import TokenizeConfig, run_tokenize
+
+    root = str(tmp_path_factory.mktemp("trainer-registry"))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(SERVER), "--port", str(port)])
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 30, server)
+        run_ingest(IngestConfig(sources=[str(demo_dir / "data.jsonl")], dataset="demo", registry=root), progress=False)
+        run_annotate(AnnotateConfig(dataset="demo", registry=root, backend="openai", model="fake",
+                                    openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1")), progress=False)
+    finally:
+        server.terminate()
+    m = run_tokenize(TokenizeConfig(dataset="demo", registry=root, image_tokenizer=str(magvit_dir),
+                                    text_tokenizer=str(llada_tokenizer_dir), resolution=64), progress=False)
+    return root, m.ref

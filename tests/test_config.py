@@ -25,6 +25,7 @@ def test_yaml_then_values_then_overrides(tmp_path):
     path.write_text("name: a\nsteps: 5\noptim:\n  lr: 0.1\n")
     cfg = load_config(Outer, path, ["optim.lr=3", "sources=x.jsonl"], steps=7, note=None)
     assert cfg == Outer(name="a", steps=7, sources=["x.jsonl"], optim=Inner(lr=3.0))
+    assert load_config(Outer, None, ["name=a", "optim.lr=2e-3"]).optim.lr == 0.002  # YAML 1.1 reads a string
     assert isinstance(cfg.optim.lr, float)
 
 

@@ -1,8 +1,9 @@
-"""The `trainer` command: the root only registers command groups."""
+"""The `trainer` command: the root only registers commands; each calls one library function."""
 
 from __future__ import annotations
 
 import json
+from typing import Annotated, Optional
 
 import typer
 
@@ -10,7 +11,32 @@ import paraforge_compat  # noqa: F401
 from pipeline.cli import run
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  help="paraforge trainer: sft, rl (ParaRL), sample.")
+                  help="paraforge trainer: sft, export, layout.")
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value config overrides (nested: optim.lr=2e-5)")]
+
+
+@app.command()
+def sft(overrides: Overrides = None,
+        config: Annotated[Optional[str], typer.Option(help="YAML config, e.g. trainer/configs/sft.yaml")] = None,
+        progress: Annotated[bool, typer.Option(help="show a progress bar")] = True) -> None:
+    """Supervised fine-tuning on a tokenized version (DeepSpeed; resumes from the newest checkpoint)."""
+    from pipeline.config import load_config
+    from trainer.sft import SFTConfig, train
+
+    cfg = load_config(SFTConfig, config, overrides)
+    run_dir = train(cfg, progress=progress)
+    print(f"checkpoints in {run_dir / 'checkpoints'}; metrics in {run_dir / 'metrics.jsonl'}")
+
+
+@app.command()
+def export(run_dir: Annotated[str, typer.Argument(help="an sft/rl run folder")],
+           out: Annotated[str, typer.Option("--out", help="output folder (HF layout)")],
+           tag: Annotated[Optional[str], typer.Option(help="checkpoint tag (default: the newest)")] = None,
+           dtype: Annotated[str, typer.Option(help="float32 | bfloat16")] = "float32") -> None:
+    """Write a checkpoint as config.json + safetensors, loadable by MMaDAModel.from_pretrained."""
+    from trainer.export import export as run_export
+
+    print(run_export(run_dir, out, tag, dtype))
 
 
 @app.command()
@@ -21,10 +47,9 @@ def layout() -> None:
     print(json.dumps({"vocab_size": MMADA_M.vocab_size, **MMADA_M.special_ids()}, indent=2))
 
 
-@app.callback()
-def _root() -> None:
-    pass
-
-
 def main() -> None:
     run(app)
+
+
+if __name__ == "__main__":
+    main()

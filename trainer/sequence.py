@@ -35,7 +35,10 @@ class Batch:
 
 
 def _text(ids: list[int], length: int, layout: TokenLayout) -> list[int]:
-    body = [layout.bos_id, *ids[: length - 2], layout.eos_id]  # over-long text was filtered upstream
+    if len(ids) > length - 2:  # tokenize quarantines over-long text; a shorter length here is a config error
+        raise ValueError(f"text of {len(ids)} tokens does not fit a part of {length} (bos + text + eos): "
+                         "raise sequence.instruction_len / sequence.reasoning_len")
+    body = [layout.bos_id, *ids, layout.eos_id]
     return body + [layout.eos_id] * (length - len(body))
 
 

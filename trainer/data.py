@@ -1,0 +1,81 @@
+"""A deterministic, rank-sharded, resumable loader over tokenized Arrow IPC shards.
+
+The shards are memory-mapped; an epoch is a seeded permutation of all rows; rank r of W takes
+every W-th index of it (the tail that does not divide evenly is dropped, so every rank runs the
+same number of steps). The state is (epoch, position): saved in every checkpoint, it resumes
+mid-epoch exactly, with the same batches in the same order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from pipeline.registry import DatasetRegistry
+from schemas import TokenLayout
+
+COLUMNS = ["task", "instruction_ids", "reasoning_ids", "input_image_codes", "output_image_codes"]
+
+
+@dataclasses.dataclass
+class LoaderState:
+    epoch: int = 0
+    position: int = 0  # samples this rank has taken from the current epoch
+
+
+class ShardLoader:
+    def __init__(self, ref: str, registry: str | None, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, layout: TokenLayout | None = None):
+        reg = DatasetRegistry(registry)
+        self.manifest = reg.resolve(ref, schema="tokenized/1")
+        if self.manifest.schema != "tokenized/1":
+            raise ValueError(f"{self.manifest.ref} is {self.manifest.schema}; sft trains on tokenized/1 versions")
+        tables = [ipc.open_file(pa.memory_map(p)).read_all().select(COLUMNS) for p in reg.shard_paths(self.manifest)]
+        self.table = pa.concat_tables(tables)
+        self.rows = self.table.num_rows
+        self.per_rank = self.rows // world_size
+        if self.per_rank < batch_size:
+            raise ValueError(f"{self.manifest.ref} has {self.rows} rows: too few for {world_size} rank(s) "
+                             f"x batch {batch_size}")
+        self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
+        self.state = LoaderState()
+        if layout is not None:
+            self._check_vocabulary(layout)
+
+    def _check_vocabulary(self, layout: TokenLayout) -> None:
+        import pyarrow.compute as pc
+
+        for column in ("instruction_ids", "reasoning_ids"):
+            values = pc.list_flatten(self.table[column])
+            top = pc.max(values).as_py() if len(values) else 0
+            if top is not None and top >= layout.max_text_id:
+                raise ValueError(f"{column} holds id {top}, not below the layout's special ids ({layout.max_text_id}): "
+                                 "the text tokenizer does not match the model's token layout")
+
+    def _epoch_indices(self, epoch: int) -> np.ndarray:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
+        return order[self.rank::self.world_size][: self.per_rank]
+
+    def next_rows(self) -> list[dict]:
+        """The next batch of rows (python dicts); rolls over into the next epoch."""
+        if self.state.position + self.batch_size > self.per_rank:
+            self.state = LoaderState(self.state.epoch + 1, 0)
+        indices = self._epoch_indices(self.state.epoch)[self.state.position: self.state.position + self.batch_size]
+        self.state.position += self.batch_size
+        return self.table.take(pa.array(indices)).to_pylist()
+
+    def state_dict(self) -> dict:
+        return {**dataclasses.asdict(self.state), "seed": self.seed, "world_size": self.world_size,
+                "dataset": self.manifest.ref}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["dataset"] != self.manifest.ref or state["seed"] != self.seed:
+            raise ValueError(f"checkpoint was made on {state['dataset']} seed {state['seed']}, "
+                             f"not {self.manifest.ref} seed {self.seed}")
+        if state["world_size"] != self.world_size:
+            raise ValueError("resuming with another world size changes every rank's order; "
+                             f"checkpoint has {state['world_size']}, this run {self.world_size}")
+        self.state = LoaderState(state["epoch"], state["position"])

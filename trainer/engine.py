@@ -1,0 +1,98 @@
+"""DeepSpeed behind one small interface: initialise, forward, backward, step, save, load.
+
+The DeepSpeed JSON in trainer/configs holds the parallelism (ZeRO stage, offload); the SFT config
+fills in what it owns (batch sizes, learning-rate schedule, precision), so one JSON serves every
+model size. On a machine without GPUs DeepSpeed runs on its CPU accelerator with gloo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclasses.dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size); a lone process without a launcher becomes a world of one."""
+    import deepspeed
+
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def deepspeed_config(template: str, optim: OptimConfig, *, micro_batch_size: int, grad_accum: int,
+                     total_steps: int, bf16: bool) -> dict[str, Any]:
+    path = Path(template)
+    if not path.is_file():
+        path = CONFIG_DIR / f"{template}.json"
+    config = json.loads(path.read_text())
+    config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    config["gradient_accumulation_steps"] = grad_accum
+    config.pop("train_batch_size", None)
+    config["gradient_clipping"] = optim.grad_clip
+    config["bf16"] = {"enabled": bf16}
+    params = config["optimizer"]["params"]
+    params.update(lr=optim.lr, betas=list(optim.betas), weight_decay=optim.weight_decay)
+    if not torch.cuda.is_available():
+        params["torch_adam"] = True  # DeepSpeed's fused Adam needs a compiler toolchain per accelerator
+    config["scheduler"]["params"].update(total_num_steps=total_steps, warmup_num_steps=optim.warmup_steps,
+                                         cos_min_ratio=optim.min_lr_ratio)
+    return config
+
+
+class Engine:
+    def __init__(self, model: torch.nn.Module, config: dict[str, Any]):
+        import deepspeed
+
+        self.ds, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+        self.device = self.ds.device
+        self.bf16 = config["bf16"]["enabled"]
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.ds.module
+
+    def forward(self, *args, **kwargs):
+        return self.ds(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss)
+
+    def step(self) -> None:
+        self.ds.step()  # steps the optimizer and schedule at gradient-accumulation boundaries
+
+    @property
+    def lr(self) -> float:
+        return self.ds.get_lr()[0]
+
+    def save(self, directory: str | Path, tag: str, client_state: dict[str, Any]) -> None:
+        self.ds.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+
+    def load(self, directory: str | Path, tag: str | None = None) -> dict[str, Any]:
+        _, client_state = self.ds.load_checkpoint(str(directory), tag=tag)
+        return client_state or {}

@@ -1,0 +1,126 @@
+"""`trainer sft`: supervised fine-tuning of MMaDA on a tokenized version with the parallel
+masked-diffusion loss, on DeepSpeed, resumable exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from schemas import MMADA_M, TokenLayout
+from trainer.checkpoint import Checkpointer
+from trainer.data import ShardLoader
+from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distributed
+from trainer.loss import apply_noise, diffusion_loss
+from trainer.metrics import MetricsLogger
+from trainer.model import MMaDAConfig, MMaDAModel
+from trainer.sequence import SequenceConfig, collate
+
+TINY_MODEL = {"d_model": 128, "n_heads": 4, "n_layers": 2, "mlp_hidden_size": 256, "max_sequence_length": 1024}
+
+
+@dataclasses.dataclass(kw_only=True)
+class SFTConfig:
+    dataset: str  # NAME@VERSION of a tokenized version
+    registry: str | None = None
+    model: str | None = None  # checkpoint folder or hub id (MMaDA layout); or init="tiny"
+    init: str | None = None  # "tiny": a small random model, for tests and the demo
+    layout: str = "mmada"  # "mmada": the -M vocabulary; "compact": a small one for tiny models
+    compact_text_vocab: int = 1024
+    out_dir: str = "runs/sft"
+    steps: int = 1000
+    micro_batch_size: int = 4
+    grad_accum: int = 1
+    deepspeed: str = "ds_zero2"  # a JSON in trainer/configs or a path
+    bf16: bool = True
+    gradient_checkpointing: bool = False
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
+    cfg_dropout: float = 0.1  # share of samples trained without instruction (and input image)
+    w_text: str = "inverse_t"  # the paper's finding: 1/t for text...
+    w_image: str = "one"  # ...and 1 for image tokens
+    mask_schedule: str = "linear"
+    seed: int = 0
+    save_every: int = 100
+    keep_last: int = 3
+    resume: str = "auto"  # auto | none | a checkpoint tag or path
+    log_every: int = 1
+    peak_flops: float | None = None  # per device, for the MFU estimate (e.g. 989e12 for H100 bf16)
+
+    def token_layout(self) -> TokenLayout:
+        return TokenLayout.compact(self.compact_text_vocab) if self.layout == "compact" else MMADA_M
+
+
+def build_model(cfg: SFTConfig, layout: TokenLayout) -> MMaDAModel:
+    if cfg.init == "tiny":
+        torch.manual_seed(cfg.seed)
+        config = MMaDAConfig(**TINY_MODEL, embedding_size=layout.vocab_size, vocab_size=layout.text_vocab_size,
+                             gradient_checkpointing=cfg.gradient_checkpointing)
+        return MMaDAModel(config)
+    if not cfg.model:
+        raise ValueError("give model=PATH_OR_HUB_ID or init=tiny")
+    model = MMaDAModel.from_pretrained(cfg.model)
+    if model.config.embedding_size < layout.vocab_size:
+        raise ValueError(f"{cfg.model} has {model.config.embedding_size} embeddings < layout vocabulary {layout.vocab_size}")
+    model.config.gradient_checkpointing = cfg.gradient_checkpointing
+    return model
+
+
+def train_step(engine: Engine, rows: list[dict], cfg: SFTConfig, layout: TokenLayout,
+               generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One micro-batch: CFG dropout, noise the output part, weighted CE, backward."""
+    drop = (torch.rand(len(rows), generator=generator) < cfg.cfg_dropout).tolist()
+    batch = collate(rows, layout, cfg.sequence, drop)
+    targets = batch.image_target | batch.text_target
+    noised, masked, t = apply_noise(batch.input_ids, targets, layout.mask_id, generator,
+                                    schedule=cfg.mask_schedule)
+    logits = engine.forward(noised.to(engine.device), batch.attention_mask.to(engine.device))
+    out = diffusion_loss(logits, batch.input_ids.to(engine.device), masked.to(engine.device),
+                         batch.image_target.to(engine.device), batch.text_target.to(engine.device),
+                         t.to(engine.device), cfg.w_text, cfg.w_image)
+    engine.backward(out["loss"])
+    engine.step()
+    out["tokens"] = batch.attention_mask.sum()
+    return out
+
+
+def train(cfg: SFTConfig, progress: bool = True) -> Path:
+    rank, world = init_distributed()
+    layout = cfg.token_layout()
+    model = build_model(cfg, layout)
+    loader = ShardLoader(cfg.dataset, cfg.registry, cfg.micro_batch_size, rank, world, cfg.seed, layout)
+    engine = Engine(model, deepspeed_config(cfg.deepspeed, cfg.optim, micro_batch_size=cfg.micro_batch_size,
+                                            grad_accum=cfg.grad_accum, total_steps=cfg.steps, bf16=cfg.bf16))
+    run_dir = Path(cfg.out_dir)
+    checkpoints = Checkpointer(run_dir, cfg.keep_last, rank)
+    state = checkpoints.resume(engine, cfg.resume)
+    step = 0
+    if state:
+        step = state["step"]
+        loader.load_state_dict(state["loader"])
+    metrics = MetricsLogger(run_dir, rank, n_params=sum(p.numel() for p in model.parameters()),
+                            peak_flops=cfg.peak_flops, world_size=world)
+    if rank == 0:
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, desc="sft")
+    while step < cfg.steps:
+        started = time.perf_counter()
+        for micro in range(cfg.grad_accum):
+            # noise depends only on (seed, step, rank, micro): a resumed run draws the same masks
+            generator = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + rank) * 31 + micro)
+            out = train_step(engine, loader.next_rows(), cfg, layout, generator)
+        step += 1
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            record = metrics.log(step, out, engine.lr, time.perf_counter() - started, cfg.grad_accum)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        bar.update(1)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            checkpoints.save(engine, step, {"step": step, "loader": loader.state_dict(),
+                                            "config": dataclasses.asdict(cfg)}, model.config.to_dict())
+    bar.close()
+    metrics.close()
+    return run_dir
