@@ -14,7 +14,6 @@ CPU (on a GPU also 512 px in bf16).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -32,23 +32,27 @@ CHAT_TEMPLATE = (
 )
 
 
+def _train_bpe(special_tokens: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(_CORPUS, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return bpe
+
+
 def build_tiny_qwen25vl(out: str | Path, seed: int = 0, vocab_size: int = 600) -> Path:
     """A 2-layer Qwen2.5-VL (head_dim 64, which vLLM's CPU kernels need) with a BPE tokenizer."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2_5_VLProcessor,
                               Qwen2TokenizerFast, Qwen2VLImageProcessor,
                               Qwen2VLVideoProcessor)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(_CORPUS, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=QWEN_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = Qwen2TokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+    tokenizer = Qwen2TokenizerFast(tokenizer_object=_train_bpe(QWEN_SPECIAL_TOKENS, vocab_size), eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    unk_token=None, bos_token=None)
     tokenizer.chat_template = CHAT_TEMPLATE
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
@@ -87,17 +91,10 @@ LLADA_SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|e
 
 def build_tiny_llada_tokenizer(out: str | Path, vocab_size: int = 800) -> Path:
     """A byte-level BPE with LLaDA's special tokens, saved as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     out = Path(out)
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(_CORPUS, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=LLADA_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|startoftext|>",
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_train_bpe(LLADA_SPECIAL_TOKENS, vocab_size), bos_token="<|startoftext|>",
                                         eos_token="<|endoftext|>", mask_token="<|mdm_mask|>")
     tokenizer.save_pretrained(out)
     return out

@@ -114,8 +114,6 @@ def _apply_stage(config: AnnotateConfig) -> Callable:
 def run_annotate(config: AnnotateConfig, progress: bool = True) -> VersionManifest:
     registry = DatasetRegistry(config.registry)
     source = registry.resolve(config.dataset, schema="raw/1")
-    if source.schema != "raw/1":
-        raise ValueError(f"{source.ref} has schema {source.schema}; annotate takes a raw/1 version")
     output = config.output or split_ref(config.dataset)[0]
     key = run_key(config, source)
     work = registry.work_dir(output, key)

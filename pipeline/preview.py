@@ -17,8 +17,6 @@ def preview(ref: str, out: str | Path, n: int = 8, image_tokenizer: str | None =
             registry: str | None = None) -> list[Path]:
     reg = DatasetRegistry(registry)
     manifest = reg.resolve(ref, schema="tokenized/1")
-    if manifest.schema != "tokenized/1" or not manifest.parent:
-        raise ValueError(f"{manifest.ref} is not a tokenized version with a parent")
     tokenize = manifest.lineage["tokenize"]
     magvit = MagvitV2.from_pretrained(image_tokenizer or tokenize["image_tokenizer"])
     rows = reg.read_table(manifest).slice(0, n)

@@ -115,7 +115,8 @@ class DatasetRegistry:
 
     def resolve(self, ref: str, schema: str | None = None) -> VersionManifest:
         """NAME (latest), NAME@VERSION, NAME@TAG or NAME@<unique version prefix>. With `schema`,
-        NAME alone means the latest version of that schema (a stage's input lives beside its output)."""
+        NAME alone means the latest version of that schema (a stage's input lives beside its output),
+        and a version of another schema is an error."""
         dataset, selector = split_ref(ref)
         versions = self.versions(dataset)
         if not versions:
@@ -125,6 +126,12 @@ class DatasetRegistry:
             if not candidates:
                 raise ValueError(f"dataset {dataset!r} has no {schema} version in registry {self.root}")
             return candidates[-1]
+        found = self._select(ref, dataset, selector, versions)
+        if schema is not None and found.schema != schema:
+            raise ValueError(f"{found.ref} has schema {found.schema}; a {schema} version is needed here")
+        return found
+
+    def _select(self, ref: str, dataset: str, selector: str, versions: list[VersionManifest]) -> VersionManifest:
         selector = self.tags(dataset).get(selector, selector)
         matches = [m for m in versions if m.version.startswith(selector)]
         if len(matches) != 1:

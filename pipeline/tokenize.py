@@ -147,8 +147,6 @@ def _apply_stage(config: TokenizeConfig) -> Callable:
 def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManifest:
     registry = DatasetRegistry(config.registry)
     source = registry.resolve(config.dataset, schema="annotated/1")
-    if source.schema != "annotated/1":
-        raise ValueError(f"{source.ref} has schema {source.schema}; tokenize takes an annotated/1 version")
     output = config.output or split_ref(config.dataset)[0]
     checkpoint = weights_file(resolve_checkpoint(config.image_tokenizer))
     text = _text_tokenizer(config.text_tokenizer)

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from pipeline.demo_data import make_demo_data
 from pipeline.registry import DatasetRegistry

@@ -75,6 +75,10 @@ def test_resolve_latest_tag_and_prefix(tmp_path):
     assert registry.resolve("d@best").version == second.version
     with pytest.raises(ValueError, match="no version or tag"):
         registry.resolve("d@nope")
+    with pytest.raises(ValueError, match="annotated/1 version is needed"):
+        registry.resolve(f"d@{first.version}", schema="annotated/1")
+    with pytest.raises(ValueError, match="has no annotated/1 version"):
+        registry.resolve("d", schema="annotated/1")
     with pytest.raises(ValueError, match="has no versions"):
         registry.resolve("missing")
     with pytest.raises(ValueError, match="invalid dataset name"):

@@ -31,8 +31,6 @@ class ShardLoader:
                  seed: int = 0, layout: TokenLayout | None = None):
         reg = DatasetRegistry(registry)
         self.manifest = reg.resolve(ref, schema="tokenized/1")
-        if self.manifest.schema != "tokenized/1":
-            raise ValueError(f"{self.manifest.ref} is {self.manifest.schema}; sft trains on tokenized/1 versions")
         tables = [ipc.open_file(pa.memory_map(p)).read_all().select(COLUMNS) for p in reg.shard_paths(self.manifest)]
         self.table = pa.concat_tables(tables)
         self.rows = self.table.num_rows
