@@ -114,3 +114,17 @@ def test_two_process_gloo_run(tokenized_demo, tmp_path):
     files = sorted(p.name for p in (run / "checkpoints" / "step-4").iterdir())
     assert "zero_pp_rank_0_mp_rank_00_optim_states.pt" in files and "zero_pp_rank_1_mp_rank_00_optim_states.pt" in files
     assert sorted(metrics(run)) == [1, 2, 3, 4]
+
+
+def test_ray_train_torchtrainer_with_two_workers(tokenized_demo, tmp_path, ray_local):
+    from pipeline.config import load_config
+    from trainer.ray_train import train_on_ray
+    from trainer.sft import SFTConfig
+
+    registry, ref = tokenized_demo
+    run = tmp_path / "ray"
+    overrides = [a for a in sft_args(registry, ref, run, steps=3, save_every=3)[2:]]
+    train_on_ray(load_config(SFTConfig, None, overrides), num_workers=2, use_gpu=False)
+    files = {p.name for p in (run / "checkpoints" / "step-3").iterdir()}
+    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= files
+    assert sorted(metrics(run)) == [1, 2, 3]

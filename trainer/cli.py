@@ -18,13 +18,22 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value config
 @app.command()
 def sft(overrides: Overrides = None,
         config: Annotated[Optional[str], typer.Option(help="YAML config, e.g. trainer/configs/sft.yaml")] = None,
-        progress: Annotated[bool, typer.Option(help="show a progress bar")] = True) -> None:
+        progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+        ray_workers: Annotated[int, typer.Option(help="train on Ray: N workers via Ray Train (0: this process)")] = 0,
+        ray_gpu: Annotated[bool, typer.Option(help="one GPU per Ray worker")] = False,
+        ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster (else $RAY_ADDRESS, else local)")] = None,
+        ) -> None:
     """Supervised fine-tuning on a tokenized version (DeepSpeed; resumes from the newest checkpoint)."""
     from pipeline.config import load_config
     from trainer.sft import SFTConfig, train
 
     cfg = load_config(SFTConfig, config, overrides)
-    run_dir = train(cfg, progress=progress)
+    if ray_workers:
+        from trainer.ray_train import train_on_ray
+
+        run_dir = train_on_ray(cfg, ray_workers, ray_gpu, ray_address)
+    else:
+        run_dir = train(cfg, progress=progress)
     print(f"checkpoints in {run_dir / 'checkpoints'}; metrics in {run_dir / 'metrics.jsonl'}")
 
 

@@ -1,0 +1,37 @@
+"""Run `trainer sft` on a Ray cluster through Ray Train's TorchTrainer: Ray places the workers
+(one per GPU when `use_gpu`) and sets up torch.distributed; each worker runs the same `train`
+it would run under torchrun, and DeepSpeed reuses that process group."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+
+def _worker(config: dict) -> None:
+    import paraforge_compat  # noqa: F401
+    from pipeline.config import load_config
+    from trainer.sft import SFTConfig, train
+
+    train(load_config(SFTConfig, None, None, **config), progress=False)
+
+
+def train_on_ray(cfg, num_workers: int, use_gpu: bool, ray_address: str | None = None) -> Path:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipeline.ray_runtime import init_ray
+
+    init_ray(ray_address)
+    # Workers do not run in this folder: give them absolute paths (or URIs) to data and outputs.
+    cfg = dataclasses.replace(cfg, out_dir=os.path.abspath(cfg.out_dir),
+                              registry=cfg.registry if cfg.registry is None or "://" in cfg.registry
+                              else os.path.abspath(cfg.registry))
+    trainer = TorchTrainer(
+        _worker, train_loop_config=dataclasses.asdict(cfg),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name="paraforge-sft", storage_path=os.path.join(cfg.out_dir, "ray")))
+    trainer.fit()
+    return Path(cfg.out_dir)
