@@ -1,9 +1,10 @@
-"""Helpers for tests that run servers on 127.0.0.1."""
+"""Helpers for tests that run servers on 127.0.0.1 or kill processes mid-run."""
 
 import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 SERVER = Path(__file__).parent / "fake_openai_server.py"
@@ -26,3 +27,15 @@ def wait_http(url: str, seconds: float, proc: subprocess.Popen | None = None) ->
         except OSError:
             time.sleep(0.2)
     raise TimeoutError(url)
+
+
+def kill_when(cmd: list[str], ready: Callable[[], bool], seconds: float, env: dict | None = None) -> None:
+    """Start `cmd` and SIGKILL it as soon as `ready()` holds; fail if it ends on its own first."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + seconds
+    while not ready():
+        assert proc.poll() is None, f"{' '.join(cmd[:2])} finished before it could be killed"
+        assert time.time() < deadline, f"gave up waiting to kill {' '.join(cmd[:2])}"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()

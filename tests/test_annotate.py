@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from annotators import ValidatorConfig
 from annotators.openai_backend import OpenAIConfig
 from pipeline.annotate import AnnotateConfig, report, run_annotate
 from pipeline.registry import DatasetRegistry
+from tests.servers import kill_when
 from tests.test_ingest import ingest
 
 def server_log(url: str) -> list[dict]:
@@ -113,15 +112,9 @@ def test_killed_annotate_resumes_without_redoing_chunks(ray_local, demo_dir, fak
     assert clean.returncode == 0, clean.stderr
     n_clean = len(server_log(fake_server))
 
-    proc = subprocess.Popen([str(bin_), *args, "--registry", registry_root], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     chunks = Path(registry_root) / "demo" / "_work"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(chunks.glob("*/chunks/*.arrow"))) < 2:
-        assert proc.poll() is None, "annotate finished before it could be killed"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when([str(bin_), *args, "--registry", registry_root], lambda: len(list(chunks.glob("*/chunks/*.arrow"))) >= 2,
+              120, env)
     done = len(list(chunks.glob("*/chunks/*.arrow")))
     assert 2 <= done < 6
     assert DatasetRegistry(registry_root).versions("demo")[-1].version == raw.version  # nothing published

@@ -2,15 +2,14 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
 from pipeline.demo_data import make_demo_data
 from pipeline.registry import DatasetRegistry
+from tests.servers import kill_when
 
 BIN = Path(sys.executable).parent
 
@@ -82,15 +81,10 @@ def test_killed_ingest_leaves_no_partial_version(ray_local, tmp_path):
 
     reg = tmp_path / "reg"
     env = {**os.environ, "RAY_ADDRESS": ray_local}
-    proc = subprocess.Popen([str(BIN / "pipeline"), *map(str, args), "--registry", str(reg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     staging = reg / "k" / "_staging"
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(staging.glob("*/shards/*.arrow")):
-        assert proc.poll() is None, "ingest finished before it could be killed"
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)  # mid-run: some shards written, the version not published
-    proc.wait()
+    # mid-run: some shards written, the version not published
+    kill_when([str(BIN / "pipeline"), *map(str, args), "--registry", str(reg)],
+              lambda: bool(list(staging.glob("*/shards/*.arrow"))), 120, env)
     assert list(staging.glob("*/shards/*.arrow")), "killed before any shard was written"
     assert not list((reg / "k").glob("versions/*/manifest.json"))
     assert DatasetRegistry(str(reg)).versions("k") == []

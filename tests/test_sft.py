@@ -2,16 +2,14 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.servers import free_port
+from tests.servers import free_port, kill_when
 from trainer.data import ShardLoader
 
 BIN = Path(sys.executable).parent
@@ -63,15 +61,8 @@ def test_kill_and_resume_repeats_the_loss_sequence_bitwise(tokenized_demo, tmp_p
     clean = tmp_path / "clean"
     run_trainer(sft_args(registry, ref, clean, steps=30, save_every=10))
     resumed = tmp_path / "resumed"
-    proc = subprocess.Popen([str(BIN / "trainer"), *sft_args(registry, ref, resumed, steps=30, save_every=10)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = resumed / "checkpoints" / "step-10" / "done"
-    deadline = time.time() + 600
-    while time.time() < deadline and not marker.exists():
-        assert proc.poll() is None, "training ended before it could be killed"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when([str(BIN / "trainer"), *sft_args(registry, ref, resumed, steps=30, save_every=10)], marker.exists, 600)
     assert not (resumed / "checkpoints" / "step-30").exists()
     run_trainer(sft_args(registry, ref, resumed, steps=30, save_every=10))
     a, b = metrics(clean), metrics(resumed)

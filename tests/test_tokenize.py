@@ -2,10 +2,8 @@
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +15,7 @@ from pipeline.annotate import AnnotateConfig, run_annotate
 from pipeline.preview import preview
 from pipeline.registry import DatasetRegistry
 from pipeline.tokenize import TokenizeConfig, run_tokenize
+from tests.servers import kill_when
 from tests.test_ingest import ingest
 
 
@@ -87,15 +86,9 @@ def test_killed_tokenize_resumes(annotated, magvit_dir, llada_tokenizer_dir, reg
     env = {**os.environ, "RAY_ADDRESS": ray_local}
     clean_root = str(tmp_path / "clean")
     shutil.copytree(registry_root, clean_root)  # the same annotated version, for an uninterrupted run
-    proc = subprocess.Popen([str(bin_), *args, "--registry", registry_root], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     work = Path(registry_root) / "demo" / "_work"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(work.glob("tokenize-*/chunks/*.arrow"))) < 2:
-        assert proc.poll() is None, "tokenize finished before it could be killed"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when([str(bin_), *args, "--registry", registry_root],
+              lambda: len(list(work.glob("tokenize-*/chunks/*.arrow"))) >= 2, 300, env)
     done = len(list(work.glob("tokenize-*/chunks/*.arrow")))
     assert 2 <= done < 6
     rerun = subprocess.run([str(bin_), *args, "--registry", registry_root], env=env, capture_output=True,
