@@ -156,13 +156,10 @@ def _write_chunk(writer, rows: pa.Table, notes: pa.Table, config: AnnotateConfig
                  .append_column("verdicts", kept_notes["verdicts"]))
     rejected, rejected_notes = rows.filter(pc.invert(accepted)), notes.filter(pc.invert(accepted))
     reasons = rejected_notes["attempt_reasons"].to_pylist()
-    writer.quarantine(pa.table({
-        "stage": pa.array([STAGE] * rejected.num_rows, pa.string()),
-        "reason": pa.array([r[-1] for r in reasons], pa.string()),
-        "message": pa.array(["; ".join(f"attempt {i + 1}: {x}" for i, x in enumerate(r)) for r in reasons], pa.string()),
-        "source": rejected["source"], "source_ref": rejected["source_ref"], "sample_id": rejected["sample_id"],
-        "record": rejected_notes["verdicts"],
-    }))
+    writer.quarantine(reason=[r[-1] for r in reasons],
+                      message=["; ".join(f"attempt {i + 1}: {x}" for i, x in enumerate(r)) for r in reasons],
+                      source=rejected["source"], source_ref=rejected["source_ref"], sample_id=rejected["sample_id"],
+                      record=rejected_notes["verdicts"])
 
 
 def _stats(results: list[dict[str, Any]], seconds: float, resumed_chunks: int) -> dict[str, Any]:

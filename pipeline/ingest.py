@@ -143,15 +143,6 @@ def ingest_batch(refs: pa.Table, config: IngestConfig) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=STAGE_SCHEMA)
 
 
-def _quarantine_rows(rejected: pa.Table) -> pa.Table:
-    return pa.table({
-        "stage": pa.array([STAGE] * rejected.num_rows, pa.string()),
-        "reason": rejected["reason"], "message": rejected["message"],
-        "source": rejected["source"], "source_ref": rejected["source_ref"],
-        "sample_id": rejected["sample_id"], "record": rejected["record"],
-    })
-
-
 def run_ingest(config: IngestConfig, progress: bool = True) -> VersionManifest:
     started = time.perf_counter()
     registry = DatasetRegistry(config.registry)
@@ -173,7 +164,9 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> VersionManifest:
             is_rejected = pc.is_valid(batch["reason"])
             rejected = batch.filter(is_rejected)
             reasons.update(rejected["reason"].to_pylist())
-            writer.quarantine(_quarantine_rows(rejected))
+            writer.quarantine(reason=rejected["reason"], message=rejected["message"], source=rejected["source"],
+                              source_ref=rejected["source_ref"], sample_id=rejected["sample_id"],
+                              record=rejected["record"])
             accepted = batch.filter(pc.invert(is_rejected))
             keep = []
             for sid in accepted["sample_id"].to_pylist():  # first occurrence in source order wins

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import pyarrow.compute as pc
+import torch
 from PIL import Image
 
 from pipeline.image_tokenizer import MagvitV2
@@ -21,8 +22,11 @@ def preview(ref: str, out: str | Path, n: int = 8, image_tokenizer: str | None =
     magvit = MagvitV2.from_pretrained(image_tokenizer or tokenize["image_tokenizer"])
     rows = reg.read_table(manifest).slice(0, n)
     parent = reg.resolve(manifest.parent)
-    sources = reg.read_table(parent, ["sample_id", "input_image", "output_image"])
-    sources = {r["sample_id"]: r for r in sources.filter(pc.is_in(sources["sample_id"], rows["sample_id"])).to_pylist()}
+    wanted, sources = rows["sample_id"], {}
+    for batch in reg.iter_batches(parent, ["sample_id", "input_image", "output_image"]):  # stop once all found
+        sources.update((r["sample_id"], r) for r in batch.filter(pc.is_in(batch["sample_id"], wanted)).to_pylist())
+        if len(sources) == len(wanted):
+            break
     resolution = tokenize["resolution"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -32,8 +36,6 @@ def preview(ref: str, out: str | Path, n: int = 8, image_tokenizer: str | None =
             codes = row[f"{side}_image_codes"]
             if codes is None:
                 continue
-            import torch
-
             decoded = magvit.decode(torch.tensor([codes]), (row["grid_h"], row["grid_w"]))[0]
             picture = Image.fromarray((decoded.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
             source = Image.open(io.BytesIO(sources[row["sample_id"]][f"{side}_image"])).convert("RGB")

@@ -321,7 +321,7 @@ class VersionWriter:
     """Collects a version's rows in a staging folder, then publishes it atomically.
 
         with registry.writer("demo", "ingest", RAW) as w:
-            w.write(table); w.quarantine(rejected)
+            w.write(table); w.quarantine(reason=..., message=..., source=..., source_ref=...)
             manifest = w.publish(counts, lineage)
     """
 
@@ -339,8 +339,14 @@ class VersionWriter:
     def write(self, table: pa.Table) -> None:
         self.rows.add(table)
 
-    def quarantine(self, table: pa.Table) -> None:
-        self.rejected.add(table)
+    def quarantine(self, *, reason, message, source, source_ref, sample_id=None, record=None) -> None:
+        """Keep rejected rows (columns as arrays or lists), stamped with this version's stage."""
+        n = len(reason)
+        nulls = pa.nulls(n, pa.string())
+        self.rejected.add(pa.table({
+            "stage": pa.array([self.stage] * n, pa.string()), "reason": reason, "message": message,
+            "source": source, "source_ref": source_ref,
+            "sample_id": nulls if sample_id is None else sample_id, "record": nulls if record is None else record}))
 
     def publish(self, counts: Counts, lineage: dict[str, Any],
                 stats: dict[str, Any] | None = None) -> VersionManifest:

@@ -175,10 +175,8 @@ def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManife
             bad, bad_rows = results.filter(rejected), rows.filter(rejected)
             for r in bad["reason"].to_pylist():
                 reasons[r] = reasons.get(r, 0) + 1
-            writer.quarantine(pa.table({
-                "stage": pa.array([STAGE] * bad.num_rows, pa.string()), "reason": bad["reason"],
-                "message": bad["message"], "source": bad_rows["source"], "source_ref": bad_rows["source_ref"],
-                "sample_id": bad["sample_id"], "record": pa.nulls(bad.num_rows, pa.string())}))
+            writer.quarantine(reason=bad["reason"], message=bad["message"], source=bad_rows["source"],
+                              source_ref=bad_rows["source_ref"], sample_id=bad["sample_id"])
             n_out += results.num_rows - bad.num_rows
             n_images += results.num_rows + pc.sum(pc.is_valid(results["input_image_codes"])).as_py()
         counts = Counts(input=source.counts.output, output=n_out, quarantined=sum(reasons.values()), duplicates=0)

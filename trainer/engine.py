@@ -71,7 +71,6 @@ class Engine:
 
         self.ds, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
         self.device = self.ds.device
-        self.bf16 = config["bf16"]["enabled"]
 
     @property
     def module(self) -> torch.nn.Module:
