@@ -4,6 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.commands.options import ConfigFile, Overrides, Progress, RayAddress, Registry
 from pipeline.config import load_config
 
 Opt = typer.Option
@@ -25,11 +26,11 @@ def annotate(
     prompt_edit: Annotated[Optional[str], Opt(help="template id or YAML file for edits")] = None,
     prompt_generate: Annotated[Optional[str], Opt(help="template id or YAML file for generation")] = None,
     output: Annotated[Optional[str], Opt(help="output dataset name (default: the input's)")] = None,
-    registry: Annotated[Optional[str], Opt(help="registry root")] = None,
-    ray_address: Annotated[Optional[str], Opt(help="Ray cluster (else $RAY_ADDRESS, else local)")] = None,
-    config: Annotated[Optional[str], Opt(help="YAML config file")] = None,
-    set_: Annotated[Optional[list[str]], Opt("--set", help="key=value override, e.g. sampling.temperature=0.2")] = None,
-    progress: Annotated[bool, Opt(help="show a progress bar")] = True,
+    registry: Registry = None,
+    ray_address: RayAddress = None,
+    config: ConfigFile = None,
+    set_: Overrides = None,
+    progress: Progress = True,
 ) -> None:
     """Write a reasoning trace per sample (validated, retried, resumable); prints the version id last."""
     from pipeline.annotate import AnnotateConfig, report, run_annotate

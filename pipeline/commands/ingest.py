@@ -4,6 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.commands.options import ConfigFile, Overrides, Progress, RayAddress, Registry
 from pipeline.config import load_config
 
 Opt = typer.Option
@@ -30,11 +31,11 @@ def ingest(
     max_pixels: Annotated[Optional[int], Opt(help="decompression-bomb guard, checked before decoding")] = None,
     max_instruction_chars: Annotated[Optional[int], Opt()] = None,
     batch_size: Annotated[Optional[int], Opt()] = None,
-    registry: Annotated[Optional[str], Opt(help="registry root (else $PARAFORGE_REGISTRY, ./paraforge-data)")] = None,
-    ray_address: Annotated[Optional[str], Opt(help="Ray cluster (else $RAY_ADDRESS, else a local Ray)")] = None,
-    config: Annotated[Optional[str], Opt(help="YAML config file")] = None,
-    set_: Annotated[Optional[list[str]], Opt("--set", help="key=value config override, repeatable")] = None,
-    progress: Annotated[bool, Opt(help="show progress bars")] = True,
+    registry: Registry = None,
+    ray_address: RayAddress = None,
+    config: ConfigFile = None,
+    set_: Overrides = None,
+    progress: Progress = True,
 ) -> None:
     """Validate and version editing/generation sources; prints the new version id last."""
     from pipeline.ingest import IngestConfig, accounting_table, run_ingest

@@ -4,6 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.commands.options import ConfigFile, Overrides, Progress, RayAddress, Registry
 from pipeline.config import load_config
 
 Opt = typer.Option
@@ -20,11 +21,11 @@ def tokenize(
     overflow: Annotated[Optional[str], Opt(help="over-long text: quarantine (default) | truncate")] = None,
     concurrency: Annotated[Optional[int], Opt(help="MAGVIT actors (one per GPU)")] = None,
     output: Annotated[Optional[str], Opt(help="output dataset name (default: the input's)")] = None,
-    registry: Annotated[Optional[str], Opt(help="registry root")] = None,
-    ray_address: Annotated[Optional[str], Opt(help="Ray cluster (else $RAY_ADDRESS, else local)")] = None,
-    config: Annotated[Optional[str], Opt(help="YAML config file")] = None,
-    set_: Annotated[Optional[list[str]], Opt("--set", help="key=value override")] = None,
-    progress: Annotated[bool, Opt(help="show a progress bar")] = True,
+    registry: Registry = None,
+    ray_address: RayAddress = None,
+    config: ConfigFile = None,
+    set_: Overrides = None,
+    progress: Progress = True,
 ) -> None:
     """MAGVIT-v2 codes + text ids -> a tokenized version (resumable); prints the version id last."""
     from pipeline.tokenize import TokenizeConfig, report, run_tokenize
@@ -44,7 +45,7 @@ def preview(
     out: Annotated[str, Opt("--out", help="folder for the PNGs")],
     n: Annotated[int, Opt("--n", help="samples to show")] = 8,
     image_tokenizer: Annotated[Optional[str], Opt(help="default: the one the version was made with")] = None,
-    registry: Annotated[Optional[str], Opt(help="registry root")] = None,
+    registry: Registry = None,
 ) -> None:
     """Decode codes back to PNG (source left, decoded right) to see what the tokenizer kept."""
     from pipeline.preview import preview as run_preview

@@ -1,14 +1,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
+from pipeline.commands.options import Registry
 from pipeline.registry import DatasetRegistry
 
 app = typer.Typer(no_args_is_help=True, help="Dataset versions: list, show, diff, tag.")
-Registry = Annotated[Optional[str], typer.Option(help="registry root (else $PARAFORGE_REGISTRY, ./paraforge-data)")]
 Json = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
