@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ingest
 	$(BIN)/python -m benchmarks.annotate
 	$(BIN)/python -m benchmarks.tokenize
+	$(BIN)/python -m benchmarks.sft
+	$(BIN)/python -m benchmarks.sampler
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

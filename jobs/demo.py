@@ -11,7 +11,11 @@ import time
 from pathlib import Path
 
 from annotators import SamplingConfig, ValidatorConfig
-from jobs.tiny_models import build_random_magvitv2, build_tiny_llada_tokenizer, build_tiny_qwen25vl
+from jobs.tiny_models import (
+    build_random_magvitv2,
+    build_tiny_llada_tokenizer,
+    build_tiny_qwen25vl,
+)
 from pipeline.annotate import AnnotateConfig, report, run_annotate
 from pipeline.demo_data import make_demo_data
 from pipeline.ingest import IngestConfig, accounting_table, run_ingest
@@ -20,10 +24,12 @@ from pipeline.registry import DatasetRegistry
 from pipeline.tokenize import TokenizeConfig, run_tokenize
 from pipeline.tokenize import report as tokenize_report
 from trainer.engine import OptimConfig
+from trainer.sample import SampleConfig, run_sample
+from trainer.sampling import SamplerConfig
 from trainer.sequence import SequenceConfig
 from trainer.sft import SFTConfig, train
 
-NOT_BUILT = ("rl", "sample", "report")
+NOT_BUILT = ("rl", "report")
 # Full-size MAGVIT-v2 costs ~0.5 s per image at 128 px on 2 CPU cores (~10 s at 512 px): the demo
 # tokenizes at 128 px (8 x 8 codes) to stay within minutes; real runs use 512 px on GPUs.
 DEMO_TOKENIZE_RESOLUTION = 128
@@ -79,6 +85,15 @@ def main() -> None:
     print(f"[sft] tiny MMaDA, 20 steps on DeepSpeed (CPU): loss {first['loss']:.2f} -> {last['loss']:.2f}, "
           f"text acc {last['text_acc']:.2f}, {last['tokens_per_s']:.0f} tokens/s")
     print(f"[sft] checkpoints in {run_dir / 'checkpoints'}; export with: trainer export {run_dir} --out DIR")
+
+    edit = next(json.loads(line) for line in manifest_path.read_text().splitlines() if '"input_image"' in line)
+    sampled = run_sample(SampleConfig(
+        model=str(run_dir), instruction=edit["instruction"], input=str(manifest_path.parent / edit["input_image"]),
+        out=str(out / "sample"), image_tokenizer=str(magvit), text_tokenizer=str(text_tokenizer),
+        resolution=DEMO_TOKENIZE_RESOLUTION, trajectory=True,
+        sampler=SamplerConfig(steps=32, block_length=64, text_temperature=0.7)))
+    print(f"[sample] parallel sampler, 32 steps, from {run_dir}: \"{edit['instruction']}\"")
+    print(f"[sample] reasoning {sampled['reasoning']}; image {sampled['image']}; trajectory strip {sampled['trajectory']}")
 
     for stage in NOT_BUILT:
         print(f"[{stage}] skipped: not built yet")

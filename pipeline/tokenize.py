@@ -62,7 +62,7 @@ class TokenizeConfig:
             raise ValueError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
 
 
-def _text_tokenizer(name: str):
+def load_text_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(name)
@@ -88,7 +88,7 @@ class TokenizeStage:
             torch.set_num_threads(config.cpus_per_actor)
         self.dtype = getattr(torch, config.dtype)
         self.magvit = MagvitV2.from_pretrained(config.image_tokenizer, device=self.device, dtype=self.dtype)
-        self.text = _text_tokenizer(config.text_tokenizer)
+        self.text = load_text_tokenizer(config.text_tokenizer)
         self.config = config
 
     def _codes(self, images: list[bytes]) -> list[list[int]]:
@@ -149,7 +149,7 @@ def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManife
     source = registry.resolve(config.dataset, schema="annotated/1")
     output = config.output or split_ref(config.dataset)[0]
     checkpoint = weights_file(resolve_checkpoint(config.image_tokenizer))
-    text = _text_tokenizer(config.text_tokenizer)
+    text = load_text_tokenizer(config.text_tokenizer)
     provenance = {"image_tokenizer": config.image_tokenizer, "image_tokenizer_sha256": sha256_file(checkpoint),
                   "resolution": config.resolution, "text_tokenizer": config.text_tokenizer,
                   "text_tokenizer_sha256": tokenizer_fingerprint(text),

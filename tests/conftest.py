@@ -91,3 +91,16 @@ def tokenized_demo(ray_local, demo_dir, magvit_dir, llada_tokenizer_dir, tmp_pat
     m = run_tokenize(TokenizeConfig(dataset="demo", registry=root, image_tokenizer=str(magvit_dir),
                                     text_tokenizer=str(llada_tokenizer_dir), resolution=64), progress=False)
     return root, m.ref
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(tokenized_demo, tmp_path_factory):
+    """A tiny compact-layout MMaDA trained 80 steps on the tokenized demo (DeepSpeed, CPU): the
+    starting point of the sampler and ParaRL tests. Returns the run folder."""
+    from tests.test_sft import run_trainer, sft_args
+
+    registry, ref = tokenized_demo
+    run = tmp_path_factory.mktemp("sft-run") / "learn"
+    run_trainer(sft_args(registry, ref, run, steps=80, save_every=80, cfg_dropout=0.0, micro_batch_size=4,
+                         **{"optim.lr": 2e-3}))
+    return run

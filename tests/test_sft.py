@@ -71,11 +71,8 @@ def test_kill_and_resume_repeats_the_loss_sequence_bitwise(tokenized_demo, tmp_p
     assert [p.name for p in sorted((resumed / "checkpoints").glob("step-*"))] == ["step-10", "step-20", "step-30"]
 
 
-def test_a_tiny_model_learns_the_demo_task_and_exports(tokenized_demo, tmp_path):
-    registry, ref = tokenized_demo
-    run = tmp_path / "learn"
-    run_trainer(sft_args(registry, ref, run, steps=80, save_every=80, cfg_dropout=0.0, micro_batch_size=4,
-                         **{"optim.lr": 2e-3}))
+def test_a_tiny_model_learns_the_demo_task_and_exports(trained_tiny_run, tmp_path):
+    run = trained_tiny_run
     records = metrics(run)
     late = [records[s] for s in range(71, 81)]
     text_acc = sum(r["text_acc"] for r in late) / 10
@@ -94,6 +91,7 @@ def test_a_tiny_model_learns_the_demo_task_and_exports(tokenized_demo, tmp_path)
     model = MMaDAModel.from_pretrained(str(out))
     assert model.config.n_layers == 2 and model.config.embedding_size == 1024 + 8192
     assert torch.isfinite(model(torch.zeros(1, 8, dtype=torch.long))).all()
+    assert json.loads((out / "paraforge_export.json").read_text())["training"]["sequence"]["reasoning_len"] == 256
 
 
 def test_two_process_gloo_run(tokenized_demo, tmp_path):

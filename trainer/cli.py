@@ -11,7 +11,7 @@ import paraforge_compat  # noqa: F401
 from pipeline.cli import run
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  help="paraforge trainer: sft, export, layout.")
+                  help="paraforge trainer: sft, sample, export, layout.")
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value config overrides (nested: optim.lr=2e-5)")]
 
 
@@ -46,6 +46,31 @@ def export(run_dir: Annotated[str, typer.Argument(help="an sft/rl run folder")],
     from trainer.export import export as run_export
 
     print(run_export(run_dir, out, tag, dtype))
+
+
+@app.command()
+def sample(overrides: Overrides = None,
+           model: Annotated[Optional[str], typer.Option(help="model folder (exported or published) or an sft/rl run folder")] = None,
+           instruction: Annotated[Optional[str], typer.Option(help="the edit or generation instruction")] = None,
+           out: Annotated[Optional[str], typer.Option("--out", help="output folder")] = None,
+           input: Annotated[Optional[str], typer.Option("--input", help="image to edit (absent: generation)")] = None,
+           task: Annotated[Optional[str], typer.Option(help="edit | generate (default: edit when --input is given)")] = None,
+           image_tokenizer: Annotated[Optional[str], typer.Option(help="MAGVIT-v2 folder or hub id")] = None,
+           text_tokenizer: Annotated[Optional[str], typer.Option(help="text tokenizer (default: the model folder)")] = None,
+           resolution: Annotated[Optional[int], typer.Option(help="image side in pixels (multiple of 16)")] = None,
+           trajectory: Annotated[bool, typer.Option(help="also write the trajectory strip")] = False,
+           device: Annotated[Optional[str], typer.Option(help="cpu | cuda")] = None,
+           config: Annotated[Optional[str], typer.Option(help="YAML config, e.g. trainer/configs/sample.yaml")] = None,
+           ) -> None:
+    """Sample reasoning + image with the parallel sampler (sampler.* keys set steps, CFG, temperatures...)."""
+    from pipeline.config import load_config
+    from trainer.sample import SampleConfig, run_sample
+
+    cfg = load_config(SampleConfig, config, overrides, model=model, instruction=instruction, out=out, input=input,
+                      task=task, image_tokenizer=image_tokenizer, text_tokenizer=text_tokenizer,
+                      resolution=resolution, trajectory=trajectory or None, device=device)
+    for name, path in run_sample(cfg).items():
+        print(f"{name}: {path}")
 
 
 @app.command()

@@ -1,5 +1,6 @@
-"""`trainer export`: a DeepSpeed checkpoint -> an HF-layout safetensors folder that
-`MMaDAModel.from_pretrained` loads (config.json + model.safetensors, sharded when large)."""
+"""Model folders in and out: `trainer export` (a DeepSpeed checkpoint -> an HF-layout safetensors
+folder that `MMaDAModel.from_pretrained` loads) and `load_model`, which takes either kind of folder,
+so `trainer sample` and `trainer rl` start from an exported model or straight from a run."""
 
 from __future__ import annotations
 
@@ -8,24 +9,69 @@ from pathlib import Path
 
 import torch
 
+from schemas import MMADA_M, TokenLayout
 from trainer.model import MMaDAConfig, MMaDAModel
 
+TRAINING_FILE = "paraforge_export.json"  # written beside exported weights: the run and how it was trained
 
-def export(run_dir: str | Path, out: str | Path, tag: str | None = None, dtype: str = "float32") -> Path:
+
+def _checkpoint_state(run_dir: Path, tag: str | None) -> tuple[dict, dict, str]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from trainer.checkpoint import Checkpointer
 
-    run_dir = Path(run_dir)
     checkpoints = Checkpointer(run_dir, keep_last=0, rank=0)
     tag = tag or (checkpoints.tags() or [None])[-1]
     if tag is None:
         raise ValueError(f"{run_dir} has no complete checkpoint")
-    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints.directory), tag=tag)
+    folder = checkpoints.directory / tag
+    if any(folder.glob("*zero_pp_rank_*")):  # ZeRO 1-3: gather the partitioned fp32 master weights
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints.directory), tag=tag)
+    else:  # ZeRO-0 keeps the whole module in one file
+        state = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        state = {k: v.float() for k, v in state.items()}
     model_config = json.loads((checkpoints.directory / tag / "model_config.json").read_text())
+    return state, model_config, tag
+
+
+def _from_state(state: dict, model_config: dict, dtype: torch.dtype) -> MMaDAModel:
     with torch.device("meta"):
         model = MMaDAModel(MMaDAConfig.from_dict(model_config))
-    model.load_state_dict({k: v.to(getattr(torch, dtype)) for k, v in state.items()}, strict=True, assign=True)
-    path = model.save_pretrained(out)
-    (Path(out) / "paraforge_export.json").write_text(json.dumps({"run": str(run_dir), "tag": tag}))
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    return model
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / "checkpoints").is_dir()
+
+
+def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu", tag: str | None = None) -> MMaDAModel:
+    """An exported / published model folder (or hub id), or a run folder (its newest checkpoint)."""
+    if is_run_dir(path):
+        state, model_config, _ = _checkpoint_state(Path(path), tag)
+        return _from_state(state, model_config, dtype).to(device).eval()
+    return MMaDAModel.from_pretrained(path, dtype=dtype, device=device).eval()
+
+
+def training_config(path: str | Path) -> dict:
+    """The config a model was trained with (a run's config.json, or what export copied), else {}."""
+    path = Path(path)
+    if is_run_dir(path) and (path / "config.json").is_file():
+        return json.loads((path / "config.json").read_text())
+    if (path / TRAINING_FILE).is_file():
+        return json.loads((path / TRAINING_FILE).read_text()).get("training", {})
+    return {}
+
+
+def layout_for(config: MMaDAConfig) -> TokenLayout:
+    """The -M layout for a model with the full text vocabulary, else the compact one of its size."""
+    return MMADA_M if config.vocab_size == MMADA_M.text_vocab_size else TokenLayout.compact(config.vocab_size)
+
+
+def export(run_dir: str | Path, out: str | Path, tag: str | None = None, dtype: str = "float32") -> Path:
+    run_dir = Path(run_dir)
+    state, model_config, tag = _checkpoint_state(run_dir, tag)
+    path = _from_state(state, model_config, getattr(torch, dtype)).save_pretrained(out)
+    (Path(out) / TRAINING_FILE).write_text(json.dumps({"run": str(run_dir), "tag": tag,
+                                                       "training": training_config(run_dir)}, indent=2))
     return path

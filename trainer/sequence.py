@@ -42,14 +42,20 @@ def _text(ids: list[int], length: int, layout: TokenLayout) -> list[int]:
     return body + [layout.eos_id] * (length - len(body))
 
 
+def build_prefix(task: str, instruction_ids: list[int], input_image_codes: list[int] | None,
+                 layout: TokenLayout, cfg: SequenceConfig, drop_condition: bool = False) -> list[int]:
+    """The input part: `[task]([soi][input image][eoi])[bos instruction eos pad..L_in]`."""
+    ids = [layout.task_id(task)]
+    if input_image_codes is not None and not drop_condition:
+        ids += [layout.soi_id, *(layout.image_token(c) for c in input_image_codes), layout.eoi_id]
+    return ids + _text([] if drop_condition else instruction_ids, cfg.instruction_len, layout)
+
+
 def build_row(row: dict, layout: TokenLayout, cfg: SequenceConfig, drop_condition: bool = False
               ) -> tuple[list[int], list[int], list[int]]:
     """-> (ids, image-target flags, text-target flags) for one tokenized row. `drop_condition`
     (classifier-free guidance) removes the instruction and, for edits, the input image."""
-    ids = [layout.task_id(row["task"])]
-    if row["input_image_codes"] is not None and not drop_condition:
-        ids += [layout.soi_id, *(layout.image_token(c) for c in row["input_image_codes"]), layout.eoi_id]
-    ids += _text([] if drop_condition else row["instruction_ids"], cfg.instruction_len, layout)
+    ids = build_prefix(row["task"], row["instruction_ids"], row["input_image_codes"], layout, cfg, drop_condition)
     n_input = len(ids)
     image = [layout.image_token(c) for c in row["output_image_codes"]]
     ids += [layout.soi_id, *image, layout.eoi_id]

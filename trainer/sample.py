@@ -1,0 +1,135 @@
+"""`trainer sample`: one prompt through the parallel sampler -> reasoning.txt, output.png, and on
+request a picture strip of the trajectory (the image as it stood at several steps, masked codes
+filled with the model's prediction at that step, above the text committed so far)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2
+from trainer.export import layout_for, load_model, training_config
+from trainer.sampling import ParallelSampler, Prompt, SamplerConfig, SampleResult
+
+
+@dataclasses.dataclass(kw_only=True)
+class SampleConfig:
+    model: str  # an exported / published model folder, or an sft / rl run folder
+    instruction: str
+    out: str
+    input: str | None = None  # the image to edit; absent: generation
+    task: str | None = None  # edit | generate; default: edit when an input image is given
+    image_tokenizer: str = DEFAULT_ID
+    text_tokenizer: str | None = None  # default: the model folder (MMaDA repos ship their tokenizer)
+    resolution: int = 512
+    trajectory: bool = False  # also write trajectory.png and trajectory.json
+    trajectory_frames: int = 8
+    device: str = "cpu"
+    dtype: str = "float32"
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+
+    def __post_init__(self) -> None:
+        self.task = self.task or ("edit" if self.input else "generate")
+        if self.task not in ("edit", "generate"):
+            raise ValueError(f"task must be edit or generate, not {self.task!r}")
+        if (self.task == "edit") != bool(self.input):
+            raise ValueError("an edit needs --input IMAGE; a generation takes none")
+        if self.resolution % 16:
+            raise ValueError(f"resolution {self.resolution} is not a multiple of 16 (MAGVIT-v2 downsamples x16)")
+
+
+def sequence_lengths(sampler: SamplerConfig, model_path: str) -> SamplerConfig:
+    """Text part lengths as the model was trained (when the folder says), unless set explicitly."""
+    trained = training_config(model_path).get("sequence", {})
+    return dataclasses.replace(sampler, instruction_len=sampler.instruction_len or trained.get("instruction_len", 256),
+                               reasoning_len=sampler.reasoning_len or trained.get("reasoning_len", 256))
+
+
+def run_sample(cfg: SampleConfig) -> dict[str, Path]:
+    from PIL import Image
+
+    from pipeline.tokenize import load_text_tokenizer
+
+    dtype = getattr(torch, cfg.dtype)
+    model = load_model(cfg.model, dtype=dtype, device=cfg.device)
+    layout = layout_for(model.config)
+    text = load_text_tokenizer(cfg.text_tokenizer or cfg.model)
+    magvit = MagvitV2.from_pretrained(cfg.image_tokenizer, device=cfg.device)
+    grid = cfg.resolution // magvit.config.downsample
+    sampler_cfg = dataclasses.replace(sequence_lengths(cfg.sampler, cfg.model), image_tokens=grid * grid)
+
+    input_codes = None
+    if cfg.input:
+        pixels = MagvitV2.preprocess([Image.open(cfg.input)], cfg.resolution).to(cfg.device)
+        input_codes = magvit.encode(pixels)[0].tolist()
+    prompt = Prompt(cfg.task, text(cfg.instruction, add_special_tokens=False)["input_ids"], input_codes)
+    sampler = ParallelSampler(model, layout, sampler_cfg)
+    total = len(sampler.schedule)
+    frames = sorted({round(i * (total - 1) / max(cfg.trajectory_frames - 1, 1)) for i in range(cfg.trajectory_frames)})
+    result = sampler.sample([prompt], record_steps=frames if cfg.trajectory else None)
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"reasoning": out / "reasoning.txt", "image": out / "output.png"}
+    written["reasoning"].write_text(text.decode(result.text_ids()[0]) + "\n")
+    to_pil(magvit.decode(result.image_codes(), (grid, grid))[0]).save(written["image"])
+    if cfg.trajectory:
+        written.update(write_trajectory(result, magvit, text, grid, out))
+    (out / "sample.json").write_text(json.dumps({**dataclasses.asdict(cfg), "forwards": result.forwards}, indent=2))
+    return written
+
+
+def to_pil(pixels: torch.Tensor):
+    from PIL import Image
+
+    return Image.fromarray((pixels.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8"))
+
+
+def filled_image(result: SampleResult, step) -> torch.Tensor:
+    """The image as it stands at a recorded step: committed codes, masked ones filled by the
+    step's prediction (what ParaRL scores too)."""
+    masked = step.after == result.layout.mask_id
+    return result.image_codes(torch.where(masked, step.prediction, step.after))
+
+
+def render_text(ids: list[int], layout, tokenizer) -> str:
+    """The text as it stands mid-decoding: committed tokens, `_` for each masked one, up to the
+    first committed eos."""
+    parts, run = [], []
+    for token in ids:
+        if token == layout.eos_id:
+            break
+        if token == layout.mask_id:
+            parts += [tokenizer.decode(run), "_"] if run else ["_"]
+            run = []
+        else:
+            run.append(token)
+    parts.append(tokenizer.decode(run))
+    return "".join(parts)
+
+
+def write_trajectory(result: SampleResult, magvit: MagvitV2, text, grid: int, out: Path) -> dict[str, Path]:
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    tile, lines, line_height = 192, 14, 13
+    strip = Image.new("RGB", (tile * len(result.trajectory), tile + 24 + lines * line_height), "white")
+    draw, font = ImageDraw.Draw(strip), ImageFont.load_default(size=11)
+    frames = []
+    for column, step in enumerate(result.trajectory):
+        image = to_pil(magvit.decode(filled_image(result, step), (grid, grid))[0]).resize((tile, tile))
+        strip.paste(image, (column * tile, 0))
+        words = render_text(step.after[0, result.slots.text].tolist(), result.layout, text)
+        masked = int((step.after == result.layout.mask_id).sum())
+        draw.text((column * tile + 4, tile + 4), f"step {step.step + 1}: {masked} masked", fill="black", font=font)
+        for i, line in enumerate(textwrap.wrap(words, 30)[:lines]):
+            draw.text((column * tile + 4, tile + 24 + i * line_height), line, fill="black", font=font)
+        frames.append({"step": step.step, "masked": masked, "text": words})
+    paths = {"trajectory": out / "trajectory.png", "trajectory_json": out / "trajectory.json"}
+    strip.save(paths["trajectory"])
+    paths["trajectory_json"].write_text(json.dumps(frames, indent=2))
+    return paths
