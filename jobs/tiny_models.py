@@ -46,9 +46,14 @@ def _train_bpe(special_tokens: list[str], vocab_size: int):
 def build_tiny_qwen25vl(out: str | Path, seed: int = 0, vocab_size: int = 600) -> Path:
     """A 2-layer Qwen2.5-VL (head_dim 64, which vLLM's CPU kernels need) with a BPE tokenizer."""
     import torch
-    from transformers import (AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2_5_VLProcessor,
-                              Qwen2TokenizerFast, Qwen2VLImageProcessor,
-                              Qwen2VLVideoProcessor)
+    from transformers import (
+        AutoModelForImageTextToText,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLProcessor,
+        Qwen2TokenizerFast,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,3 +113,27 @@ def build_random_magvitv2(out: str | Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     return MagvitV2().save_pretrained(out)
+
+
+TINY_CLIP = {"embed_dim": 32,
+             "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+
+
+def build_tiny_clip(out: str | Path, seed: int = 0) -> Path:
+    """A tiny open_clip CLIP with random weights, saved as an open_clip folder (load it with
+    `local-dir:<out>`, the format open_clip's hub models use); its BPE ships with open_clip."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_CLIP)
+    preprocess = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}
+    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": preprocess}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "open_clip_model.safetensors")
+    return out

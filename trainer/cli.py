@@ -11,7 +11,7 @@ import paraforge_compat  # noqa: F401
 from pipeline.cli import run
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  help="paraforge trainer: sft, sample, export, layout.")
+                  help="paraforge trainer: sft, rl, sample, export, layout.")
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value config overrides (nested: optim.lr=2e-5)")]
 
 
@@ -34,6 +34,23 @@ def sft(overrides: Overrides = None,
         run_dir = train_on_ray(cfg, ray_workers, ray_gpu, ray_address)
     else:
         run_dir = train(cfg, progress=progress)
+    print(f"checkpoints in {run_dir / 'checkpoints'}; metrics in {run_dir / 'metrics.jsonl'}")
+
+
+@app.command()
+def rl(overrides: Overrides = None,
+       config: Annotated[Optional[str], typer.Option(help="YAML config, e.g. trainer/configs/pararl.yaml")] = None,
+       rollout_workers: Annotated[Optional[int], typer.Option(help="rollout actors (one GPU each with rollout_gpus=1)")] = None,
+       ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster (else $RAY_ADDRESS, else local)")] = None,
+       progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+       ) -> None:
+    """ParaRL: GRPO with CLIP rewards along the denoising trajectory, rollouts on Ray actors."""
+    from pipeline.config import load_config
+    from trainer.rl.pararl import RLConfig
+    from trainer.rl.pararl import train as train_rl
+
+    cfg = load_config(RLConfig, config, overrides, rollout_workers=rollout_workers, ray_address=ray_address)
+    run_dir = train_rl(cfg, progress=progress)
     print(f"checkpoints in {run_dir / 'checkpoints'}; metrics in {run_dir / 'metrics.jsonl'}")
 
 

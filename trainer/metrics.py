@@ -25,12 +25,17 @@ class MetricsLogger:
         record.update({k: float(out[k].detach()) for k in ("loss", "text_loss", "image_loss", "text_acc", "image_acc")})
         if self.peak_flops:  # 6 N flops per token for forward + backward (attention not counted)
             record["mfu"] = 6 * self.n_params * tokens / seconds / (self.peak_flops * self.world_size)
+        return self.write(step, record, "sft")
+
+    def write(self, step: int, record: dict, group: str) -> dict:
+        """One JSONL line and a TensorBoard scalar per numeric field, under `group/`."""
+        record = {"step": step, **record}
         if self.rank == 0:
             self.jsonl.write(json.dumps(record) + "\n")
             self.jsonl.flush()
             for key, value in record.items():
-                if key != "step":
-                    self.tb.add_scalar(f"sft/{key}", value, step)
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{group}/{key}", value, step)
         return record
 
     def close(self) -> None:

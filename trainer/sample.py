@@ -88,13 +88,6 @@ def to_pil(pixels: torch.Tensor):
     return Image.fromarray((pixels.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8"))
 
 
-def filled_image(result: SampleResult, step) -> torch.Tensor:
-    """The image as it stands at a recorded step: committed codes, masked ones filled by the
-    step's prediction (what ParaRL scores too)."""
-    masked = step.after == result.layout.mask_id
-    return result.image_codes(torch.where(masked, step.prediction, step.after))
-
-
 def render_text(ids: list[int], layout, tokenizer) -> str:
     """The text as it stands mid-decoding: committed tokens, `_` for each masked one, up to the
     first committed eos."""
@@ -121,7 +114,8 @@ def write_trajectory(result: SampleResult, magvit: MagvitV2, text, grid: int, ou
     draw, font = ImageDraw.Draw(strip), ImageFont.load_default(size=11)
     frames = []
     for column, step in enumerate(result.trajectory):
-        image = to_pil(magvit.decode(filled_image(result, step), (grid, grid))[0]).resize((tile, tile))
+        codes = result.image_codes(filled(step.after, step.prediction, result.layout))
+        image = to_pil(magvit.decode(codes, (grid, grid))[0]).resize((tile, tile))
         strip.paste(image, (column * tile, 0))
         words = render_text(step.after[0, result.slots.text].tolist(), result.layout, text)
         masked = int((step.after == result.layout.mask_id).sum())

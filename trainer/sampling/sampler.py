@@ -108,17 +108,29 @@ class SampleResult:
 
     def image_codes(self, state: torch.Tensor | None = None) -> torch.Tensor:
         """[B, N] raw codes of `state` (default: the final output)."""
-        state = self.output if state is None else state
-        return self.layout.image_code(state[:, self.slots.image])
+        return image_codes(self.output if state is None else state, self.slots, self.layout)
 
     def text_ids(self, state: torch.Tensor | None = None) -> list[list[int]]:
-        """Per row, the text up to the first eos, masked positions left out."""
-        state = self.output if state is None else state
-        rows = []
-        for row in state[:, self.slots.text].tolist():
-            cut = row.index(self.layout.eos_id) if self.layout.eos_id in row else len(row)
-            rows.append([t for t in row[:cut] if t != self.layout.mask_id])
-        return rows
+        return text_ids(self.output if state is None else state, self.slots, self.layout)
+
+
+def image_codes(state: torch.Tensor, slots: OutputSlots, layout: TokenLayout) -> torch.Tensor:
+    """[B, O] output parts -> [B, N] raw MAGVIT codes."""
+    return layout.image_code(state[:, slots.image])
+
+
+def text_ids(state: torch.Tensor, slots: OutputSlots, layout: TokenLayout) -> list[list[int]]:
+    """[B, O] output parts -> per row, the text up to the first eos, masked positions left out."""
+    rows = []
+    for row in state[:, slots.text].tolist():
+        cut = row.index(layout.eos_id) if layout.eos_id in row else len(row)
+        rows.append([t for t in row[:cut] if t != layout.mask_id])
+    return rows
+
+
+def filled(after: torch.Tensor, prediction: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """A mid-trajectory state with its masked positions filled by the step's prediction."""
+    return torch.where(after == layout.mask_id, prediction, after)
 
 
 def _gumbel(shape, generators: list[torch.Generator], dtype: torch.dtype, device) -> torch.Tensor:

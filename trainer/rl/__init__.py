@@ -1,0 +1,1 @@
+"""ParaRL: trajectory-level GRPO with CLIP rewards, rollouts on Ray actors, a DeepSpeed learner."""

@@ -1,0 +1,105 @@
+"""The ParaRL learner step: exact per-token log-probabilities on recorded states, and the GRPO
+update with `mu` inner iterations on DeepSpeed.
+
+Each item is one (rollout, recorded step): the state before the step is the forward's input, the
+tokens committed at the step are the actions. Log-probabilities use the sampler's temperatures
+(1 where it decodes greedily) over each modality's own vocabulary slice, and the conditional model:
+the rollouts' classifier-free guidance, if any, is not part of the policy being optimised (ParaRL's
+default config samples without it). The old policy's log-probabilities are the first inner
+iteration's own, detached, so its ratio is exactly 1; the reference's come from a frozen copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from schemas import TokenLayout
+from trainer.rl.grpo import clipped_objective
+from trainer.sampling import OutputSlots, ParallelSampler, Prompt, SamplerConfig
+
+
+@dataclasses.dataclass
+class Item:
+    prompt: Prompt
+    before: torch.Tensor  # [O]
+    after: torch.Tensor  # [O]
+    advantage: float
+
+
+def token_logprobs(model, items: list[Item], layout: TokenLayout, sampler: SamplerConfig) -> torch.Tensor:
+    """[n, O] log pi(after | before) at every output position (meaningful where committed)."""
+    cond = dataclasses.replace(sampler, text_cfg_scale=0.0, image_cfg_scale=0.0)
+    slots = OutputSlots(sampler.image_tokens, sampler.reasoning_len)
+    device = next(model.parameters()).device
+    ids, attention, positions = ParallelSampler(model, layout, cond).inputs([it.prompt for it in items], device)
+    before = torch.stack([it.before for it in items]).to(device)
+    after = torch.stack([it.after for it in items]).to(device)
+    ids = ids.scatter(1, positions, before)
+    logits = model(ids, attention)
+    rows = torch.arange(len(items), device=device)[:, None]
+    out = torch.zeros(after.shape, dtype=torch.float32, device=device)
+
+    text = logits[rows, positions[:, slots.text], :layout.text_vocab_size].float()
+    text = text.masked_fill(torch.arange(text.shape[-1], device=device) == layout.mask_id, float("-inf"))
+    text = text / (sampler.text_temperature or 1.0)
+    target = after[:, slots.text].clamp(0, layout.text_vocab_size - 1)
+    out[:, slots.text] = torch.log_softmax(text, -1).gather(-1, target[..., None]).squeeze(-1)
+
+    lo = layout.image_token_offset
+    image = logits[rows, positions[:, slots.image], lo:lo + layout.image_codebook_size].float()
+    image = image / (sampler.image_temperature or 1.0)
+    target = (after[:, slots.image] - lo).clamp(0, layout.image_codebook_size - 1)
+    out[:, slots.image] = torch.log_softmax(image, -1).gather(-1, target[..., None]).squeeze(-1)
+    return out.masked_fill(before == after, 0.0)  # only committed positions are actions (others may be -inf)
+
+
+def micro_batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def grpo_update(engine, reference, items: list[Item], layout: TokenLayout, sampler: SamplerConfig, *,
+                micro_batch_size: int, mu: int, epsilon: float, beta: float) -> dict[str, float]:
+    """`mu` optimizer steps over all items (gradient accumulation over micro-batches)."""
+    chunks = micro_batches(len(items), micro_batch_size)
+    old, ref = [None] * len(chunks), [None] * len(chunks)
+    totals: dict[str, list[float]] = {}
+    for inner in range(mu):
+        for c, chunk in enumerate(chunks):
+            batch = items[chunk]
+            committed = torch.stack([it.before != it.after for it in batch]).to(engine.device)
+            advantages = torch.tensor([it.advantage for it in batch], device=engine.device)
+            logp = token_logprobs(_Forward(engine), batch, layout, sampler)
+            if inner == 0:
+                old[c] = logp.detach()
+                if beta:
+                    with torch.no_grad():
+                        ref[c] = token_logprobs(reference, batch, layout, sampler)
+            loss, stats = clipped_objective(logp, old[c], ref[c], advantages, committed, epsilon, beta)
+            engine.backward(loss)
+            engine.step()
+            prefix = "first_" if inner == 0 else ""
+            for key, value in {"loss": loss.detach(), **stats}.items():
+                totals.setdefault(prefix + key, []).append(float(value))
+    summary = {k: sum(v) / len(v) for k, v in totals.items() if not k.endswith("ratio_max")}
+    summary.update({k: max(v) for k, v in totals.items() if k.endswith("ratio_max")})
+    return summary
+
+
+class _Forward:
+    """The DeepSpeed engine seen as a model: `token_logprobs` needs `parameters()` and a call."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def parameters(self):
+        return self.engine.module.parameters()
+
+    def __call__(self, ids, attention):
+        return self.engine.forward(ids, attention)
+
+
+def accumulation_steps(items: int, micro_batch_size: int) -> int:
+    return math.ceil(items / micro_batch_size)

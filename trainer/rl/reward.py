@@ -1,0 +1,117 @@
+"""ParaRL's reward: CLIP alignment between the text and the image as they stand at a denoising step.
+
+The image at step t is the committed codes with every still-masked position filled by the model's
+prediction at that step (the sampler records it): a half-masked image cannot be decoded, and the
+prediction is what the model "sees" it becoming. The text is the committed tokens up to the first
+eos, masked positions left out. Both are decoded (MAGVIT-v2, the text tokenizer) and scored by CLIP
+through open_clip: cosine similarity of the normalised embeddings.
+
+Normalisation (paper): the mean and std of CLIP scores on ~1% of the training data (reference
+reasoning vs output image); a score becomes clip((s - mean) / std, -c, c), rescaled to [0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2
+
+
+@dataclasses.dataclass(kw_only=True)
+class ClipConfig:
+    # an open_clip name + pretrained tag (ViT-H-14 / laion2b_s32b_b79k), + a local weights file, or
+    # an open_clip folder as `local-dir:/path` (open_clip_config.json + weights; pretrained unused)
+    model: str = "ViT-H-14"
+    pretrained: str | None = "laion2b_s32b_b79k"
+    device: str = "cpu"
+
+
+@dataclasses.dataclass
+class RewardStats:
+    mean: float
+    std: float
+    clip: float  # c: z-scores are clipped to [-c, c] before rescaling to [0, 1]
+    samples: int
+    source: str  # the dataset version they were estimated on
+
+    def normalise(self, scores: torch.Tensor) -> torch.Tensor:
+        z = ((scores - self.mean) / max(self.std, 1e-6)).clamp(-self.clip, self.clip)
+        return (z + self.clip) / (2 * self.clip)
+
+    @classmethod
+    def from_scores(cls, scores: torch.Tensor, clip: float, source: str) -> "RewardStats":
+        return cls(mean=float(scores.mean()), std=float(scores.std()), clip=clip, samples=len(scores), source=source)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "RewardStats":
+        return cls(**json.loads(path.read_text()))
+
+
+class ClipScorer:
+    def __init__(self, cfg: ClipConfig):
+        import open_clip
+
+        pretrained = None if cfg.model.startswith(("local-dir:", "hf-hub:")) else cfg.pretrained
+        self.model, _, _ = open_clip.create_model_and_transforms(cfg.model, pretrained=pretrained, device=cfg.device)
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(cfg.model)
+        visual = self.model.visual
+        size = visual.image_size
+        self.size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        preprocess = getattr(visual, "preprocess_cfg", {}) or {}
+        self.mean = torch.tensor(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
+        self.std = torch.tensor(preprocess.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1)
+        self.device = cfg.device
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """[B, 3, H, W] images in [0, 1] and B texts -> [B] cosine similarities."""
+        pixels = F.interpolate(images.float(), size=self.size, mode="bicubic", align_corners=False, antialias=True)
+        pixels = ((pixels.clamp(0, 1) - self.mean) / self.std).to(self.device)
+        image = F.normalize(self.model.encode_image(pixels).float(), dim=-1)
+        text = F.normalize(self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1)
+        return (image * text).sum(-1).cpu()
+
+
+class RewardModel:
+    """Codes + text ids -> CLIP scores: MAGVIT-v2 decoding, text detokenizing, CLIP."""
+
+    def __init__(self, clip: ClipConfig, image_tokenizer: str = DEFAULT_ID, text_tokenizer: str | None = None,
+                 device: str = "cpu"):
+        from pipeline.tokenize import load_text_tokenizer
+
+        self.magvit = MagvitV2.from_pretrained(image_tokenizer, device=device)
+        self.text = load_text_tokenizer(text_tokenizer)
+        self.clip = ClipScorer(clip)
+        self.device = device
+
+    def score(self, codes: torch.Tensor, text_ids: list[list[int]], batch_size: int = 8) -> torch.Tensor:
+        """[n, h*w] raw codes (square grid) and n token-id lists -> [n] raw CLIP scores."""
+        grid = math.isqrt(codes.shape[1])
+        scores = []
+        for i in range(0, len(text_ids), batch_size):
+            images = self.magvit.decode(codes[i:i + batch_size].to(self.device), (grid, grid))
+            texts = [self.text.decode(ids) for ids in text_ids[i:i + batch_size]]
+            scores.append(self.clip.score(images, texts))
+        return torch.cat(scores)
+
+
+def reference_sample(table, fraction: float, min_rows: int, seed: int) -> tuple[torch.Tensor, list[list[int]]]:
+    """A seeded sample of a tokenized table, `fraction` of its rows and at least `min_rows` (or all):
+    (output image codes [n, h*w], reference reasoning ids), the pairs the statistics are taken on."""
+    n = min(table.num_rows, max(min_rows, math.ceil(fraction * table.num_rows)))
+    if n < 2:
+        raise ValueError(f"{table.num_rows} row(s): too few to estimate reward statistics")
+    picked = np.random.default_rng(seed).choice(table.num_rows, size=n, replace=False)
+    rows = table.select(["output_image_codes", "reasoning_ids"]).take(sorted(picked.tolist())).to_pylist()
+    return torch.tensor([r["output_image_codes"] for r in rows]), [r["reasoning_ids"] for r in rows]
