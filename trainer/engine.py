@@ -25,6 +25,7 @@ class OptimConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_min_ratio: float = 0.0  # warmup starts at lr * warmup_min_ratio
     grad_clip: float = 1.0
 
 
@@ -61,7 +62,7 @@ def deepspeed_config(template: str, optim: OptimConfig, *, micro_batch_size: int
     if not torch.cuda.is_available():
         params["torch_adam"] = True  # DeepSpeed's fused Adam needs a compiler toolchain per accelerator
     config["scheduler"]["params"].update(total_num_steps=total_steps, warmup_num_steps=optim.warmup_steps,
-                                         cos_min_ratio=optim.min_lr_ratio)
+                                         cos_min_ratio=optim.min_lr_ratio, warmup_min_ratio=optim.warmup_min_ratio)
     return config
 
 
@@ -71,6 +72,11 @@ class Engine:
 
         self.ds, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
         self.device = self.ds.device
+        scheduler = self.ds.lr_scheduler
+        if getattr(scheduler, "last_batch_iteration", None) == -1:
+            # DeepSpeed's WarmupCosineLR holds lr at 0 until its first step(), so the first optimizer
+            # step would be lost: start the schedule at its iteration 0 (a checkpoint load overrides it)
+            scheduler.step(0)
 
     @property
     def module(self) -> torch.nn.Module:

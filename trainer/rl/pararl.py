@@ -41,8 +41,9 @@ PROMPT_COLUMNS = ["task", "instruction_ids", "input_image_codes", "output_image_
 @dataclasses.dataclass(kw_only=True)
 class RLOptimConfig(OptimConfig):
     lr: float = 1e-6  # GRPO for diffusion LMs: 1e-6 at 8B
-    warmup_steps: int = 1  # DeepSpeed's schedule needs >= 1
-    min_lr_ratio: float = 1.0  # constant
+    warmup_steps: int = 1  # DeepSpeed's schedule needs >= 1...
+    warmup_min_ratio: float = 1.0  # ...so start at the full rate: a constant schedule
+    min_lr_ratio: float = 1.0
 
 
 @dataclasses.dataclass(kw_only=True)

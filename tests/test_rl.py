@@ -1,0 +1,162 @@
+"""ParaRL: GRPO math on hand-made numbers, reward statistics, weight sync to Ray rollout actors,
+and `trainer rl` end to end (2 rollout actors, a tiny CLIP, resume)."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.rl.grpo import clipped_objective, group_advantages, k3_kl
+from trainer.rl.reward import ClipConfig, RewardStats
+
+BIN = Path(sys.executable).parent
+
+
+def test_group_advantages_standardise_per_prompt_and_step():
+    rewards = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [5.0, 3.0]],  # prompt 0: G=3 rollouts, S=2 steps
+                            [[2.0, 2.0], [2.0, 2.0], [2.0, 2.0]]])  # prompt 1: all equal -> 0 advantage
+    a = group_advantages(rewards, eps=0.0 + 1e-4)
+    # step 0 of prompt 0: mean 3, unbiased std 2 -> (-1, 0, 1)
+    assert torch.allclose(a[0, :, 0], torch.tensor([-1.0, 0.0, 1.0]), atol=1e-4)
+    # step 1 of prompt 0: mean 1, std sqrt(3) -> (-1, -1, 2) / sqrt(3)
+    assert torch.allclose(a[0, :, 1], torch.tensor([-1.0, -1.0, 2.0]) / math.sqrt(3), atol=1e-4)
+    assert torch.equal(a[1], torch.zeros(3, 2))
+    assert torch.allclose(group_advantages(rewards, scale_rewards=False)[0, :, 0], torch.tensor([-2.0, 0.0, 2.0]))
+
+
+def test_clipped_objective_on_hand_made_numbers():
+    old = torch.zeros(2, 3)
+    logp = torch.log(torch.tensor([[1.5, 1.0, 0.5], [1.5, 1.0, 0.5]]))  # ratios 1.5, 1.0, 0.5
+    tokens = torch.tensor([[True, True, True], [True, True, False]])
+    adv = torch.tensor([1.0, -1.0])
+    loss, stats = clipped_objective(logp, old, None, adv, tokens, epsilon=0.2, beta=0.0)
+    # A > 0: min(r A, clip(r) A) = (1.2, 1.0, 0.5) -> mean 0.9
+    # A < 0: min(-r, -clip(r)) over the first two tokens = (-1.5, -1.0) -> mean -1.25
+    assert loss.item() == pytest.approx(-(0.9 - 1.25) / 2)
+    # the clip binds for r=1.5 with A>0 only (r=0.5, A>0 and r=1.5, A<0 take the unclipped side)
+    assert stats["clip_fraction"].item() == pytest.approx(1 / 5)
+    same, stats = clipped_objective(old, old, None, adv, tokens)
+    assert stats["ratio_max"].item() == 1.0 and stats["clip_fraction"].item() == 0.0
+    # k3: zero when equal, positive otherwise, matches exp(d) - d - 1
+    assert k3_kl(old, old).abs().max().item() == 0.0
+    assert k3_kl(torch.tensor([0.0]), torch.tensor([math.log(2)])).item() == pytest.approx(2 - math.log(2) - 1)
+    loss_kl, stats = clipped_objective(old, old, old + 0.5, adv, tokens, beta=0.1)
+    assert stats["kl"].item() == pytest.approx(math.exp(0.5) - 0.5 - 1, rel=1e-5) and loss_kl > same
+
+
+def test_reward_normalisation_and_its_statistics(tokenized_demo, magvit_dir, llada_tokenizer_dir, tmp_path):
+    stats = RewardStats(mean=0.2, std=0.1, clip=2.0, samples=10, source="x")
+    scores = torch.tensor([0.2, 0.3, 0.4, 0.5, -1.0])  # z = 0, 1, 2, 3 (clipped to 2), -12 (clipped to -2)
+    assert torch.allclose(stats.normalise(scores), torch.tensor([0.5, 0.75, 1.0, 1.0, 0.0]))
+
+    from jobs.tiny_models import build_tiny_clip
+    from pipeline.registry import DatasetRegistry
+    from trainer.rl.reward import RewardModel, reference_sample
+
+    registry, ref = tokenized_demo
+    reg = DatasetRegistry(registry)
+    table = reg.read_table(reg.resolve(ref))
+    clip_dir = build_tiny_clip(tmp_path / "clip")
+    reward = RewardModel(ClipConfig(model=f"local-dir:{clip_dir}"), str(magvit_dir), str(llada_tokenizer_dir))
+    from safetensors.torch import load_file
+
+    saved = load_file(clip_dir / "open_clip_model.safetensors")
+    assert torch.equal(reward.clip.model.state_dict()["text_projection"], saved["text_projection"])  # really loaded
+
+    codes, reasoning = reference_sample(table, fraction=0.01, min_rows=8, seed=0)
+    assert len(reasoning) == 8 == codes.shape[0]  # 1% of the rows is fewer than the minimum
+    again, _ = reference_sample(table, fraction=0.01, min_rows=8, seed=0)
+    assert torch.equal(codes, again)
+    scores = reward.score(codes, reasoning)
+    estimated = RewardStats.from_scores(scores, clip=3.0, source=ref)
+    assert estimated.samples == 8 and estimated.std > 0
+    assert estimated.mean == pytest.approx(float(scores.mean())) and -1 <= estimated.mean <= 1
+    normalised = estimated.normalise(scores)
+    assert normalised.min() >= 0 and normalised.max() <= 1
+    assert float(normalised.mean()) == pytest.approx(0.5, abs=1e-5)  # z-scores of the sample itself centre at 0
+    path = tmp_path / "stats.json"
+    estimated.save(path)
+    assert RewardStats.load(path) == estimated
+
+
+def test_weight_sync_changes_the_rollout_actors_outputs(ray_local, trained_tiny_run):
+    import ray
+
+    from trainer.export import load_model
+    from trainer.rl.workers import RolloutWorker
+    from trainer.sampling import Prompt, SamplerConfig
+
+    policy = load_model(str(trained_tiny_run))
+    sampler = SamplerConfig(steps=8, image_tokens=16, reasoning_len=256, instruction_len=128, block_length=64,
+                            text_temperature=1.0, image_cfg_scale=0.0)
+    actors = [ray.remote(RolloutWorker).options(num_cpus=0).remote(policy.config.to_dict(), sampler) for _ in range(2)]
+    try:
+        state = ray.put({k: v.detach() for k, v in policy.state_dict().items()})
+        assert ray.get([a.set_weights.remote(state, 0) for a in actors]) == [0, 0]
+        prompts = [Prompt("generate", [5, 6, 7]), Prompt("edit", [8, 9], list(range(16)))]
+        record = [[3, 7], [3, 7]]
+        first = ray.get([a.rollout.remote(prompts, [1, 2], record) for a in actors])
+        assert all(torch.equal(x.after, y.after) for x, y in zip(*first))  # same weights, same seeds
+        assert first[0][0].steps == [3, 7] and first[0][0].committed.any()
+        for p in policy.parameters():  # an update: the learner's new weights
+            p.data.add_(torch.randn_like(p) * 0.05)
+        state = ray.put({k: v.detach() for k, v in policy.state_dict().items()})
+        ray.get([a.set_weights.remote(state, 1) for a in actors])
+        second = ray.get([a.rollout.remote(prompts, [1, 2], record) for a in actors])
+        assert all(torch.equal(x.after, y.after) for x, y in zip(*second))
+        assert not all(torch.equal(x.after, y.after) for x, y in zip(first[0], second[0]))
+    finally:
+        for a in actors:
+            ray.kill(a)
+
+
+def rl_args(registry, ref, model, out, clip, magvit, tokenizer, **overrides):
+    values = {"dataset": ref, "registry": registry, "model": model, "out_dir": out, "image_tokenizer": magvit,
+              "text_tokenizer": tokenizer, "clip.model": f"local-dir:{clip}", "clip.device": "cpu",
+              "steps": 2, "prompts_per_step": 2, "num_generations": 2, "sampler.steps": 8,
+              "sampler.block_length": 64, "reward_stats_min_rows": 8, "optim.lr": 1e-3, "mu": 2,
+              "save_every": 1, **overrides}
+    return [str(BIN / "trainer"), "rl", "--no-progress", "--rollout-workers", "2",
+            *(f"{k}={v}" for k, v in values.items())]
+
+
+def test_trainer_rl_end_to_end_with_two_rollout_actors_and_resume(tokenized_demo, trained_tiny_run, magvit_dir,
+                                                                 llada_tokenizer_dir, tmp_path):
+    from jobs.tiny_models import build_tiny_clip
+
+    registry, ref = tokenized_demo
+    clip = build_tiny_clip(tmp_path / "clip")
+    run = tmp_path / "rl"
+    args = rl_args(registry, ref, str(trained_tiny_run), str(run), clip, str(magvit_dir), str(llada_tokenizer_dir))
+    r = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in records] == [1, 2]
+    for x in records:
+        assert x["first_ratio_max"] == 1.0 and x["first_clip_fraction"] == 0.0  # old policy = the rollouts' policy
+        assert x["ratio_max"] != 1.0  # the second inner update sees moved weights
+        assert {"reward_early", "reward_middle", "reward_final", "kl", "rollout_s", "reward_s", "learner_s"} <= set(x)
+        assert 0.0 <= x["reward_mean"] <= 1.0
+    stats = json.loads((run / "reward_stats.json").read_text())
+    assert stats["samples"] == 8 and stats["source"] == ref
+    assert (run / "reference" / "config.json").exists() and (run / "checkpoints" / "step-2" / "done").exists()
+
+    # resume: only step 3 runs, and the prompt cursor continues where step 2 left it
+    r = subprocess.run(rl_args(registry, ref, str(trained_tiny_run), str(run), clip, str(magvit_dir),
+                               str(llada_tokenizer_dir), steps=3), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    client = torch.load(run / "checkpoints" / "step-3" / "mp_rank_00_model_states.pt", weights_only=False)
+    from pipeline.registry import DatasetRegistry
+
+    rows = DatasetRegistry(registry).resolve(ref).counts.output
+    assert client["prompts"]["position"] + client["prompts"]["epoch"] * rows == 3 * 2  # 2 prompts per step
+
+    bad = subprocess.run(rl_args(registry, ref, str(trained_tiny_run), str(tmp_path / "x"), clip, str(magvit_dir),
+                                 str(llada_tokenizer_dir), rollout_cpus=4), capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "need 8 CPU" in bad.stderr
