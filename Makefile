@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.tokenize
 	$(BIN)/python -m benchmarks.sft
 	$(BIN)/python -m benchmarks.sampler
+	$(BIN)/python -m benchmarks.rl
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -80,9 +80,10 @@ def grpo_update(engine, reference, items: list[Item], layout: TokenLayout, sampl
             loss, stats = clipped_objective(logp, old[c], ref[c], advantages, committed, epsilon, beta)
             engine.backward(loss)
             engine.step()
-            prefix = "first_" if inner == 0 else ""
             for key, value in {"loss": loss.detach(), **stats}.items():
-                totals.setdefault(prefix + key, []).append(float(value))
+                totals.setdefault(key, []).append(float(value))  # over every inner update
+                if inner == 0:  # the first one alone: its ratio is 1 by construction
+                    totals.setdefault("first_" + key, []).append(float(value))
     summary = {k: sum(v) / len(v) for k, v in totals.items() if not k.endswith("ratio_max")}
     summary.update({k: max(v) for k, v in totals.items() if k.endswith("ratio_max")})
     return summary

@@ -64,6 +64,7 @@ class RLConfig:
     out_dir: str = "runs/rl"
     steps: int = 200
     prompts_per_step: int = 4
+    max_prompts: int | None = None  # use only the first N prompts of the version (small-scale experiments)
     num_generations: int = 8  # G: rollouts per prompt
     reward_steps: int = 3  # s: recorded steps per rollout (the paper's best trade-off)
     reward_at: str = "trajectory"  # trajectory (ParaRL) | final (output-level RL)
@@ -108,13 +109,15 @@ class RLConfig:
 class PromptSource:
     """Prompts from a tokenized version in a seeded order per epoch; the cursor is checkpointed."""
 
-    def __init__(self, ref: str, registry: str | None, seed: int):
+    def __init__(self, ref: str, registry: str | None, seed: int, limit: int | None = None):
         reg = DatasetRegistry(registry)
         self.manifest = reg.resolve(ref, schema="tokenized/1")
         import pyarrow.ipc as ipc
 
         self.table = pa.concat_tables([ipc.open_file(pa.memory_map(p)).read_all().select(PROMPT_COLUMNS)
                                        for p in reg.shard_paths(self.manifest)])
+        if limit is not None:
+            self.table = self.table.slice(0, limit)
         self.seed, self.epoch, self.position = seed, 0, 0
 
     def next(self, n: int) -> list[Prompt]:
@@ -177,7 +180,7 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
     trained = training_config(cfg.model).get("sequence", {})
     sampler_cfg = dataclasses.replace(cfg.sampler, instruction_len=cfg.sampler.instruction_len or trained.get("instruction_len", 256),
                                       reasoning_len=cfg.sampler.reasoning_len or trained.get("reasoning_len", 256))
-    prompts = PromptSource(cfg.dataset, cfg.registry, cfg.seed)
+    prompts = PromptSource(cfg.dataset, cfg.registry, cfg.seed, cfg.max_prompts)
     grid = int(len(prompts.table["output_image_codes"][0]) ** 0.5)
     sampler_cfg = dataclasses.replace(sampler_cfg, image_tokens=grid * grid)
     cfg = dataclasses.replace(cfg, sampler=sampler_cfg)
@@ -228,7 +231,8 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
     metrics = MetricsLogger(run_dir, rank, n_params=sum(p.numel() for p in policy.parameters()), peak_flops=None,
                             world_size=world)
     if rank == 0:
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        sequence = {"instruction_len": sampler_cfg.instruction_len, "reasoning_len": sampler_cfg.reasoning_len}
+        (run_dir / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "sequence": sequence}, indent=2))
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="pararl")
     while step < cfg.steps:
         started = time.perf_counter()
@@ -261,7 +265,7 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
                        rollout_s=rolled - started, reward_s=scored - rolled, learner_s=learned - scored,
                        lr=engine.lr, **update)
         metrics.write(step, record_, "rl")
-        bar.set_postfix(reward=f"{record_['reward_mean']:.3f}", kl=f"{update.get('first_kl', 0):.4f}")
+        bar.set_postfix(reward=f"{record_['reward_mean']:.3f}", kl=f"{update['kl']:.4f}")
         bar.update(1)
         if step % cfg.save_every == 0 or step == cfg.steps:
             checkpoints.save(engine, step, {"step": step, "prompts": prompts.state_dict(), "rng": _rng_state()},
