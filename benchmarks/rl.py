@@ -23,7 +23,11 @@ import pyarrow as pa
 import ray
 import torch
 
-from jobs.tiny_models import build_random_magvitv2, build_tiny_clip, build_tiny_llada_tokenizer
+from jobs.tiny_models import (
+    build_random_magvitv2,
+    build_tiny_clip,
+    build_tiny_llada_tokenizer,
+)
 from pipeline.ray_runtime import init_ray
 from pipeline.registry import DatasetRegistry
 from schemas import Counts, TokenLayout, tokenized_schema

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from annotators import SamplingConfig, ValidatorConfig
 from jobs.tiny_models import (
-    build_tiny_clip,
     build_random_magvitv2,
+    build_tiny_clip,
     build_tiny_llada_tokenizer,
     build_tiny_qwen25vl,
 )

@@ -17,7 +17,12 @@ from pathlib import Path
 
 from annotators import SamplingConfig
 from jobs.demo import TINY_MODEL_VALIDATORS
-from jobs.tiny_models import build_random_magvitv2, build_tiny_clip, build_tiny_llada_tokenizer, build_tiny_qwen25vl
+from jobs.tiny_models import (
+    build_random_magvitv2,
+    build_tiny_clip,
+    build_tiny_llada_tokenizer,
+    build_tiny_qwen25vl,
+)
 from pipeline.annotate import AnnotateConfig, run_annotate
 from pipeline.demo_data import make_demo_data
 from pipeline.ingest import IngestConfig, run_ingest

@@ -12,7 +12,7 @@ import torch
 
 from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2
 from trainer.export import layout_for, load_model, training_config
-from trainer.sampling import ParallelSampler, Prompt, SamplerConfig, SampleResult
+from trainer.sampling import ParallelSampler, Prompt, SampleResult, SamplerConfig, filled
 
 
 @dataclasses.dataclass(kw_only=True)
