@@ -81,7 +81,8 @@ def main() -> None:
     parser.add_argument("--out", default="pararl-exp")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--reward-at", default="trajectory", choices=["trajectory", "final"])
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--sampler-steps", type=int, default=4, help="few steps: each recorded step commits more tokens")
     args = parser.parse_args()
     out = Path(args.out)
     registry, ref, sft_run, magvit, tokenizer = prepare(out)
@@ -96,10 +97,10 @@ def main() -> None:
                    reward_at=args.reward_at,
                    reward_stats_min_rows=16, beta=0.01, mu=1, micro_batch_size=12, rollout_workers=2,
                    optim=RLOptimConfig(lr=args.lr), save_every=args.steps, resume="none",
-                   sampler=RolloutSamplerConfig(steps=16, block_length=16, image_choice_temperature=1.0))
+                   sampler=RolloutSamplerConfig(steps=args.sampler_steps, block_length=16, image_choice_temperature=1.0))
     train_rl(cfg, progress=True)
     print(f"ParaRL experiment: tiny policy (SFT 60 steps), tiny random CLIP, {args.steps} steps x the same 2 prompts "
-          f"x 8 rollouts, reward at {args.reward_at}, lr {args.lr}")
+          f"x 8 rollouts, {args.sampler_steps} sampler steps, reward at {args.reward_at}, lr {args.lr}")
     print(table(run, max(1, args.steps // 8)))
 
 
