@@ -11,7 +11,7 @@ import paraforge_compat  # noqa: F401
 from pipeline.cli import run
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  help="paraforge trainer: sft, rl, sample, export, layout.")
+                  help="paraforge trainer: sft, rl, sample, export, layout, submit.")
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value config overrides (nested: optim.lr=2e-5)")]
 
 
@@ -96,6 +96,15 @@ def layout() -> None:
     from schemas import MMADA_M
 
     print(json.dumps({"vocab_size": MMADA_M.vocab_size, **MMADA_M.special_ids()}, indent=2))
+
+
+def _register_submit() -> None:
+    from pipeline.commands.cluster import SUBMIT_SETTINGS, submit_command
+
+    app.command("submit", context_settings=SUBMIT_SETTINGS)(submit_command("trainer", ("sft", "rl")))
+
+
+_register_submit()
 
 
 def main() -> None:
