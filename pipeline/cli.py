@@ -25,7 +25,9 @@ app.add_typer(cluster.app, name="jobs")
 def run(typer_app: typer.Typer) -> None:
     """Invoke a Typer app with one error formatter: user errors print one line, exit 2."""
     try:
-        typer_app(standalone_mode=False)
+        code = typer_app(standalone_mode=False)  # a typer.Exit(n) inside a command comes back as n here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
