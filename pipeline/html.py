@@ -1,0 +1,122 @@
+"""Self-contained HTML pages: inline CSS, inline SVG charts, images as data URLs, no network.
+
+Shared by `pipeline report` (a dataset version) and `trainer eval` (a benchmark run), so both look
+alike and open offline from a single file. Every piece of text goes through `esc`."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Iterable, Sequence
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:16px 24px;color:#222}
+h1{font-size:22px;margin:8px 0} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:6px 0} td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
+th{background:#f4f4f4} td.n{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#17692f} .bad{color:#b3261e} .muted{color:#777} code{font-size:12px}
+.charts{display:flex;flex-wrap:wrap;gap:18px} figure{margin:0} figcaption{font-size:12px;color:#555}
+.cards{display:flex;flex-wrap:wrap;gap:12px} .card{border:1px solid #ccc;border-radius:6px;padding:8px;width:360px}
+.card img{width:112px;height:112px;image-rendering:pixelated;border:1px solid #eee;margin-right:4px}
+.card p{margin:4px 0;white-space:pre-wrap;word-wrap:break-word} .card .meta{font-size:12px;color:#666}
+.filters{margin:8px 0} .filters select{margin-right:14px}
+"""
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def png_data_url(image) -> str:
+    """A PIL image or encoded image bytes -> a data URL (bytes are re-encoded as PNG)."""
+    from PIL import Image
+
+    if isinstance(image, (bytes, bytearray)):
+        image = Image.open(io.BytesIO(image))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def thumbnail(image, side: int = 112):
+    from PIL import Image
+
+    if isinstance(image, (bytes, bytearray)):
+        image = Image.open(io.BytesIO(image))
+    image = image.convert("RGB")
+    image.thumbnail((side, side), Image.BICUBIC)
+    return image
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]], attrs: str = "") -> str:
+    """Numbers are right-aligned; cells are escaped."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="n">{esc(c)}</td>' if isinstance(c, (int, float)) else f"<td>{esc(c)}</td>"
+                         for c in row) + "</tr>"
+        for row in rows)
+    return f"<table {attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def bar_chart(counts: dict[str, int | float], title: str, width: int = 460, attrs: dict[str, str] | None = None) -> str:
+    """Horizontal bars, one per key, largest first, value printed at the end of the bar. Each value
+    carries `data-key` and `attrs`, so a script can read the numbers back."""
+    extra = "".join(f' {k}="{esc(v)}"' for k, v in (attrs or {}).items())
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    if not items:
+        return f"<figure><figcaption>{esc(title)}: none</figcaption></figure>"
+    label_w, row_h, top = 170, 18, 4
+    height = top + row_h * len(items) + 4
+    biggest = max(v for _, v in items) or 1
+    bars = []
+    for i, (key, value) in enumerate(items):
+        y = top + i * row_h
+        w = (width - label_w - 60) * value / biggest
+        bars.append(f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end" font-size="12">{esc(key)}</text>'
+                    f'<rect x="{label_w}" y="{y + 2}" width="{w:.1f}" height="{row_h - 5}" fill="#4a78c2"/>'
+                    f'<text x="{label_w + w + 4:.1f}" y="{y + 13}" font-size="12" data-key="{esc(key)}"{extra}>'
+                    f'{esc(_num(value))}</text>')
+    return (f'<figure><svg width="{width}" height="{height}" role="img" aria-label="{esc(title)}">'
+            f'{"".join(bars)}</svg><figcaption>{esc(title)}</figcaption></figure>')
+
+
+def histogram(values: Sequence[float], title: str, bins: int = 20, width: int = 360, height: int = 150) -> str:
+    """Counts per equal-width bin, with the range and the median written underneath."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return f"<figure><figcaption>{esc(title)}: no values</figcaption></figure>"
+    lo, hi = min(values), max(values)
+    bins = max(1, min(bins, len(set(values))))
+    span = (hi - lo) or 1.0
+    counts = [0] * bins
+    for v in values:
+        counts[min(int((v - lo) / span * bins), bins - 1)] += 1
+    top, bottom = 6, 16
+    peak = max(counts)
+    bar_w = width / bins
+    rects = "".join(
+        f'<rect x="{i * bar_w + 1:.1f}" y="{top + (height - top - bottom) * (1 - c / peak):.1f}" '
+        f'width="{max(bar_w - 2, 1):.1f}" height="{(height - top - bottom) * c / peak:.1f}" fill="#5b9a68">'
+        f'<title>{esc(_num(lo + i * span / bins))}..{esc(_num(lo + (i + 1) * span / bins))}: {c}</title></rect>'
+        for i, c in enumerate(counts))
+    axis = (f'<text x="0" y="{height - 3}" font-size="11">{esc(_num(lo))}</text>'
+            f'<text x="{width}" y="{height - 3}" font-size="11" text-anchor="end">{esc(_num(hi))}</text>')
+    median = sorted(values)[len(values) // 2]
+    return (f'<figure><svg width="{width}" height="{height}" role="img" aria-label="{esc(title)}">{rects}{axis}'
+            f'</svg><figcaption>{esc(title)}: n={len(values)}, median {esc(_num(median))}, peak bin {peak}'
+            f'</figcaption></figure>')
+
+
+def _num(value: float) -> str:
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e9):
+        return str(int(value))
+    return f"{value:.3g}" if math.isfinite(value) else str(value)
+
+
+def page(title: str, body: str, script: str = "") -> str:
+    """One HTML document; `script` is inline JavaScript run after the body is parsed."""
+    js = f"<script>{script}</script>" if script else ""
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f'<link rel="icon" href="data:,"><style>{CSS}</style></head><body>{body}{js}</body></html>')

@@ -1,0 +1,267 @@
+"""`pipeline report`: one self-contained HTML page to look at a dataset version.
+
+What a person needs to judge a reasoning dataset: the version's ancestry with the accounting of
+every stage (in = out + quarantined + duplicates, and each stage's input equal to its parent's
+output), why rows were rejected (read from the quarantine shards themselves, so the page shows what
+is stored, not what a stage claimed), length and size distributions, categories, sample cards with
+the traces beside the images (and, for tokenized versions, the image decoded from its codes), and a
+diff against the parent or any other version. Filters by category and by rejection reason run in a
+few lines of inline JavaScript; nothing is fetched, so the file opens offline.
+
+Collecting (`collect`) and rendering (`render`) are separate: the first reads the registry into a
+`ReportData`, the second is a pure function of it. Images are read only for the cards.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.html import bar_chart, esc, histogram, page, png_data_url, table, thumbnail
+from pipeline.registry import DatasetRegistry
+from schemas import VersionManifest
+
+CONTENT_SCHEMAS = ("raw/1", "annotated/1")  # versions that hold the text and the images
+TEXT_COLUMNS = ["sample_id", "task", "instruction", "category", "output_width", "output_height",
+                "input_width", "input_height"]
+
+
+@dataclasses.dataclass(kw_only=True)
+class ReportConfig:
+    dataset: str  # NAME, NAME@VERSION or NAME@TAG
+    out: str = "report.html"
+    registry: str | None = None
+    against: str | None = None  # the version to diff against (default: the parent)
+    cards: int = 24  # sample cards shown (the first rows of the version, in stored order)
+    quarantine_rows: int = 500  # quarantine rows listed in the table (the chart counts them all)
+    decode_codes: bool = True  # tokenized versions: decode the cards' output codes with MAGVIT-v2
+    image_tokenizer: str | None = None  # default: the checkpoint the version was tokenized with
+
+
+@dataclasses.dataclass
+class ReportData:
+    manifest: VersionManifest
+    chain: list[VersionManifest]  # oldest first, ending with `manifest`
+    quarantine: dict[str, list[dict[str, Any]]]  # version id -> its quarantine rows (no record column)
+    rows: pa.Table  # this version's rows: text columns of the content version (+ token lengths)
+    cards: list[dict[str, Any]]
+    diff: dict[str, Any] | None
+    quarantine_rows: int = 500
+
+
+def ancestry(registry: DatasetRegistry, manifest: VersionManifest) -> list[VersionManifest]:
+    chain = [manifest]
+    while chain[0].parent:
+        chain.insert(0, registry.resolve(chain[0].parent))
+    return chain
+
+
+def collect(cfg: ReportConfig) -> ReportData:
+    registry = DatasetRegistry(cfg.registry)
+    manifest = registry.resolve(cfg.dataset)
+    chain = ancestry(registry, manifest)
+    quarantine = {m.version: registry.read_table(m, ["stage", "reason", "message", "source_ref", "sample_id"],
+                                                 quarantine=True).to_pylist() for m in chain}
+    content = next(m for m in reversed(chain) if m.schema in CONTENT_SCHEMAS)
+    columns = TEXT_COLUMNS + (["reasoning"] if content.schema == "annotated/1" else [])
+    rows = registry.read_table(content, columns)
+    if manifest is not content:  # a tokenized version: keep its rows, add their token lengths
+        tokens = registry.read_table(manifest, ["sample_id", "instruction_len", "reasoning_len"])
+        rows = tokens.join(rows, "sample_id", join_type="left outer")
+        rows = rows.take(pc.sort_indices(pc.index_in(rows["sample_id"], value_set=tokens["sample_id"])))
+    against = cfg.against or manifest.parent
+    diff = registry.diff(against, manifest.ref) if against else None
+    cards = _cards(registry, manifest, content, rows, cfg)
+    return ReportData(manifest, chain, quarantine, rows, cards, diff, cfg.quarantine_rows)
+
+
+def _cards(registry: DatasetRegistry, manifest: VersionManifest, content: VersionManifest, rows: pa.Table,
+           cfg: ReportConfig) -> list[dict[str, Any]]:
+    picked = rows.slice(0, cfg.cards).to_pylist()
+    wanted = pa.array([r["sample_id"] for r in picked], pa.string())
+    images: dict[str, dict] = {}
+    for batch in registry.iter_batches(content, ["sample_id", "input_image", "output_image"]):
+        images.update((r["sample_id"], r) for r in batch.filter(pc.is_in(batch["sample_id"], wanted)).to_pylist())
+        if len(images) == len(wanted):  # stop reading once every card has its images
+            break
+    decoded = _decode_codes(registry, manifest, wanted, cfg) if manifest.schema.startswith("tokenized") else {}
+    cards = []
+    for r in picked:
+        found = images.get(r["sample_id"], {})
+        cards.append({**r, "input_image": found.get("input_image"), "output_image": found.get("output_image"),
+                      "decoded": decoded.get(r["sample_id"])})
+    return cards
+
+
+def _decode_codes(registry: DatasetRegistry, manifest: VersionManifest, wanted: pa.Array, cfg: ReportConfig) -> dict:
+    if not cfg.decode_codes or not len(wanted):
+        return {}
+    import torch
+
+    from pipeline.image_tokenizer import MagvitV2
+
+    magvit = MagvitV2.from_pretrained(cfg.image_tokenizer or manifest.lineage["tokenize"]["image_tokenizer"])
+    table = registry.read_table(manifest, ["sample_id", "output_image_codes", "grid_h", "grid_w"])
+    table = table.filter(pc.is_in(table["sample_id"], wanted))
+    grid = (table["grid_h"][0].as_py(), table["grid_w"][0].as_py())
+    codes = torch.tensor(table["output_image_codes"].to_pylist())
+    with torch.no_grad():
+        pixels = torch.cat([magvit.decode(codes[i:i + 8], grid) for i in range(0, len(codes), 8)])
+    from PIL import Image
+
+    arrays = (pixels.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    return {sid: Image.fromarray(a) for sid, a in zip(table["sample_id"].to_pylist(), arrays)}
+
+
+# -- rendering ---------------------------------------------------------------------------------
+def render(data: ReportData) -> str:
+    m = data.manifest
+    sections = [
+        f"<h1>{esc(m.ref)}</h1><p>stage <b>{esc(m.stage)}</b>, schema <code>{esc(m.schema)}</code>, "
+        f"created {esc(m.created_at[:19])} UTC, tags: {esc(', '.join(m.tags) or '-')}</p>",
+        _chain_section(data), _quarantine_section(data), _distributions_section(data),
+        _diff_section(data), _cards_section(data)]
+    return page(f"paraforge report: {m.ref}", "".join(sections), FILTER_SCRIPT)
+
+
+def _count(key: str, value: int, version: str) -> str:
+    """A count the page states, tagged so tests (and scripts) can check it against the manifest."""
+    return f'<td class="n" data-count="{key}" data-version="{esc(version)}">{value}</td>'
+
+
+def _chain_section(data: ReportData) -> str:
+    rows, previous = [], None
+    for m in data.chain:
+        c = m.counts
+        link_ok = previous is None or c.input == previous.counts.output
+        ok = c.reconciles() and link_ok
+        verdict = "reconciles" if ok else ("does not reconcile" if not c.reconciles() else "input != parent output")
+        rows.append(f"<tr><td><code>{esc(m.version)}</code></td><td>{esc(m.stage)}</td><td>{esc(m.schema)}</td>"
+                    f"<td>{esc(m.created_at[:19])}</td>{_count('input', c.input, m.version)}"
+                    f"{_count('output', c.output, m.version)}{_count('quarantined', c.quarantined, m.version)}"
+                    f"{_count('duplicates', c.duplicates, m.version)}"
+                    f'<td class="{"ok" if ok else "bad"}" data-reconciles="{str(ok).lower()}">{verdict}</td></tr>')
+        previous = m
+    head = "".join(f"<th>{h}</th>" for h in ("version", "stage", "schema", "created (UTC)", "input", "output",
+                                             "quarantined", "duplicates", "accounting"))
+    lineage = []
+    for m in data.chain:
+        detail = {k: v for k, v in m.lineage.items() if k in ("annotate", "tokenize", "sources")}
+        lineage.append(f"<li><code>{esc(m.version)}</code> {esc(m.lineage.get('command', ''))} "
+                       f"(git {esc(m.lineage.get('git_revision'))})<br><code>{esc(json.dumps(detail)[:600])}</code></li>")
+    return (f"<h2>Ancestry and accounting</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
+            f"</tbody></table><p class=muted>Each stage: input = output + quarantined + duplicates; each "
+            f"stage's input is its parent's output.</p><details><summary>lineage</summary><ul>{''.join(lineage)}"
+            f"</ul></details>")
+
+
+def _quarantine_section(data: ReportData) -> str:
+    charts, listed, reasons = [], [], collections.Counter()
+    for m in data.chain:
+        stored = collections.Counter(r["reason"] for r in data.quarantine[m.version])
+        reasons.update(stored)
+        if stored:
+            charts.append(bar_chart(dict(stored), f"{m.stage} ({m.version[:8]}): {sum(stored.values())} quarantined",
+                                    attrs={"data-kind": "quarantine", "data-version": m.version}))
+        listed += [(m, r) for r in data.quarantine[m.version]]
+    limit = data.quarantine_rows
+    shown = listed[:limit]
+    options = "".join(f'<option value="{esc(r)}">{esc(r)} ({n})</option>' for r, n in sorted(reasons.items()))
+    body = "".join(f'<tr data-reason="{esc(r["reason"])}"><td>{esc(m.stage)}</td><td>{esc(r["reason"])}</td>'
+                   f'<td>{esc(r["message"][:200])}</td><td>{esc(r["source_ref"])}</td>'
+                   f'<td><code>{esc((r["sample_id"] or "-")[:12])}</code></td></tr>' for m, r in shown)
+    total = sum(reasons.values())
+    return (f'<h2>Quarantine</h2><p><span data-count="quarantined-total">{total}</span> rows quarantined along '
+            f'the chain, by stage and reason.</p><div class="charts">{"".join(charts) or "<p>none</p>"}</div>'
+            f'<div class="filters">reason: <select data-filter="reason" data-target="#quarantine tbody tr">'
+            f'<option value="">all</option>{options}</select> <span class="shown"></span></div>'
+            f'<table id="quarantine"><thead><tr><th>stage</th><th>reason</th><th>message</th><th>source</th>'
+            f'<th>sample</th></tr></thead><tbody>{body}</tbody></table>'
+            + (f"<p class=muted>first {limit} of {len(listed)} rows listed</p>" if len(listed) > limit else ""))
+
+
+def _words(texts: list[str | None]) -> list[int]:
+    return [len(t.split()) for t in texts if t is not None]
+
+
+def _distributions_section(data: ReportData) -> str:
+    rows = data.rows
+    charts = [histogram(_words(rows["instruction"].to_pylist()), "instruction length (words)")]
+    if "reasoning" in rows.column_names:
+        charts.append(histogram(_words(rows["reasoning"].to_pylist()), "reasoning length (words)"))
+    if "reasoning_len" in rows.column_names:
+        charts += [histogram(rows["instruction_len"].to_pylist(), "instruction length (tokens)"),
+                   histogram(rows["reasoning_len"].to_pylist(), "reasoning length (tokens)")]
+    sides = [max(w, h) for w, h in zip(rows["output_width"].to_pylist(), rows["output_height"].to_pylist())
+             if w is not None]
+    charts.append(histogram(sides, "output image size (longer side, px)"))
+    categories = collections.Counter(c or "(none)" for c in rows["category"].to_pylist())
+    tasks = collections.Counter(rows["task"].to_pylist())
+    counts = table(["category", "rows"], sorted(categories.items()), 'id="categories"')
+    return (f'<h2>Distributions</h2><p><span data-count="rows">{rows.num_rows}</span> rows: '
+            + ", ".join(f"{esc(t)} {n}" for t, n in sorted(tasks.items()))
+            + f'</p><div class="charts">{"".join(charts)}{bar_chart(dict(categories), "categories", attrs={"data-kind": "category"})}</div>{counts}')
+
+
+def _diff_section(data: ReportData) -> str:
+    d = data.diff
+    if d is None:
+        return "<h2>Diff</h2><p>no parent version to compare with</p>"
+    rows = [(kind, d[kind], " ".join(s[:12] for s in d["examples"].get(kind, []))) for kind in
+            ("added", "removed", "changed")] + [("unchanged", d["unchanged"], "")]
+    quarantined = len(data.quarantine[data.manifest.version])
+    note = f"<p class=muted>this stage quarantined {quarantined} of its input rows.</p>"
+    return (f"<h2>Diff: {esc(d['a'])} &rarr; {esc(d['b'])}</h2><p class=muted>by sample_id, comparing "
+            f"{esc(', '.join(d['compared_columns']))}</p>{table(['rows', 'count', 'examples'], rows, 'id=diff')}{note}")
+
+
+def _cards_section(data: ReportData) -> str:
+    cards = []
+    for c in data.cards:
+        pictures = "".join(f'<img alt="{label}" title="{label}" src="{png_data_url(thumbnail(image))}">'
+                           for label, image in (("input", c["input_image"]), ("output", c["output_image"]),
+                                                ("decoded from codes", c["decoded"])) if image is not None)
+        reasoning = c.get("reasoning")
+        tokens = f" · tokens {c['instruction_len']}/{c['reasoning_len']}" if "reasoning_len" in c else ""
+        cards.append(f'<div class="card" data-category="{esc(c["category"] or "(none)")}">{pictures}'
+                     f'<p class="meta">{esc(c["task"])} · {esc(c["category"] or "(none)")} · '
+                     f'<code>{esc(c["sample_id"][:12])}</code>{tokens}</p><p><b>{esc(c["instruction"])}</b></p>'
+                     + (f"<p>{esc(reasoning)}</p>" if reasoning is not None else "") + "</div>")
+    categories = sorted({c["category"] or "(none)" for c in data.cards})
+    options = "".join(f'<option value="{esc(c)}">{esc(c)}</option>' for c in categories)
+    return (f'<h2>Samples</h2><div class="filters">category: <select data-filter="category" '
+            f'data-target=".cards .card"><option value="">all</option>{options}</select> <span class="shown"></span>'
+            f'</div><div class="cards">{"".join(cards)}</div>'
+            f'<p class=muted>the first {len(cards)} of {data.rows.num_rows} rows</p>')
+
+
+# Show only the items whose data-<attr> equals the selected value; say how many are shown.
+FILTER_SCRIPT = """
+document.querySelectorAll('select[data-filter]').forEach(function (select) {
+  var attr = select.dataset.filter, shown = select.parentElement.querySelector('.shown');
+  function apply() {
+    var items = document.querySelectorAll(select.dataset.target), visible = 0;
+    items.forEach(function (item) {
+      item.hidden = select.value !== '' && item.dataset[attr] !== select.value;
+      if (!item.hidden) visible++;
+    });
+    shown.textContent = visible + ' of ' + items.length + ' shown';
+  }
+  select.addEventListener('change', apply);
+  apply();
+});
+"""
+
+
+def write_report(cfg: ReportConfig) -> Path:
+    data = collect(cfg)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(data), encoding="utf-8")
+    return out
