@@ -1,10 +1,10 @@
-"""The annotator's one config object, and the one place that builds an annotator from it."""
+"""The annotator's one config object, and the one place that builds a backend (for the annotator and the judge)."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from annotators.annotator import ReasoningAnnotator, SamplingConfig
+from annotators.annotator import Backend, ReasoningAnnotator, SamplingConfig
 from annotators.openai_backend import OpenAIConfig
 from annotators.prompts import DEFAULT_PROMPTS, load_prompts
 from annotators.validators import ValidatorConfig
@@ -32,19 +32,26 @@ class AnnotatorConfig:
             raise ValueError(f"unknown backend {self.backend!r}; choose one of {BACKENDS}")
 
 
-def build_annotator(cfg: AnnotatorConfig) -> ReasoningAnnotator:
-    """Loads the model (vllm, transformers) or opens nothing yet (openai)."""
-    if cfg.backend == "openai":
+def build_backend(backend: str, model: str, revision: str | None = None, device: str = "auto",
+                  openai: OpenAIConfig | None = None, vllm: VLLMConfig | None = None, seed: int = 0) -> Backend:
+    """The one place a backend is built: loads the model (vllm, transformers) or opens nothing yet
+    (openai). Shared by the annotator and the judge."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "openai":
         from annotators.openai_backend import OpenAIBackend
 
-        backend = OpenAIBackend(cfg.model, cfg.openai)
-    elif cfg.backend == "transformers":
+        return OpenAIBackend(model, openai)
+    if backend == "transformers":
         from annotators.transformers_backend import TransformersBackend
 
-        backend = TransformersBackend(cfg.model, cfg.revision, cfg.device)
-    else:
-        from annotators.vllm_backend import VLLMBackend
+        return TransformersBackend(model, revision, device)
+    from annotators.vllm_backend import VLLMBackend
 
-        backend = VLLMBackend(cfg.model, cfg.revision, cfg.vllm, cfg.sampling.seed)
+    return VLLMBackend(model, revision, vllm, seed)
+
+
+def build_annotator(cfg: AnnotatorConfig) -> ReasoningAnnotator:
+    backend = build_backend(cfg.backend, cfg.model, cfg.revision, cfg.device, cfg.openai, cfg.vllm, cfg.sampling.seed)
     return ReasoningAnnotator(backend, load_prompts(cfg.prompt_edit, cfg.prompt_generate), cfg.validators,
                               cfg.sampling, cfg.max_attempts)

@@ -110,12 +110,25 @@ def entrypoint(program: str, stage: str, args: list[str], secret_env: list[str])
     return shlex.join(command)
 
 
+AGENT_WAIT_S = 120
+
+
 def submit(cfg: SubmitConfig, program: str, stage: str, args: list[str], out=print) -> tuple[str, str | None]:
     """-> (submission id, final status or None when not waiting)."""
     jobs = client(cfg.address)
-    job_id = jobs.submit_job(entrypoint=entrypoint(program, stage, args, cfg.secret_env),
-                             runtime_env=runtime_env(cfg), submission_id=cfg.submission_id,
-                             metadata={"paraforge": f"{program} {stage}"})
+    job = dict(entrypoint=entrypoint(program, stage, args, cfg.secret_env), runtime_env=runtime_env(cfg),
+               submission_id=cfg.submission_id, metadata={"paraforge": f"{program} {stage}"})
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            job_id = jobs.submit_job(**job)
+            break
+        except RuntimeError as e:
+            # A head that has just started answers before its job agent registers; Ray says to retry.
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            out("the cluster's job agent is not up yet; retrying")
+            time.sleep(2)
     out(f"submitted {job_id} to {resolve_address(cfg.address)}")
     if not cfg.wait:
         return job_id, None

@@ -11,7 +11,7 @@ import paraforge_compat  # noqa: F401
 from pipeline.cli import run
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  help="paraforge trainer: sft, rl, sample, export, layout, submit.")
+                  help="paraforge trainer: sft, rl, sample, eval, export, layout, submit.")
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value config overrides (nested: optim.lr=2e-5)")]
 
 
@@ -88,6 +88,32 @@ def sample(overrides: Overrides = None,
                       resolution=resolution, trajectory=trajectory or None, device=device)
     for name, path in run_sample(cfg).items():
         print(f"{name}: {path}")
+
+
+@app.command("eval")
+def eval_(overrides: Overrides = None,
+          model: Annotated[Optional[str], typer.Option(help="model folder (exported or published) or an sft/rl run folder")] = None,
+          benchmark: Annotated[Optional[str], typer.Option(help="benchmark JSONL (one prompt per line)")] = None,
+          out: Annotated[Optional[str], typer.Option("--out", help="output folder")] = None,
+          judge_backend: Annotated[Optional[str], typer.Option(help="openai | vllm | transformers")] = None,
+          judge_model: Annotated[Optional[str], typer.Option(help="judge model (served name for openai)")] = None,
+          image_tokenizer: Annotated[Optional[str], typer.Option(help="MAGVIT-v2 folder or hub id")] = None,
+          text_tokenizer: Annotated[Optional[str], typer.Option(help="text tokenizer (default: the model folder)")] = None,
+          resolution: Annotated[Optional[int], typer.Option(help="image side in pixels (multiple of 16)")] = None,
+          device: Annotated[Optional[str], typer.Option(help="cpu | cuda")] = None,
+          limit: Annotated[Optional[int], typer.Option(help="only the first N prompts")] = None,
+          config: Annotated[Optional[str], typer.Option(help="YAML config, e.g. trainer/configs/eval.yaml")] = None,
+          ) -> None:
+    """ParaBench-style evaluation: sample every prompt, score six dimensions with a judge VLM and CLIP."""
+    from pipeline.config import load_config
+    from trainer.eval import EvalConfig, format_summary, run_eval
+
+    judge = {k: v for k, v in {"backend": judge_backend, "model": judge_model}.items() if v is not None}
+    cfg = load_config(EvalConfig, config, overrides, model=model, benchmark=benchmark, out=out,
+                      judge=judge or None, image_tokenizer=image_tokenizer, text_tokenizer=text_tokenizer,
+                      resolution=resolution, device=device, limit=limit)
+    print(format_summary(run_eval(cfg)))
+    print(f"results: {cfg.out}/results.json; page: {cfg.out}/eval.html")
 
 
 @app.command()

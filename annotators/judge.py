@@ -1,0 +1,178 @@
+"""A VLM judge over any annotator backend: ParaBench's six dimensions, one rubric prompt each, 0-100.
+
+Each (sample, dimension) is one chat request holding only what that dimension is about (the rubric
+file says which images). An answer is kept verbatim; its score comes from `parse_score`, which is
+strict: an answer without exactly one clear score on the 0-100 scale is a *failed judgement* with a
+reason code and no score. A failure is never a zero (that would pull the means down for a judge
+fault, not a model fault) and is not retried beyond the backend's transport retries: asking again
+until an answer parses would bias the scores towards what the judge finds easy to grade.
+
+The rubrics are ours (annotators/prompts/judge-v1.yaml), not ParaBench's own prompts: scores compare
+between our runs with the same judge and rubric file (its sha256 is recorded), and only roughly with
+the paper's table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import zlib
+from pathlib import Path
+
+import yaml
+
+from annotators.annotator import Backend, Request, SamplingConfig
+from annotators.config import BACKENDS, build_backend
+from annotators.openai_backend import OpenAIConfig
+from annotators.prompts import BUILTIN_DIR, data_url
+from annotators.vllm_backend import VLLMConfig
+
+DIMENSIONS = ("text_quality", "text_alignment", "image_consistency", "image_alignment", "image_quality",
+              "output_alignment")
+IMAGE_ROLES = ("input", "output")
+TASKS = ("edit", "generate")
+
+
+@dataclasses.dataclass(kw_only=True)
+class JudgeConfig:
+    backend: str = "openai"  # openai | vllm | transformers
+    model: str = "gpt-4.1"  # ParaBench's judge; any VLM that reads two images works
+    revision: str | None = None
+    rubrics: str = "judge-v1"  # built-in id or a YAML file
+    device: str = "auto"  # transformers backend only
+    sampling: SamplingConfig = dataclasses.field(
+        default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=512))
+    openai: OpenAIConfig = dataclasses.field(
+        default_factory=lambda: OpenAIConfig(base_url="https://api.openai.com/v1", concurrency=16))
+    vllm: VLLMConfig = dataclasses.field(default_factory=VLLMConfig)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown judge backend {self.backend!r}; choose one of {BACKENDS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rubric:
+    user: str  # with {instruction} and optionally {reasoning}
+    images: tuple[str, ...]  # which images to attach, in order: input, output
+    tasks: tuple[str, ...]  # the tasks the dimension applies to
+
+
+@dataclasses.dataclass(frozen=True)
+class Rubrics:
+    id: str
+    system: str
+    dimensions: dict[str, Rubric]
+    sha256: str
+
+    @classmethod
+    def load(cls, name_or_path: str = "judge-v1") -> "Rubrics":
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = BUILTIN_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ValueError(f"judge rubric file {name_or_path!r} not found")
+        data = path.read_bytes()
+        spec = yaml.safe_load(data) or {}
+        dims = spec.get("dimensions") or {}
+        if not spec.get("id") or not spec.get("system") or set(dims) != set(DIMENSIONS):
+            raise ValueError(f"{path}: needs id, system and exactly the dimensions {list(DIMENSIONS)}")
+        rubrics = {}
+        for name in DIMENSIONS:
+            d = dims[name]
+            images, tasks = tuple(d.get("images") or ()), tuple(d.get("tasks") or TASKS)
+            if "{instruction}" not in d.get("user", "") or not set(images) <= set(IMAGE_ROLES) \
+                    or not set(tasks) <= set(TASKS):
+                raise ValueError(f"{path}: dimension {name} needs a user template with {{instruction}}, "
+                                 f"images among {IMAGE_ROLES} and tasks among {TASKS}")
+            rubrics[name] = Rubric(d["user"].strip(), images, tasks)
+        return cls(spec["id"], spec["system"].strip(), rubrics, hashlib.sha256(data).hexdigest())
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeItem:
+    sample_id: str
+    task: str
+    instruction: str
+    reasoning: str
+    output_image: bytes
+    input_image: bytes | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    score: float | None  # None: failed
+    raw: str | None  # the judge's answer as given (None when the backend gave none)
+    error: str | None = None  # reason code of a failed judgement
+    detail: str | None = None  # the backend's error message, when it failed
+
+    @property
+    def ok(self) -> bool:
+        return self.score is not None
+
+
+# "Score: 72", "**Score:** 72", "score = 72/100"; a sign is captured so "-5" reads out of range
+SCORE = re.compile(r"\bscore\b[*_\s]*[:=][*_\s]*(-?\d+(?:\.\d+)?)(?:\s*/\s*(\d+))?", re.I)
+
+
+def parse_score(answer: str | None) -> tuple[float | None, str | None]:
+    """A judge's answer -> (score, None) or (None, reason): empty_answer, no_score, ambiguous_score
+    (two different scores), wrong_scale ("7/10"), out_of_range. Only the "Score: N" the rubric asks
+    for counts: a bare number is refused, because a broken judge that babbles digits (a random
+    tiny VLM answers "9999") must not pass for one that grades."""
+    if answer is None or not answer.strip():
+        return None, "empty_answer"
+    found = {(float(v), scale or "100") for v, scale in SCORE.findall(answer)}
+    if not found:
+        return None, "no_score"
+    if len(found) > 1:
+        return None, "ambiguous_score"
+    value, scale = found.pop()
+    if scale != "100":
+        return None, "wrong_scale"
+    if not 0 <= value <= 100:
+        return None, "out_of_range"
+    return value, None
+
+
+class Judge:
+    def __init__(self, backend: Backend, rubrics: Rubrics | None = None, sampling: SamplingConfig | None = None):
+        self.backend = backend
+        self.rubrics = rubrics or Rubrics.load()
+        self.sampling = sampling or JudgeConfig().sampling
+
+    def applies(self, dimension: str, task: str) -> bool:
+        return task in self.rubrics.dimensions[dimension].tasks
+
+    def request(self, item: JudgeItem, dimension: str) -> Request:
+        rubric = self.rubrics.dimensions[dimension]
+        images = {"input": item.input_image, "output": item.output_image}
+        parts = [{"type": "image_url", "image_url": {"url": data_url(images[role])}}
+                 for role in rubric.images if images[role] is not None]
+        text = rubric.user.replace("{instruction}", item.instruction).replace("{reasoning}", item.reasoning)
+        parts.append({"type": "text", "text": text})
+        # a seed per (sample, dimension): a rerun asks exactly the same questions in any order
+        seed = (self.sampling.seed + zlib.crc32(f"{item.sample_id}/{dimension}".encode())) % (2**31 - 1)
+        return Request([{"role": "system", "content": self.rubrics.system}, {"role": "user", "content": parts}], seed)
+
+    def judge(self, items: list[JudgeItem]) -> list[dict[str, Judgement]]:
+        """Per item, a judgement per applicable dimension (a dimension that does not apply to the
+        item's task, like image consistency for a generation, is absent: not failed)."""
+        keys = [(i, d) for i, item in enumerate(items) for d in DIMENSIONS if self.applies(d, item.task)]
+        completions = self.backend.generate([self.request(items[i], d) for i, d in keys], self.sampling)
+        results: list[dict[str, Judgement]] = [{} for _ in items]
+        for (i, dimension), completion in zip(keys, completions, strict=True):
+            if completion.error is not None:
+                judgement = Judgement(None, None, "backend_error", completion.error)
+            else:
+                score, reason = parse_score(completion.text)
+                judgement = Judgement(score, completion.text, reason)
+            results[i][dimension] = judgement
+        return results
+
+
+def build_judge(cfg: JudgeConfig) -> Judge:
+    """Loads the judge model (vllm, transformers) or opens nothing yet (openai)."""
+    backend = build_backend(cfg.backend, cfg.model, cfg.revision, cfg.device, cfg.openai, cfg.vllm, cfg.sampling.seed)
+    return Judge(backend, Rubrics.load(cfg.rubrics), cfg.sampling)

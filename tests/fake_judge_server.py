@@ -1,0 +1,86 @@
+"""A scripted OpenAI-compatible judge for `trainer eval` tests.
+
+It reads the criterion ("Criterion: text quality.") and the instruction (`Instruction: "..."`) from
+the rubric prompt and answers with a fixed score per criterion (BASE), so a test can work out the
+expected table by hand. Markers in the instruction change the answers: `[judge:+N]` / `[judge:-N]`
+shift every score; `[judge:garbage]` answers nonsense (with a stray number, but no score);
+`[judge:range]` answers "Score: 140"; `[judge:reject]` answers HTTP 400. `[judge:KIND@dimension]`
+applies a marker to one dimension only. GET /stats returns every request's criterion, instruction
+and number of images.
+
+    python tests/fake_judge_server.py --port 8124
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from aiohttp import web
+
+BASE = {"text_quality": 80, "text_alignment": 70, "image_consistency": 60, "image_alignment": 50,
+        "image_quality": 90, "output_alignment": 40}
+CRITERION = re.compile(r"Criterion: ([a-z ]+)\.")
+INSTRUCTION = re.compile(r'Instruction: "(.*?)"\n', re.S)
+MARKER = re.compile(r"\[judge:([a-z]+|[+-]\d+)(?:@([a-z_]+))?\]")
+GARBAGE = "Banana clouds whisper 7 purple theorems; the ledger of moths is closed."
+
+
+def answer(dimension: str, instruction: str) -> tuple[int, str]:
+    """-> (HTTP status, content)."""
+    score = BASE[dimension]
+    for kind, only in MARKER.findall(instruction):
+        if only and only != dimension:
+            continue
+        if kind == "garbage":
+            return 200, GARBAGE
+        if kind == "range":
+            return 200, "Far beyond every expectation.\nScore: 140"
+        if kind == "reject":
+            return 400, "rejected"
+        score += int(kind)
+    if dimension == "image_quality":  # a markdown flavour of the same answer
+        return 200, f"Clean and sharp.\n**Score:** {score}/100"
+    return 200, f"The {dimension.replace('_', ' ')} is as expected for this output.\nScore: {score}"
+
+
+class Script:
+    def __init__(self):
+        self.log: list[dict] = []
+
+    async def chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        parts = [p for m in body["messages"] if isinstance(m["content"], list) for p in m["content"]]
+        text = "\n".join([m["content"] for m in body["messages"] if isinstance(m["content"], str)]
+                         + [p["text"] for p in parts if p["type"] == "text"])
+        dimension = CRITERION.search(text).group(1).replace(" ", "_")
+        instruction = INSTRUCTION.search(text).group(1)
+        self.log.append({"dimension": dimension, "instruction": instruction, "seed": body.get("seed"),
+                         "images": sum(p["type"] == "image_url" for p in parts)})
+        status, content = answer(dimension, instruction)
+        if status != 200:
+            return web.json_response({"error": {"message": content}}, status=status)
+        return web.json_response({
+            "id": "chatcmpl-judge", "object": "chat.completion", "created": 0, "model": body.get("model", "judge"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": len(text.split()), "completion_tokens": len(content.split()),
+                      "total_tokens": len(text.split()) + len(content.split())}})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"requests": len(self.log), "log": self.log})
+
+
+def make_app() -> web.Application:
+    script = Script()
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", script.chat)
+    app.router.add_get("/stats", script.stats)
+    app.router.add_get("/health", lambda r: web.Response(text="ok"))
+    return app
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    web.run_app(make_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
