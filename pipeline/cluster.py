@@ -110,7 +110,7 @@ def entrypoint(program: str, stage: str, args: list[str], secret_env: list[str])
     return shlex.join(command)
 
 
-AGENT_WAIT_S = 120
+AGENT_WAIT_S = 60
 
 
 def submit(cfg: SubmitConfig, program: str, stage: str, args: list[str], out=print) -> tuple[str, str | None]:

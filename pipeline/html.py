@@ -115,6 +115,29 @@ def _num(value: float) -> str:
     return f"{value:.3g}" if math.isfinite(value) else str(value)
 
 
+# Each <select data-filter=ATTR data-target=CSS> hides the items matching CSS whose data-ATTR is not
+# its value; selects with the same target combine. A `.shown` element beside a select gets the count.
+FILTER_SCRIPT = """
+var selects = Array.from(document.querySelectorAll('select[data-filter]'));
+function applyFilters() {
+  new Set(selects.map(function (s) { return s.dataset.target; })).forEach(function (target) {
+    var mine = selects.filter(function (s) { return s.dataset.target === target; });
+    var items = document.querySelectorAll(target), visible = 0;
+    items.forEach(function (item) {
+      item.hidden = mine.some(function (s) { return s.value !== '' && item.dataset[s.dataset.filter] !== s.value; });
+      if (!item.hidden) visible++;
+    });
+    mine.forEach(function (s) {
+      var shown = s.parentElement.querySelector('.shown');
+      if (shown) shown.textContent = visible + ' of ' + items.length + ' shown';
+    });
+  });
+}
+selects.forEach(function (s) { s.addEventListener('change', applyFilters); });
+applyFilters();
+"""
+
+
 def page(title: str, body: str, script: str = "") -> str:
     """One HTML document; `script` is inline JavaScript run after the body is parsed."""
     js = f"<script>{script}</script>" if script else ""

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.html import bar_chart, esc, histogram, page, png_data_url, table, thumbnail
+from pipeline.html import FILTER_SCRIPT, bar_chart, esc, histogram, page, png_data_url, table, thumbnail
 from pipeline.registry import DatasetRegistry
 from schemas import VersionManifest
 
@@ -239,24 +239,6 @@ def _cards_section(data: ReportData) -> str:
             f'data-target=".cards .card"><option value="">all</option>{options}</select> <span class="shown"></span>'
             f'</div><div class="cards">{"".join(cards)}</div>'
             f'<p class=muted>the first {len(cards)} of {data.rows.num_rows} rows</p>')
-
-
-# Show only the items whose data-<attr> equals the selected value; say how many are shown.
-FILTER_SCRIPT = """
-document.querySelectorAll('select[data-filter]').forEach(function (select) {
-  var attr = select.dataset.filter, shown = select.parentElement.querySelector('.shown');
-  function apply() {
-    var items = document.querySelectorAll(select.dataset.target), visible = 0;
-    items.forEach(function (item) {
-      item.hidden = select.value !== '' && item.dataset[attr] !== select.value;
-      if (!item.hidden) visible++;
-    });
-    shown.textContent = visible + ' of ' + items.length + ' shown';
-  }
-  select.addEventListener('change', apply);
-  apply();
-});
-"""
 
 
 def write_report(cfg: ReportConfig) -> Path:

@@ -104,3 +104,24 @@ def trained_tiny_run(tokenized_demo, tmp_path_factory):
     run_trainer(sft_args(registry, ref, run, steps=80, save_every=80, cfg_dropout=0.0, micro_batch_size=4,
                          **{"optim.lr": 2e-3}))
     return run
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless Chromium through chromedriver, console messages kept (browser.get_log)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and chromedriver, "Debian's chromium and chromium-driver are needed (make test installs them)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+                 "--no-first-run", "--disable-component-update", "--disable-sync", "--window-size=1280,2000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    yield driver
+    driver.quit()

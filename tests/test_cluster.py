@@ -33,13 +33,16 @@ def test_secrets_never_enter_the_runtime_env():
 def ray_head():
     """A Ray head on 127.0.0.1 with token auth, in its own process group, stopped at the end."""
     token = secrets.token_hex(32)
-    port, dashboard = free_port(), free_port()
+    # The agent's HTTP port must be free too: its default (52365) is held by the tests' embedded Ray,
+    # and a head whose agent cannot bind never accepts a job ("No available agent").
+    port, dashboard, agent = free_port(), free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     # the head runs in the venv, as a cluster node runs in its image: `python` is the venv's
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                              "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+                             "--dashboard-agent-listen-port", str(agent),
                              "--num-cpus", "2", "--temp-dir", temp, "--disable-usage-stats"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard}"

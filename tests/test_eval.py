@@ -132,7 +132,7 @@ EXPECTED = {
 
 
 def test_eval_with_tiny_models_and_a_scripted_judge(trained_tiny_run, magvit_dir, llada_tokenizer_dir, demo_dir,
-                                                   judge_server, tmp_path):
+                                                   judge_server, browser, tmp_path):
     from jobs.tiny_models import build_tiny_clip
     from trainer.eval import EvalConfig, run_eval
     from trainer.rl.reward import ClipConfig
@@ -196,6 +196,17 @@ def test_eval_with_tiny_models_and_a_scripted_judge(trained_tiny_run, magvit_dir
     assert page.count("FAILED: no_score") == 6 and "FAILED: out_of_range" in page and "FAILED: backend_error" in page
     summary_table = re.search(r'<table id=summary>.*?</table>', page).group(0)
     assert "70.8" in summary_table and "56.7" in summary_table and "n/a" not in summary_table
+
+    # the page in a real browser: no console errors; the failure filter shows the samples with one
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get((out / "eval.html").as_uri())
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    Select(browser.find_element(By.CSS_SELECTOR, 'select[data-filter="failed"]')).select_by_value("yes")
+    shown = {c.get_attribute("id") for c in browser.find_elements(By.CSS_SELECTOR, ".cards .card") if c.is_displayed()}
+    with_failure = {f"sample-{i}" for i, r in records.items() if any(j["score"] is None for j in r["judgements"].values())}
+    assert shown == with_failure and 0 < len(shown) < len(records)
 
 
 def test_trainer_eval_cli_prints_the_table_and_rejects_a_bad_benchmark(trained_tiny_run, magvit_dir,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from annotators.judge import DIMENSIONS
-from pipeline.html import bar_chart, esc, page, png_data_url, table, thumbnail
+from pipeline.html import FILTER_SCRIPT, bar_chart, esc, page, png_data_url, table, thumbnail
 from trainer.eval import summary_rows
 
 EXTRA_CSS = """<style>
@@ -15,22 +15,6 @@ EXTRA_CSS = """<style>
 .card details{font-size:12px} .card details p{background:#f7f7f7;padding:4px;max-height:160px;overflow:auto}
 tr.failed td{background:#fdecea}
 </style>"""
-
-# Show only the cards whose data-<attr> matches every selected value.
-FILTER_SCRIPT = """
-var selects = document.querySelectorAll('select[data-filter]'), shown = document.querySelector('.shown');
-function apply() {
-  var cards = document.querySelectorAll('.cards .card'), visible = 0;
-  cards.forEach(function (card) {
-    card.hidden = Array.from(selects).some(function (s) { return s.value !== '' && card.dataset[s.dataset.filter] !== s.value; });
-    if (!card.hidden) visible++;
-  });
-  shown.textContent = visible + ' of ' + cards.length + ' shown';
-}
-selects.forEach(function (s) { s.addEventListener('change', apply); });
-apply();
-"""
-
 
 def _summary_section(results: dict) -> str:
     summary = results["summary"]
@@ -85,10 +69,10 @@ def write_page(results: dict, out: Path) -> Path:
     cfg, judge, records = results["config"], results["judge"], results["samples"]
     categories = sorted({r["category"] for r in records})
     options = "".join(f'<option value="{esc(c)}">{esc(c)}</option>' for c in categories)
-    filters = (f'<div class="filters">category: <select data-filter="category"><option value="">all</option>{options}'
-               '</select> judgements: <select data-filter="failed"><option value="">all</option>'
-               '<option value="yes">with a failure</option><option value="no">all scored</option></select>'
-               '<span class="shown"></span></div>')
+    filters = (f'<div class="filters">category: <select data-filter="category" data-target=".cards .card">'
+               f'<option value="">all</option>{options}</select> judgements: <select data-filter="failed" '
+               'data-target=".cards .card"><option value="">all</option><option value="yes">with a failure</option>'
+               '<option value="no">all scored</option></select><span class="shown"></span></div>')
     body = (f"{EXTRA_CSS}<h1>Evaluation of {esc(cfg['model'])}</h1>"
             f"<p class=muted>benchmark {esc(cfg['benchmark'])} · {len(records)} prompts · judge "
             f"{esc(judge['backend'])}:{esc(judge['model'])} · rubrics {esc(judge['rubrics'])} "
