@@ -34,9 +34,11 @@ def init_distributed() -> tuple[int, int]:
     import deepspeed
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if not torch.distributed.is_initialized() and "WORLD_SIZE" not in os.environ:
-        # No launcher: an in-process store, so there is no free port to pick and then race for (a
-        # port found free can be taken by Ray or another process before the store binds it).
+    launched = all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    if not torch.distributed.is_initialized() and not launched:
+        # No launcher: an in-process store, so no port is bound. A TCP store's port would outlive
+        # this call in a long-lived process (a test session, a notebook) and be handed to every
+        # child through MASTER_PORT, which then cannot bind it.
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
     deepspeed.init_distributed(dist_backend=backend)
