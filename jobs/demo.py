@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -44,6 +46,18 @@ DEMO_TOKENIZE_RESOLUTION = 128
 # complete, so the flow can be followed end to end. Real runs keep the default validators.
 TINY_MODEL_VALIDATORS = ValidatorConfig(min_words=1, language=None,
                                         disabled=["too_long", "leakage", "refusal", "repetition"])
+
+
+def screenshot(html_page: Path) -> Path | None:
+    """The top of a page as PNG, through Debian's headless Chromium when it is installed."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        return None
+    png = html_page.with_suffix(".png")
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--window-size=1280,1600", f"--screenshot={png.resolve()}", html_page.resolve().as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    return png
 
 
 def main() -> None:
@@ -136,6 +150,9 @@ def main() -> None:
 
     page = write_report(ReportConfig(dataset=tokenized.ref, registry=registry, out=str(out / "report.html"), cards=16))
     print(f"[report] {tokenized.ref}: ancestry, quarantine, distributions, cards, diff -> {page}")
+    for html_page in (page, out / "eval" / "eval.html"):
+        shot = screenshot(html_page)
+        print(f"[report] screenshot {shot}" if shot else "[report] no screenshot: chromium is not installed")
 
     for stage in NOT_BUILT:
         print(f"[{stage}] skipped: not built yet")
