@@ -234,17 +234,17 @@ class ParallelSampler:
 
     def _text_step(self, state, logits, todo: StepPlan, generators, prediction) -> None:
         mask_id = self.layout.mask_id
+        # [MASK] is never a candidate nor a prediction. `logits` belongs to this step (a view of the
+        # forward's text logits, or the CFG mix), so the column is set in place instead of copying.
+        logits[..., mask_id] = float("-inf")
         text = state[:, self.slots.text]  # a view: commits write through to `state`
         masked = text == mask_id
         if prediction is not None:
-            full = logits.clone()
-            full[..., mask_id] = float("-inf")
-            prediction[:, self.slots.text] = torch.where(masked, full.argmax(-1), text)
+            prediction[:, self.slots.text] = torch.where(masked, logits.argmax(-1), text)
         if not todo.text or not todo.text.count:
             return
         lo, hi = todo.text.block_start, todo.text.block_end
         block = logits[:, lo:hi].double()  # LLaDA: the Gumbel-max draw in float64
-        block[..., mask_id] = float("-inf")  # [MASK] is never a candidate
         if self.config.text_temperature > 0:
             noisy = block / self.config.text_temperature + _gumbel(block.shape[1:], generators, torch.float64, block.device)
             candidates = noisy.argmax(-1)
