@@ -18,14 +18,13 @@ import dataclasses
 import hashlib
 import re
 import zlib
-from pathlib import Path
 
 import yaml
 
 from annotators.annotator import Backend, Request, SamplingConfig
 from annotators.config import BACKENDS, build_backend
 from annotators.openai_backend import OpenAIConfig
-from annotators.prompts import BUILTIN_DIR, data_url
+from annotators.prompts import builtin_or_file, data_url
 from annotators.vllm_backend import VLLMConfig
 
 DIMENSIONS = ("text_quality", "text_alignment", "image_consistency", "image_alignment", "image_quality",
@@ -68,11 +67,7 @@ class Rubrics:
 
     @classmethod
     def load(cls, name_or_path: str = "judge-v1") -> "Rubrics":
-        path = Path(name_or_path)
-        if not path.suffix:
-            path = BUILTIN_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise ValueError(f"judge rubric file {name_or_path!r} not found")
+        path = builtin_or_file(name_or_path, "judge rubric file")
         data = path.read_bytes()
         spec = yaml.safe_load(data) or {}
         dims = spec.get("dimensions") or {}
@@ -172,7 +167,8 @@ class Judge:
         return results
 
 
-def build_judge(cfg: JudgeConfig) -> Judge:
-    """Loads the judge model (vllm, transformers) or opens nothing yet (openai)."""
+def build_judge(cfg: JudgeConfig, rubrics: Rubrics | None = None) -> Judge:
+    """Loads the judge model (vllm, transformers) or opens nothing yet (openai). `rubrics`: already
+    loaded from `cfg.rubrics` (callers check the file before any long work)."""
     backend = build_backend(cfg.backend, cfg.model, cfg.revision, cfg.device, cfg.openai, cfg.vllm, cfg.sampling.seed)
-    return Judge(backend, Rubrics.load(cfg.rubrics), cfg.sampling)
+    return Judge(backend, rubrics or Rubrics.load(cfg.rubrics), cfg.sampling)

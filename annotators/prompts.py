@@ -29,12 +29,7 @@ class PromptTemplate:
     @classmethod
     def load(cls, name_or_path: str) -> "PromptTemplate":
         """A built-in id (`edit-v1`) or a path to a YAML file with id, task, system, user."""
-        path = Path(name_or_path)
-        if not path.suffix:
-            path = BUILTIN_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
-            raise ValueError(f"prompt template {name_or_path!r} not found (built-in: {known})")
+        path = builtin_or_file(name_or_path, "prompt template")
         data = path.read_bytes()
         spec = yaml.safe_load(data)
         missing = {"id", "task", "system", "user"} - set(spec or {})
@@ -50,6 +45,17 @@ class PromptTemplate:
                                        for image in images]
         parts.append({"type": "text", "text": self.user.replace("{instruction}", instruction)})
         return [{"role": "system", "content": self.system}, {"role": "user", "content": parts}]
+
+
+def builtin_or_file(name_or_path: str, what: str) -> Path:
+    """A built-in id (a name without suffix, looked up in annotators/prompts/) or a YAML file path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = BUILTIN_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+        raise ValueError(f"{what} {name_or_path!r} not found (built-in: {known})")
+    return path
 
 
 def data_url(image: bytes) -> str:

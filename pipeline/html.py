@@ -50,13 +50,16 @@ def thumbnail(image, side: int = 112):
     return image
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[object]], attrs: str = "") -> str:
-    """Numbers are right-aligned; cells are escaped."""
+def table(header: Sequence[str], rows: Iterable[Sequence[object]], attrs: str = "",
+          numeric_from: int | None = None) -> str:
+    """Cells are escaped; numbers, and every cell from column `numeric_from` on (for tables of
+    preformatted figures), are right-aligned."""
+    def cell(i: int, c: object) -> str:
+        numeric = isinstance(c, (int, float)) or (numeric_from is not None and i >= numeric_from)
+        return f'<td class="n">{esc(c)}</td>' if numeric else f"<td>{esc(c)}</td>"
+
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f'<td class="n">{esc(c)}</td>' if isinstance(c, (int, float)) else f"<td>{esc(c)}</td>"
-                         for c in row) + "</tr>"
-        for row in rows)
+    body = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f"<table {attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -138,8 +141,9 @@ applyFilters();
 """
 
 
-def page(title: str, body: str, script: str = "") -> str:
-    """One HTML document; `script` is inline JavaScript run after the body is parsed."""
+def page(title: str, body: str, script: str = "", css: str = "") -> str:
+    """One HTML document; `script` is inline JavaScript run after the body is parsed, `css` is added
+    to the shared style sheet."""
     js = f"<script>{script}</script>" if script else ""
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f'<link rel="icon" href="data:,"><style>{CSS}</style></head><body>{body}{js}</body></html>')
+            f'<link rel="icon" href="data:,"><style>{CSS}{css}</style></head><body>{body}{js}</body></html>')

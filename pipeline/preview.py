@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import pyarrow.compute as pc
 import torch
 from PIL import Image
 
@@ -21,12 +20,8 @@ def preview(ref: str, out: str | Path, n: int = 8, image_tokenizer: str | None =
     tokenize = manifest.lineage["tokenize"]
     magvit = MagvitV2.from_pretrained(image_tokenizer or tokenize["image_tokenizer"])
     rows = reg.read_table(manifest).slice(0, n)
-    parent = reg.resolve(manifest.parent)
-    wanted, sources = rows["sample_id"], {}
-    for batch in reg.iter_batches(parent, ["sample_id", "input_image", "output_image"]):  # stop once all found
-        sources.update((r["sample_id"], r) for r in batch.filter(pc.is_in(batch["sample_id"], wanted)).to_pylist())
-        if len(sources) == len(wanted):
-            break
+    sources = reg.rows_by_id(reg.resolve(manifest.parent), rows["sample_id"].to_pylist(),
+                             ["input_image", "output_image"])
     resolution = tokenize["resolution"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -36,8 +31,7 @@ def preview(ref: str, out: str | Path, n: int = 8, image_tokenizer: str | None =
             codes = row[f"{side}_image_codes"]
             if codes is None:
                 continue
-            decoded = magvit.decode(torch.tensor([codes]), (row["grid_h"], row["grid_w"]))[0]
-            picture = Image.fromarray((decoded.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+            picture, = MagvitV2.postprocess(magvit.decode(torch.tensor([codes]), (row["grid_h"], row["grid_w"])))
             source = Image.open(io.BytesIO(sources[row["sample_id"]][f"{side}_image"])).convert("RGB")
             canvas = Image.new("RGB", (2 * resolution, resolution), "white")
             canvas.paste(source.resize((resolution, resolution), Image.BICUBIC), (0, 0))

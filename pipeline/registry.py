@@ -153,6 +153,18 @@ class DatasetRegistry:
                     batch = reader.get_batch(i)
                     yield batch.select(columns) if columns else batch
 
+    def rows_by_id(self, manifest: VersionManifest, sample_ids: list[str],
+                   columns: list[str]) -> dict[str, dict[str, Any]]:
+        """The rows of `sample_ids` (as dicts of `columns` + sample_id), reading record batches in
+        order and stopping once every one is found: a few rows' images cost a few batches."""
+        wanted = pa.array(sample_ids, pa.string())
+        found: dict[str, dict[str, Any]] = {}
+        for batch in self.iter_batches(manifest, ["sample_id", *(c for c in columns if c != "sample_id")]):
+            found.update((r["sample_id"], r) for r in batch.filter(pc.is_in(batch["sample_id"], wanted)).to_pylist())
+            if len(found) == len(set(sample_ids)):
+                break
+        return found
+
     def read_rows(self, manifest: VersionManifest, shard: int, start: int, length: int,
                   columns: list[str] | None = None) -> pa.Table:
         """Rows [start, start + length) of one shard, reading only the record batches they span."""

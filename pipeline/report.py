@@ -84,12 +84,8 @@ def collect(cfg: ReportConfig) -> ReportData:
 def _cards(registry: DatasetRegistry, manifest: VersionManifest, content: VersionManifest, rows: pa.Table,
            cfg: ReportConfig) -> list[dict[str, Any]]:
     picked = rows.slice(0, cfg.cards).to_pylist()
-    wanted = pa.array([r["sample_id"] for r in picked], pa.string())
-    images: dict[str, dict] = {}
-    for batch in registry.iter_batches(content, ["sample_id", "input_image", "output_image"]):
-        images.update((r["sample_id"], r) for r in batch.filter(pc.is_in(batch["sample_id"], wanted)).to_pylist())
-        if len(images) == len(wanted):  # stop reading once every card has its images
-            break
+    wanted = [r["sample_id"] for r in picked]
+    images = registry.rows_by_id(content, wanted, ["input_image", "output_image"])
     decoded = _decode_codes(registry, manifest, wanted, cfg) if manifest.schema.startswith("tokenized") else {}
     cards = []
     for r in picked:
@@ -99,24 +95,22 @@ def _cards(registry: DatasetRegistry, manifest: VersionManifest, content: Versio
     return cards
 
 
-def _decode_codes(registry: DatasetRegistry, manifest: VersionManifest, wanted: pa.Array, cfg: ReportConfig) -> dict:
-    if not cfg.decode_codes or not len(wanted):
+def _decode_codes(registry: DatasetRegistry, manifest: VersionManifest, wanted: list[str], cfg: ReportConfig) -> dict:
+    if not cfg.decode_codes or not wanted:
         return {}
     import torch
 
     from pipeline.image_tokenizer import MagvitV2
 
     magvit = MagvitV2.from_pretrained(cfg.image_tokenizer or manifest.lineage["tokenize"]["image_tokenizer"])
-    table = registry.read_table(manifest, ["sample_id", "output_image_codes", "grid_h", "grid_w"])
-    table = table.filter(pc.is_in(table["sample_id"], wanted))
-    grid = (table["grid_h"][0].as_py(), table["grid_w"][0].as_py())
-    codes = torch.tensor(table["output_image_codes"].to_pylist())
-    with torch.no_grad():
-        pixels = torch.cat([magvit.decode(codes[i:i + 8], grid) for i in range(0, len(codes), 8)])
-    from PIL import Image
-
-    arrays = (pixels.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
-    return {sid: Image.fromarray(a) for sid, a in zip(table["sample_id"].to_pylist(), arrays)}
+    rows = registry.rows_by_id(manifest, wanted, ["output_image_codes", "grid_h", "grid_w"])
+    decoded = {}
+    for start in range(0, len(wanted), 8):  # the grid is the version's: one resolution per tokenize run
+        ids = [sid for sid in wanted[start:start + 8] if sid in rows]
+        codes = torch.tensor([rows[sid]["output_image_codes"] for sid in ids])
+        grid = (rows[ids[0]]["grid_h"], rows[ids[0]]["grid_w"])
+        decoded.update(zip(ids, MagvitV2.postprocess(magvit.decode(codes, grid))))
+    return decoded
 
 
 # -- rendering ---------------------------------------------------------------------------------

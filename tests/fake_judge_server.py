@@ -70,17 +70,10 @@ class Script:
         return web.json_response({"requests": len(self.log), "log": self.log})
 
 
-def make_app() -> web.Application:
-    script = Script()
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1/chat/completions", script.chat)
-    app.router.add_get("/stats", script.stats)
-    app.router.add_get("/health", lambda r: web.Response(text="ok"))
-    return app
-
-
 if __name__ == "__main__":
+    from fake_openai_server import chat_app  # run as a script: this folder is on sys.path
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    web.run_app(make_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    web.run_app(chat_app(Script()), host="127.0.0.1", port=args.port, print=None, access_log=None)

@@ -83,7 +83,11 @@ class Script:
 
 
 def make_app(retry_after: float = 0.2, hang_s: float = 5.0) -> web.Application:
-    script = Script(retry_after, hang_s)
+    return chat_app(Script(retry_after, hang_s))
+
+
+def chat_app(script) -> web.Application:
+    """The routes of a scripted chat server: `script.chat` answers, `script.stats` tells what it saw."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", script.chat)
     app.router.add_get("/stats", script.stats)

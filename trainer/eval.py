@@ -25,6 +25,7 @@ model saw it)}, results.json (config, judge, per-sample records, summary), eval.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gc
 import hashlib
@@ -36,10 +37,10 @@ import numpy as np
 import torch
 
 from annotators.judge import DIMENSIONS, JudgeConfig, JudgeItem, Rubrics, build_judge
-from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2
+from pipeline.image_tokenizer import DEFAULT_ID
 from trainer.rl.reward import ClipConfig, ClipScorer
-from trainer.sample import sequence_lengths, to_pil
-from trainer.sampling import ParallelSampler, Prompt, SamplerConfig
+from trainer.sample import load_sampling
+from trainer.sampling import SamplerConfig
 
 FIELDS = ("id", "task", "instruction", "input_image", "output_image", "category", "meta")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # ids name folders under samples/
@@ -155,36 +156,27 @@ def generate(cfg: EvalConfig, items: list[BenchmarkItem], out: Path) -> list[str
     """Sample every prompt; writes samples/<id>/ and returns the reasoning texts."""
     from PIL import Image
 
-    from pipeline.tokenize import load_text_tokenizer
-    from trainer.export import layout_for, load_model
-
-    model = load_model(cfg.model, dtype=getattr(torch, cfg.dtype), device=cfg.device)
-    text = load_text_tokenizer(cfg.text_tokenizer or cfg.model)
-    magvit = MagvitV2.from_pretrained(cfg.image_tokenizer, device=cfg.device)
-    grid = cfg.resolution // magvit.config.downsample
-    sampler_cfg = dataclasses.replace(sequence_lengths(cfg.sampler, cfg.model), image_tokens=grid * grid)
-    sampler = ParallelSampler(model, layout_for(model.config), sampler_cfg)
+    stack = load_sampling(cfg.model, cfg.sampler, image_tokenizer=cfg.image_tokenizer, text_tokenizer=cfg.text_tokenizer,
+                          resolution=cfg.resolution, device=cfg.device, dtype=cfg.dtype)
     reasonings = []
     for start in range(0, len(items), cfg.batch_size):
         batch = items[start:start + cfg.batch_size]
-        prompts = []
         for item in batch:
-            folder = out / "samples" / item.id
-            folder.mkdir(parents=True, exist_ok=True)
-            codes = None
-            if item.input_image is not None:
-                seen = Image.open(item.input_image).convert("RGB").resize((cfg.resolution,) * 2, Image.BICUBIC)
-                seen.save(folder / "input.png")
-                codes = magvit.encode(MagvitV2.preprocess([seen], cfg.resolution).to(cfg.device))[0].tolist()
-            prompts.append(Prompt(item.task, text(item.instruction, add_special_tokens=False)["input_ids"], codes))
-        result = sampler.sample(prompts, seeds=[cfg.sampler.seed + start + i for i in range(len(batch))])
-        images = magvit.decode(result.image_codes(), (grid, grid))
-        for item, image, ids in zip(batch, images, result.text_ids(), strict=True):
-            reasoning = text.decode(ids).strip()
-            to_pil(image).save(out / "samples" / item.id / "output.png")
+            (out / "samples" / item.id).mkdir(parents=True, exist_ok=True)
+        # the input as the model sees it is saved, and is what the judge is shown
+        seen = {item.id: Image.open(item.input_image).convert("RGB").resize((cfg.resolution,) * 2, Image.BICUBIC)
+                for item in batch if item.input_image is not None}
+        for sample_id, image in seen.items():
+            image.save(out / "samples" / sample_id / "input.png")
+        codes = dict(zip(seen, stack.encode(list(seen.values()))))
+        prompts = [stack.prompt(item.task, item.instruction, codes.get(item.id)) for item in batch]
+        result = stack.sampler.sample(prompts, seeds=[cfg.sampler.seed + start + i for i in range(len(batch))])
+        for item, image, ids in zip(batch, stack.images(result), result.text_ids(), strict=True):
+            reasoning = stack.text.decode(ids).strip()
+            image.save(out / "samples" / item.id / "output.png")
             (out / "samples" / item.id / "reasoning.txt").write_text(reasoning + "\n")
             reasonings.append(reasoning)
-    del model, magvit, sampler
+    del stack
     _release(cfg.device)
     return reasonings
 
@@ -221,10 +213,7 @@ def summarize_rows(records: list[dict]) -> dict:
     for dim in DIMENSIONS:
         judged = [r["judgements"][dim] for r in records if dim in r["judgements"]]
         scores = [j["score"] for j in judged if j["score"] is not None]
-        reasons: dict[str, int] = {}
-        for j in judged:
-            if j["score"] is None:
-                reasons[j["error"]] = reasons.get(j["error"], 0) + 1
+        reasons = dict(collections.Counter(j["error"] for j in judged if j["score"] is None))
         dims[dim] = {"mean": _mean(scores), "n": len(scores), "failed": len(judged) - len(scores),
                      "failed_reasons": reasons, "applies": bool(judged)}
         if judged:
@@ -279,13 +268,13 @@ def run_eval(cfg: EvalConfig) -> dict:
     from trainer.eval_page import write_page
 
     items = load_benchmark(cfg.benchmark)[:cfg.limit]
-    Rubrics.load(cfg.judge.rubrics)  # a bad rubric file should fail now, not after all the sampling
+    rubrics = Rubrics.load(cfg.judge.rubrics)  # a bad rubric file should fail now, not after all the sampling
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     reasonings = generate(cfg, items, out)
     outputs = [out / "samples" / item.id / "output.png" for item in items]
     clip = clip_scores(cfg.clip, outputs, reasonings, cfg.batch_size)
-    judge = build_judge(cfg.judge)
+    judge = build_judge(cfg.judge, rubrics)
     judgements = judge.judge([
         JudgeItem(item.id, item.task, item.instruction, reasoning, path.read_bytes(),
                   (path.parent / "input.png").read_bytes() if item.input_image else None)

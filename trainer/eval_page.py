@@ -10,24 +10,22 @@ from annotators.judge import DIMENSIONS
 from pipeline.html import FILTER_SCRIPT, bar_chart, esc, page, png_data_url, table, thumbnail
 from trainer.eval import summary_rows
 
-EXTRA_CSS = """<style>
+EXTRA_CSS = """
 .card{width:420px} .scores{border-collapse:collapse;width:100%;font-size:12px} .scores td{padding:2px 4px}
 .card details{font-size:12px} .card details p{background:#f7f7f7;padding:4px;max-height:160px;overflow:auto}
 tr.failed td{background:#fdecea}
-</style>"""
+"""
 
 def _summary_section(results: dict) -> str:
     summary = results["summary"]
     header, rows = summary_rows(summary)
-    numeric = [[int(c) if c.isdigit() else float(c) if c.replace(".", "", 1).lstrip("-").isdigit() else c
-                for c in row] for row in rows]
     failed = [(dim, reason, count) for dim, d in summary["all"]["dimensions"].items()
               for reason, count in sorted(d["failed_reasons"].items())]
     failures = (table(["dimension", "reason", "failed judgements"], failed, 'id="failures"')
                 if failed else "<p class=ok>every judgement gave a score</p>")
     means = {dim: d["mean"] for dim, d in summary["all"]["dimensions"].items() if d["mean"] is not None}
     overall = {name: row["overall"] for name, row in summary["categories"].items() if row["overall"] is not None}
-    return (f'<h2>Summary</h2>{table(header, numeric, "id=summary")}'
+    return (f'<h2>Summary</h2>{table(header, rows, "id=summary", numeric_from=1)}'
             "<p class=muted>means over successful judgements (0-100); overall = mean of the dimension means; "
             "n/a: the dimension does not apply; -: every judgement of it failed. CLIP: cosine(image, reasoning) "
             f"x 100, judge-free.</p><h2>Failed judgements</h2>{failures}"
@@ -73,12 +71,12 @@ def write_page(results: dict, out: Path) -> Path:
                f'<option value="">all</option>{options}</select> judgements: <select data-filter="failed" '
                'data-target=".cards .card"><option value="">all</option><option value="yes">with a failure</option>'
                '<option value="no">all scored</option></select><span class="shown"></span></div>')
-    body = (f"{EXTRA_CSS}<h1>Evaluation of {esc(cfg['model'])}</h1>"
+    body = (f"<h1>Evaluation of {esc(cfg['model'])}</h1>"
             f"<p class=muted>benchmark {esc(cfg['benchmark'])} · {len(records)} prompts · judge "
             f"{esc(judge['backend'])}:{esc(judge['model'])} · rubrics {esc(judge['rubrics'])} "
             f"(<code>{esc(judge['rubrics_sha256'][:12])}</code>) · {cfg['sampler']['steps']} sampler steps · "
             f"{cfg['resolution']} px</p>{_summary_section(results)}<h2>Samples</h2>{filters}"
             f'<div class="cards">{"".join(_card(r, out) for r in records)}</div>')
     path = out / "eval.html"
-    path.write_text(page(f"eval: {Path(cfg['model']).name}", body, FILTER_SCRIPT))
+    path.write_text(page(f"eval: {Path(cfg['model']).name}", body, FILTER_SCRIPT, EXTRA_CSS))
     return path

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -48,25 +49,47 @@ def sequence_lengths(sampler: SamplerConfig, model_path: str) -> SamplerConfig:
                                reasoning_len=sampler.reasoning_len or trained.get("reasoning_len", 256))
 
 
+@dataclasses.dataclass
+class SamplingStack:
+    """What sampling from a model folder needs, loaded once (`trainer sample`, `trainer eval`)."""
+    sampler: ParallelSampler
+    text: Any  # the text tokenizer
+    magvit: MagvitV2
+    grid: int  # image tokens per side
+
+    def prompt(self, task: str, instruction: str, input_codes: list[int] | None = None) -> Prompt:
+        return Prompt(task, self.text(instruction, add_special_tokens=False)["input_ids"], input_codes)
+
+    def encode(self, images: list) -> list[list[int]]:
+        """PIL images -> their codes at the sampler's resolution, in one MAGVIT forward."""
+        if not images:
+            return []
+        pixels = MagvitV2.preprocess(images, self.grid * self.magvit.config.downsample)
+        return self.magvit.encode(pixels.to(next(self.magvit.parameters()).device)).tolist()
+
+    def images(self, result: SampleResult) -> list:
+        return MagvitV2.postprocess(self.magvit.decode(result.image_codes(), (self.grid, self.grid)))
+
+
+def load_sampling(model: str, sampler: SamplerConfig, *, image_tokenizer: str, text_tokenizer: str | None,
+                  resolution: int, device: str, dtype: str) -> SamplingStack:
+    from pipeline.tokenize import load_text_tokenizer
+
+    policy = load_model(model, dtype=getattr(torch, dtype), device=device)
+    magvit = MagvitV2.from_pretrained(image_tokenizer, device=device)
+    grid = resolution // magvit.config.downsample
+    sampler = dataclasses.replace(sequence_lengths(sampler, model), image_tokens=grid * grid)
+    return SamplingStack(ParallelSampler(policy, layout_for(policy.config), sampler),
+                         load_text_tokenizer(text_tokenizer or model), magvit, grid)
+
+
 def run_sample(cfg: SampleConfig) -> dict[str, Path]:
     from PIL import Image
 
-    from pipeline.tokenize import load_text_tokenizer
-
-    dtype = getattr(torch, cfg.dtype)
-    model = load_model(cfg.model, dtype=dtype, device=cfg.device)
-    layout = layout_for(model.config)
-    text = load_text_tokenizer(cfg.text_tokenizer or cfg.model)
-    magvit = MagvitV2.from_pretrained(cfg.image_tokenizer, device=cfg.device)
-    grid = cfg.resolution // magvit.config.downsample
-    sampler_cfg = dataclasses.replace(sequence_lengths(cfg.sampler, cfg.model), image_tokens=grid * grid)
-
-    input_codes = None
-    if cfg.input:
-        pixels = MagvitV2.preprocess([Image.open(cfg.input)], cfg.resolution).to(cfg.device)
-        input_codes = magvit.encode(pixels)[0].tolist()
-    prompt = Prompt(cfg.task, text(cfg.instruction, add_special_tokens=False)["input_ids"], input_codes)
-    sampler = ParallelSampler(model, layout, sampler_cfg)
+    stack = load_sampling(cfg.model, cfg.sampler, image_tokenizer=cfg.image_tokenizer, text_tokenizer=cfg.text_tokenizer,
+                          resolution=cfg.resolution, device=cfg.device, dtype=cfg.dtype)
+    text, magvit, grid, sampler = stack.text, stack.magvit, stack.grid, stack.sampler
+    prompt = stack.prompt(cfg.task, cfg.instruction, stack.encode([Image.open(cfg.input)])[0] if cfg.input else None)
     total = len(sampler.schedule)
     frames = sorted({round(i * (total - 1) / max(cfg.trajectory_frames - 1, 1)) for i in range(cfg.trajectory_frames)})
     result = sampler.sample([prompt], record_steps=frames if cfg.trajectory else None)
@@ -75,17 +98,11 @@ def run_sample(cfg: SampleConfig) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = {"reasoning": out / "reasoning.txt", "image": out / "output.png"}
     written["reasoning"].write_text(text.decode(result.text_ids()[0]) + "\n")
-    to_pil(magvit.decode(result.image_codes(), (grid, grid))[0]).save(written["image"])
+    stack.images(result)[0].save(written["image"])
     if cfg.trajectory:
         written.update(write_trajectory(result, magvit, text, grid, out))
     (out / "sample.json").write_text(json.dumps({**dataclasses.asdict(cfg), "forwards": result.forwards}, indent=2))
     return written
-
-
-def to_pil(pixels: torch.Tensor):
-    from PIL import Image
-
-    return Image.fromarray((pixels.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8"))
 
 
 def render_text(ids: list[int], layout, tokenizer) -> str:
@@ -115,7 +132,7 @@ def write_trajectory(result: SampleResult, magvit: MagvitV2, text, grid: int, ou
     frames = []
     for column, step in enumerate(result.trajectory):
         codes = result.image_codes(filled(step.after, step.prediction, result.layout))
-        image = to_pil(magvit.decode(codes, (grid, grid))[0]).resize((tile, tile))
+        image = MagvitV2.postprocess(magvit.decode(codes, (grid, grid)))[0].resize((tile, tile))
         strip.paste(image, (column * tile, 0))
         words = render_text(step.after[0, result.slots.text].tolist(), result.layout, text)
         masked = int((step.after == result.layout.mask_id).sum())

@@ -111,3 +111,11 @@ class MagvitV2(nn.Module):
                   for im in images]
         pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
         return pixels / 127.5 - 1.0
+
+    @staticmethod
+    def postprocess(pixels: torch.Tensor) -> list:
+        """`decode`'s [B, 3, H, W] in [0, 1] -> B PIL images (8-bit RGB)."""
+        from PIL import Image
+
+        arrays = (pixels.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        return [Image.fromarray(a) for a in arrays]
