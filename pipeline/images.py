@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import warnings
 
 import numpy as np
@@ -18,6 +19,8 @@ from PIL import Image, ImageOps
 Image.MAX_IMAGE_PIXELS = None
 _KEEP_FORMATS = {"JPEG", "PNG", "WEBP"}
 _EXIF_ORIENTATION = 0x0112
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f...>"
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{8,}\b")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -35,6 +38,17 @@ class Rejected(Exception):
         self.reason = reason
 
 
+def stable_message(e: BaseException, root: str | None = None) -> str:
+    """An exception as `TypeName: message` for a quarantine message, with what changes from run to
+    run taken out: object reprs and memory addresses, and the absolute folder `root` (paths under it
+    come out relative). Quarantine rows are part of a version's content hash."""
+    text = str(e)
+    if root := (root or "").rstrip("/"):
+        text = re.sub(re.escape(root) + r"(?![\w.-])", ".", text.replace(root + "/", ""))
+    text = _ADDRESS.sub("<address>", _OBJECT_REPR.sub("", text))
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckedImage:
     data: bytes  # encoded, decodes to 8-bit RGB
@@ -50,7 +64,7 @@ def check_image(data: bytes, rules: ImageRules) -> CheckedImage:
     try:
         image = Image.open(io.BytesIO(data))
     except Exception as e:  # PIL raises many types for foreign bytes
-        raise Rejected("undecodable_image", f"not an image: {e}") from None
+        raise Rejected("undecodable_image", f"not an image: {stable_message(e)}") from None
     width, height = image.size
     if width * height > rules.max_pixels:
         raise Rejected("too_many_pixels",
@@ -60,7 +74,7 @@ def check_image(data: bytes, rules: ImageRules) -> CheckedImage:
             warnings.simplefilter("ignore")
             image.load()
     except Exception as e:
-        raise Rejected("undecodable_image", f"decoding failed: {e}") from None
+        raise Rejected("undecodable_image", f"decoding failed: {stable_message(e)}") from None
 
     orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     plain = image.mode == "RGB" and orientation == 1 and image.format in _KEEP_FORMATS

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from pipeline.images import ImageRules, Rejected, check_image
+from pipeline.images import ImageRules, Rejected, check_image, stable_message
 from pipeline.lineage import lineage
 from pipeline.ray_runtime import init_ray, map_stage
 from pipeline.registry import DatasetRegistry
@@ -77,13 +77,13 @@ def _load_image(inline: bytes | None, path: str | None, base: str, allow_remote:
     if inside and isinstance(fs, pafs.LocalFileSystem):
         inside = (os.path.realpath(target) + "/").startswith(os.path.realpath(base_path) + "/")
     if not inside:
-        raise Rejected("path_outside_source", f"{path!r} resolves outside the source folder {base}")
+        raise Rejected("path_outside_source", f"{path!r} resolves outside the source folder")
     try:
         return read_bytes(fs, target)
     except FileNotFoundError:
-        raise Rejected("file_not_found", f"{path!r} does not exist under {base}") from None
+        raise Rejected("file_not_found", f"{path!r} does not exist in the source folder") from None
     except OSError as e:
-        raise Rejected("unreadable_file", f"{path!r}: {e}") from None
+        raise Rejected("unreadable_file", f"{path!r}: {stable_message(e, base_path)}") from None
 
 
 def _ingest_row(ref: dict[str, Any], config: IngestConfig) -> dict[str, Any]:

@@ -26,6 +26,8 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from pipeline.images import stable_message
+
 FORMATS = ("jsonl", "parquet", "hf", "folder", "webdataset")
 CANONICAL_COLUMNS = ("task", "instruction", "input_image", "output_image", "id", "category", "meta")
 READ_BATCH_ROWS = 256
@@ -173,9 +175,9 @@ def read_jsonl(source: str) -> Iterator[pa.Table]:
         try:
             obj = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
-            row = {"source_ref": ref, "error_reason": "invalid_utf8", "error_message": str(e)}
+            row = {"source_ref": ref, "error_reason": "invalid_utf8", "error_message": stable_message(e)}
         except json.JSONDecodeError as e:
-            row = {"source_ref": ref, "error_reason": "bad_json", "error_message": str(e),
+            row = {"source_ref": ref, "error_reason": "bad_json", "error_message": stable_message(e),
                    "record": raw[:2000].decode("utf-8", "replace")}
         else:
             if isinstance(obj, dict):
@@ -267,7 +269,8 @@ def _find(names: set[str], stem: str) -> str | None:
 def read_folder(source: str) -> Iterator[pa.Table]:
     fs, path = filesystem(source)
     batcher = _Batcher(source, _folder(source))
-    for sample in fs.get_file_info(pafs.FileSelector(path)):
+    # Listing order is the filesystem's: sort, so rows (and the version id) follow the names.
+    for sample in sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda i: i.base_name):
         if sample.type != pafs.FileType.Directory:
             continue
         names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(sample.path))}
@@ -284,7 +287,7 @@ def read_folder(source: str) -> Iterator[pa.Table]:
             try:
                 row["instruction"] = read_bytes(fs, f"{sample.path}/instruction.txt").decode("utf-8")
             except UnicodeDecodeError as e:
-                row.update(error_reason="invalid_utf8", error_message=f"instruction.txt: {e}")
+                row.update(error_reason="invalid_utf8", error_message=f"instruction.txt: {stable_message(e)}")
         if (table := batcher.add(**row)) is not None:
             yield table
     if (table := batcher.flush()) is not None:
@@ -314,7 +317,7 @@ def read_webdataset(source: str) -> Iterator[pa.Table]:
             try:
                 row["instruction"] = members["instruction.txt"].decode("utf-8")
             except UnicodeDecodeError as e:
-                row.update(error_reason="invalid_utf8", error_message=f"instruction.txt: {e}")
+                row.update(error_reason="invalid_utf8", error_message=f"instruction.txt: {stable_message(e)}")
         return row
 
     for tar_path in tars:

@@ -78,6 +78,7 @@ def build(root: Path) -> tuple[Path, dict]:
         (edit(inp="/etc/hostname"), "path_outside_source"),
         (edit(inp="img/link.png"), "path_outside_source"),
         (edit(inp="img/missing.png"), "file_not_found"),
+        (edit(inp="img"), "unreadable_file"),  # a folder: the reader's error names its absolute path
         (edit(inp="https://example.com/a.png"), "remote_not_allowed"),
         (b'{"task": "edit", "instruction": "broken', "bad_json"),
         (b'[1, 2, 3]', "bad_json"),

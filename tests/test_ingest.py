@@ -1,11 +1,14 @@
 import io
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
+from pipeline.images import stable_message
 from pipeline.ingest import IngestConfig, accounting_table, ingest_batch, run_ingest
 from pipeline.registry import DatasetRegistry
 from pipeline.sources import read_source
@@ -51,6 +54,33 @@ def test_broken_corpus_is_accounted_for_exactly(ray_local, tmp_path, registry_ro
     gen = rows["a red square"]
     assert gen["task"] == "generate" and gen["input_image"] is None and gen["category"] == "shapes"
     assert json.loads(gen["meta"]) == {"source_id": 7}
+
+
+def test_quarantine_messages_are_the_same_on_a_rerun_and_from_another_folder(ray_local, tmp_path):
+    """Quarantine rows are hashed into the version id: a message holding an object repr, a memory
+    address or the source's absolute folder would give a rerun over the same source a new version."""
+    manifest_path, _ = corpus.build(tmp_path / "a" / "src")
+    first = ingest([manifest_path], str(tmp_path / "registry-1"))
+    rerun = ingest([manifest_path], str(tmp_path / "registry-2"))  # a fresh registry: nothing reused
+    assert rerun.version == first.version
+    quarantine = DatasetRegistry(str(tmp_path / "registry-1")).read_table(first, quarantine=True)
+    messages = dict(zip(quarantine["source_ref"].to_pylist(), quarantine["message"].to_pylist()))
+    assert {"undecodable_image", "unreadable_file", "path_outside_source"} <= set(quarantine["reason"].to_pylist())
+    for message in messages.values():  # "0xff" (a byte the UTF-8 decoder refused) is content, not an address
+        assert not re.search(r"object at| at 0x|0x[0-9a-fA-F]{8,}|" + re.escape(str(tmp_path)), message), message
+
+    # The same corpus in another folder gives the same messages. Its version id differs by design:
+    # raw and quarantine rows keep `source`, the source's location as given.
+    moved_path, _ = corpus.build(tmp_path / "b" / "src")
+    moved = ingest_batch(next(read_source(str(moved_path))), IngestConfig(sources=[], dataset="x"))
+    moved = moved.filter(pc.is_valid(moved["reason"]))
+    assert dict(zip(moved["source_ref"].to_pylist(), moved["message"].to_pylist())) == messages
+
+
+def test_stable_message_leaves_out_what_changes_between_runs():
+    e = OSError("cannot read <_io.BytesIO object at 0x7f3a2b1c4d50> from /data/src/img/a.png, handle 0x55d0aabbccdd")
+    assert stable_message(e, "/data/src/") == "OSError: cannot read from img/a.png, handle <address>"
+    assert stable_message(KeyError()) == "KeyError"
 
 
 def test_thresholds_are_configurable(ray_local, tmp_path, registry_root):
