@@ -1,3 +1,7 @@
+import collections
+import json
+from pathlib import Path
+
 import pytest
 
 from annotators import PromptTemplate, ValidatorConfig, load_prompts
@@ -39,6 +43,33 @@ def test_thresholds_and_disabling():
                              "repetition", "language"} and set(verdicts.values()) == {"pass"}
     with pytest.raises(ValueError, match="unknown validator"):
         build_rules(ValidatorConfig(disabled=["spelling"]))
+
+
+def test_leak_rule_precision_recall():
+    """The leak rule on a labelled set: plans that name the image to be made ("the final image should
+    show") must pass, traces that describe the target as seen ("the final image shows") must not."""
+    path = Path(__file__).parent / "data" / "leak_traces.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    others = ["empty", "truncated", "too_short", "too_long", "refusal", "repetition", "language"]
+    rules = build_rules(ValidatorConfig(disabled=others))
+    n, flagged, wrong = collections.Counter(), collections.Counter(), []
+    tp = fp = fn = 0
+    for row in rows:
+        leak = validate(rules, row["text"], "stop")[0] == "target_leak"
+        n[row["kind"]] += 1
+        flagged[row["kind"]] += leak
+        tp, fp, fn = tp + (leak and row["leak"]), fp + (leak and not row["leak"]), fn + (row["leak"] > leak)
+        if leak != row["leak"]:
+            wrong.append(f"  {'missed' if row['leak'] else 'false alarm'} ({row['kind']}): {row['text']}")
+    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    print(f"\nleak validator on tests/data/leak_traces.jsonl ({len(rows)} traces)")
+    print(f"{'kind':<20}{'n':>5}{'flagged':>10}")
+    for kind in sorted(n):
+        print(f"{kind:<20}{n[kind]:>5}{flagged[kind]:>10}")
+    print(f"precision {precision:.3f}  recall {recall:.3f}")
+    print("misclassified:" if wrong else "misclassified: none", *wrong, sep="\n")
+    assert {"observed_target", "plan_mentions_output", "plan_no_mention"} <= set(n) and len(rows) >= 120
+    assert precision >= 0.95 and recall >= 0.95
 
 
 def test_prompt_templates(tmp_path):
