@@ -30,15 +30,17 @@ from jobs.tiny_models import (
 )
 from pipeline.ray_runtime import init_ray
 from pipeline.registry import DatasetRegistry
-from schemas import Counts, TokenLayout, tokenized_schema
+from pipeline.tokenize import load_text_tokenizer
+from schemas import Counts, SequenceConfig, TokenLayout, tokenized_schema
 from trainer.model import MMaDAConfig, MMaDAModel
 from trainer.rl.pararl import RLConfig, RLOptimConfig, RolloutSamplerConfig, train
 from trainer.rl.reward import ClipConfig
 from trainer.rl.workers import RolloutWorker
 from trainer.sampling import Prompt
+from trainer.sequence import SequenceBuilder
 
 MODEL = {"d_model": 256, "n_heads": 4, "n_layers": 4, "mlp_hidden_size": 768}
-CODES, INSTRUCTION, REASONING = 16, 64, 128
+CODES, INSTRUCTION, REASONING = 16, 128, 128
 
 
 def synthetic_version(root: str, n: int = 64, seed: int = 0) -> str:
@@ -52,11 +54,10 @@ def synthetic_version(root: str, n: int = 64, seed: int = 0) -> str:
         return writer.publish(Counts(n, n, 0, 0), {"command": "benchmark"}).ref
 
 
-def rollout_throughput(model: MMaDAModel, repeats: int) -> tuple[float, float]:
-    sampler = RolloutSamplerConfig(steps=16, image_tokens=CODES, reasoning_len=REASONING, instruction_len=INSTRUCTION,
-                                   block_length=32)
+def rollout_throughput(model: MMaDAModel, builder: SequenceBuilder, repeats: int) -> tuple[float, float]:
+    sampler = RolloutSamplerConfig(steps=16, image_tokens=CODES, block_length=32)
     actor = ray.remote(RolloutWorker).options(num_cpus=1)
-    actors = [actor.remote(model.config.to_dict(), sampler, 1) for _ in range(2)]
+    actors = [actor.remote(model.config.to_dict(), builder.to_dict(), sampler, 1) for _ in range(2)]
     state = ray.put({k: v.detach() for k, v in model.state_dict().items()})
     ray.get([a.set_weights.remote(state, 0) for a in actors])
     prompts = [Prompt("edit", list(range(5, 25)), [(i * 31 + j) % 8192 for j in range(CODES)]) for i in range(8)]
@@ -89,19 +90,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="paraforge-bench-rl-"))
-    layout = TokenLayout.compact(1024)
+    tokenizer = build_tiny_llada_tokenizer(work / "tok")
+    text = load_text_tokenizer(str(tokenizer))
+    layout = TokenLayout.from_tokenizer(text, len(text) + 8192)
+    builder = SequenceBuilder(layout, SequenceConfig(instruction_len=INSTRUCTION, reasoning_len=REASONING))
     torch.manual_seed(0)
     model = MMaDAModel(MMaDAConfig(**MODEL, embedding_size=layout.vocab_size, vocab_size=layout.text_vocab_size))
     init_ray()
-    one, two = rollout_throughput(model, args.repeats)
+    one, two = rollout_throughput(model, builder, args.repeats)
 
     model.save_pretrained(work / "policy")
-    (work / "policy" / "paraforge_export.json").write_text(json.dumps(
-        {"training": {"sequence": {"instruction_len": INSTRUCTION, "reasoning_len": REASONING}}}))
+    builder.save(work / "policy")  # how the policy reads sequences, as an export carries it
     ref = synthetic_version(str(work / "reg"))
     cfg = RLConfig(dataset=ref, registry=str(work / "reg"), model=str(work / "policy"),
-                   image_tokenizer=str(build_random_magvitv2(work / "magvit")),
-                   text_tokenizer=str(build_tiny_llada_tokenizer(work / "tok")),
+                   image_tokenizer=str(build_random_magvitv2(work / "magvit")), text_tokenizer=str(tokenizer),
                    clip=ClipConfig(model=f"local-dir:{build_tiny_clip(work / 'clip')}"), out_dir=str(work / "run"),
                    steps=args.steps, prompts_per_step=2, num_generations=4, reward_stats_min_rows=8,
                    micro_batch_size=8, rollout_workers=2, optim=RLOptimConfig(lr=1e-4), save_every=10**6,

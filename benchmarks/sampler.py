@@ -14,9 +14,10 @@ import time
 
 import torch
 
-from schemas import TokenLayout
+from schemas import SequenceConfig, TokenLayout
 from trainer.model import MMaDAConfig, MMaDAModel
 from trainer.sampling import ParallelSampler, Prompt, SamplerConfig
+from trainer.sequence import SequenceBuilder
 
 # The sampler's own work is per output position and vocabulary entry, independent of the model's
 # width, so its share shrinks as the model grows (MMaDA-8B: d_model 4096, 32 layers). Two sizes show it.
@@ -38,13 +39,13 @@ def timed(fn, repeats: int) -> float:
 def measure(model, layout, batch: int, steps: int, repeats: int) -> list[tuple]:
     # 256 px edits: a 256-code input image, 64 instruction tokens, 256 output codes, 128 text tokens
     prompts = [Prompt("edit", list(range(10, 40 + i)), [(7 * i + j) % 8192 for j in range(256)]) for i in range(batch)]
-    common = dict(steps=steps, image_tokens=256, reasoning_len=128, instruction_len=64, block_length=32,
-                  text_temperature=0.7)
+    common = dict(steps=steps, image_tokens=256, block_length=32, text_temperature=0.7)
+    builder = SequenceBuilder(layout, SequenceConfig(preset="paraforge", instruction_len=64, reasoning_len=128))
     configs = {"parallel, image CFG 4.0": SamplerConfig(**common),
                "parallel, no CFG, trajectory x3": SamplerConfig(**common, image_cfg_scale=0.0)}
     rows = []
     for name, cfg in configs.items():
-        sampler = ParallelSampler(model, layout, cfg)
+        sampler = ParallelSampler(model, builder, cfg)
         ids, attention, _ = sampler.inputs(prompts, torch.device("cpu"))  # the exact batch the sampler feeds
         record = [steps // 4, steps // 2, -1] if "trajectory" in name else None
         with torch.no_grad():

@@ -25,12 +25,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from jobs.tiny_models import build_tiny_llada_tokenizer
 from pipeline.registry import DatasetRegistry
-from schemas import Counts, TokenLayout, tokenized_schema
+from pipeline.tokenize import load_text_tokenizer
+from schemas import Counts, SequenceConfig, TokenLayout, tokenized_schema
 from trainer.data import ShardLoader
 from trainer.loss import apply_noise, diffusion_loss
 from trainer.model import MMaDAConfig, MMaDAModel
-from trainer.sequence import SequenceConfig, collate
+from trainer.sequence import SequenceBuilder
 from trainer.sft import SFTConfig, train
 
 CODES, INSTRUCTION, REASONING = 256, 48, 200
@@ -40,8 +42,8 @@ MODEL = {"d_model": 256, "n_heads": 4, "n_layers": 4, "mlp_hidden_size": 768}
 def synthetic_version(root: str, n: int, seed: int = 0) -> str:
     rng = np.random.default_rng(seed)
     rows = [{"sample_id": f"{i:064x}", "task": "edit" if i % 4 else "generate",
-             "instruction_ids": rng.integers(0, 900, INSTRUCTION - int(rng.integers(0, 10))).tolist(),
-             "reasoning_ids": rng.integers(0, 900, REASONING - int(rng.integers(0, 40))).tolist(),
+             "instruction_ids": rng.integers(0, 700, INSTRUCTION - int(rng.integers(0, 10))).tolist(),
+             "reasoning_ids": rng.integers(0, 700, REASONING - int(rng.integers(0, 40))).tolist(),
              "input_image_codes": rng.integers(0, 8192, CODES).tolist() if i % 4 else None,
              "output_image_codes": rng.integers(0, 8192, CODES).tolist(), "grid_h": 16, "grid_w": 16}
             for i in range(n)]
@@ -61,17 +63,20 @@ def main() -> None:
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="paraforge-bench-sft-"))
     ref = synthetic_version(str(work / "reg"), 512)
-    layout = TokenLayout.compact(1024)
-    sequence = SequenceConfig(instruction_len=64, reasoning_len=256)
-    cfg = SFTConfig(dataset=ref, registry=str(work / "reg"), init="tiny", layout="compact", out_dir=str(work / "run"),
+    tokenizer = build_tiny_llada_tokenizer(work / "tokenizer")
+    text = load_text_tokenizer(str(tokenizer))
+    layout = TokenLayout.from_tokenizer(text, len(text) + 8192)
+    sequence = SequenceConfig(preset="paraforge", instruction_len=64, reasoning_len=256)
+    builder = SequenceBuilder(layout, sequence)
+    cfg = SFTConfig(dataset=ref, registry=str(work / "reg"), init="tiny", text_tokenizer=str(tokenizer), out_dir=str(work / "run"),
                     steps=args.steps, micro_batch_size=args.micro_batch_size, bf16=False, sequence=sequence,
                     save_every=10**9, cfg_dropout=0.1)
 
     # loader: rows -> collated tensors, one core
-    loader = ShardLoader(ref, str(work / "reg"), 32, layout=layout)
+    loader = ShardLoader(ref, str(work / "reg"), 32, builder=builder)
     start, samples = time.perf_counter(), 0
     while time.perf_counter() - start < 3:
-        collate(loader.next_rows(), layout, sequence)
+        builder.collate(loader.next_rows())
         samples += 32
     loader_rate = samples / (time.perf_counter() - start)
 
@@ -83,7 +88,7 @@ def main() -> None:
     model = MMaDAModel(MMaDAConfig(**MODEL, embedding_size=layout.vocab_size, vocab_size=layout.text_vocab_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
-    batches = [collate(loader.next_rows()[: args.micro_batch_size], layout, sequence) for _ in range(args.steps)]
+    batches = [builder.collate(loader.next_rows()[: args.micro_batch_size]) for _ in range(args.steps)]
     generator = torch.Generator().manual_seed(0)
     bare_times = []
     for batch in batches:

@@ -99,7 +99,7 @@ def main() -> None:
     print(f"[tokenize] {tokenized.ref}; decoded previews in {previews[0].parent}")
 
     run_dir = train(SFTConfig(
-        dataset=tokenized.ref, registry=registry, init="tiny", layout="compact", out_dir=str(out / "runs" / "sft"),
+        dataset=tokenized.ref, registry=registry, init="tiny", out_dir=str(out / "runs" / "sft"),
         steps=20, save_every=10, micro_batch_size=2, bf16=False, deepspeed="ds_zero0",
         optim=OptimConfig(lr=1e-3, warmup_steps=2), sequence=SequenceConfig(instruction_len=256, reasoning_len=256)))
     first, *_, last = (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())

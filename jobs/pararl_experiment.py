@@ -54,7 +54,7 @@ def prepare(out: Path) -> tuple[str, str, Path, Path, Path]:
     build_tiny_llada_tokenizer(tokenizer)
     tokenized = run_tokenize(TokenizeConfig(dataset=annotated.ref, registry=registry, image_tokenizer=str(magvit),
                                             text_tokenizer=str(tokenizer), resolution=64), progress=False)
-    train_sft(SFTConfig(dataset=tokenized.ref, registry=registry, init="tiny", layout="compact", out_dir=str(sft_run),
+    train_sft(SFTConfig(dataset=tokenized.ref, registry=registry, init="tiny", out_dir=str(sft_run),
                         steps=60, save_every=60, micro_batch_size=4, bf16=False, deepspeed="ds_zero0",
                         optim=OptimConfig(lr=2e-3, warmup_steps=2),
                         sequence=SequenceConfig(instruction_len=64, reasoning_len=64)), progress=False)

@@ -92,17 +92,63 @@ def build_tiny_qwen25vl(out: str | Path, seed: int = 0, vocab_size: int = 600) -
 
 LLADA_SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|eot_id|>",
                         "<|start_header_id|>", "<|end_header_id|>"]
+# MMaDA's reserved tokens by name: a small tokenizer carries them, so TokenLayout.from_tokenizer
+# finds them (the published LLaDA tokenizer holds them as unnamed reserved ids instead).
+MMADA_TOKENS = ["<|soi|>", "<|eoi|>", "<|t2i|>", "<|mmu|>", "[iPAD]", "<|r2i|>", "<|interleave|>", "<|t2it|>"]
+# Where the published LLaDA tokenizer (126349 entries) keeps its special tokens.
+LLADA_IDS = {"<|startoftext|>": 126080, "<|endoftext|>": 126081, "<|mdm_mask|>": 126336,
+             "<|start_header_id|>": 126346, "<|end_header_id|>": 126347, "<|eot_id|>": 126348}
+LLADA_SIZE = 126349
 
 
 def build_tiny_llada_tokenizer(out: str | Path, vocab_size: int = 800) -> Path:
-    """A byte-level BPE with LLaDA's special tokens, saved as a transformers fast tokenizer."""
+    """A small byte-level BPE with LLaDA's and MMaDA's special tokens (a compact token layout)."""
     from transformers import PreTrainedTokenizerFast
 
     out = Path(out)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_train_bpe(LLADA_SPECIAL_TOKENS, vocab_size), bos_token="<|startoftext|>",
-                                        eos_token="<|endoftext|>", mask_token="<|mdm_mask|>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_train_bpe(LLADA_SPECIAL_TOKENS + MMADA_TOKENS, vocab_size),
+                                        bos_token="<|startoftext|>", eos_token="<|endoftext|>", mask_token="<|mdm_mask|>")
     tokenizer.save_pretrained(out)
     return out
+
+
+def build_published_llada_tokenizer(out: str | Path, vocab_size: int = 800) -> Path:
+    """A tokenizer in the published LLaDA layout: 126349 entries, special tokens at LLaDA's ids, MMaDA's
+    reserved ids unnamed. Its first ids are a small BPE; the rest are placeholders no text maps to."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(_train_bpe([], vocab_size).to_str())
+    vocab = dict(spec["model"]["vocab"])
+    by_id = {i: t for t, i in LLADA_IDS.items()}
+    for i in range(len(vocab), LLADA_SIZE):
+        vocab[by_id.get(i, f"<|reserved_{i}|>")] = i
+    spec["model"]["vocab"] = vocab
+    spec["added_tokens"] = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": True} for t, i in LLADA_IDS.items()]
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+                                        bos_token="<|startoftext|>", eos_token="<|endoftext|>", mask_token="<|mdm_mask|>")
+    assert len(tokenizer) == LLADA_SIZE
+    out = Path(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_published_layout_mmada(out: str | Path, seed: int = 0, d_model: int = 64) -> Path:
+    """A tiny MMaDA in the published -M layout: the published LLaDA-size tokenizer and an embedding of
+    134656 rows (LLaDA's 126464 padded text ids + 8192 codes), random weights, saved as the
+    published checkpoints are (config.json, model.safetensors, tokenizer files)."""
+    import torch
+
+    from trainer.model import MMaDAConfig, MMaDAModel
+
+    torch.manual_seed(seed)
+    config = MMaDAConfig(d_model=d_model, n_heads=4, n_layers=2, mlp_hidden_size=2 * d_model,
+                         embedding_size=134656, vocab_size=126464, max_sequence_length=4096)
+    MMaDAModel(config).save_pretrained(out)
+    return build_published_llada_tokenizer(out)
 
 
 def build_random_magvitv2(out: str | Path, seed: int = 0) -> Path:

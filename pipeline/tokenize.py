@@ -5,9 +5,16 @@ special tokens; the trainer adds task tokens, bos/eos and image offsets from its
 shards do not depend on one model's vocabulary. The stage runs in a Ray Data actor pool (one
 MAGVIT per actor, on a GPU when the cluster has them) as a resumable chunked job.
 
-Over-long text is quarantined by default (`overflow=quarantine`): a trace cut at a token limit
-teaches the model to stop mid-thought, and a cut instruction asks for another edit than the image
-shows. `overflow=truncate` keeps such rows, cut to the limit, when losing rows costs more.
+Text limits come from the sequence contract (`schemas.SequenceConfig`, the same object `trainer sft`
+takes): at most L - 2 tokens per text part. Over-long text is quarantined by default
+(`overflow=quarantine`): a trace cut at a token limit teaches the model to stop mid-thought, and a
+cut instruction asks for another edit than the image shows. `overflow=truncate` keeps such rows,
+cut to the limit (what the published training did), when losing rows costs more.
+
+The manifest records what a trainer needs to read the version: the text tokenizer's size (a
+model's image offset must equal it), the codebook size, the sequence settings, and the codes of a
+black image at the tokenize resolution (the mmada-parallel-m preset writes a generation as an edit
+of that black image).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from pipeline.image_tokenizer.magvit import resolve_checkpoint, sha256_file, wei
 from pipeline.lineage import lineage
 from pipeline.ray_runtime import init_ray
 from pipeline.registry import DatasetRegistry, split_ref
-from schemas import Counts, VersionManifest, tokenized_schema
+from schemas import Counts, SequenceConfig, VersionManifest, tokenized_schema
 
 STAGE = "tokenize"
 _INPUT_COLUMNS = ["sample_id", "task", "instruction", "reasoning", "input_image", "output_image"]
@@ -44,8 +51,7 @@ class TokenizeConfig:
     batch_size: int = 8  # samples per MAGVIT forward (inputs and outputs go in one batch)
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "float32"  # float32 | bfloat16
-    max_instruction_tokens: int = 256
-    max_reasoning_tokens: int = 512
+    sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)  # text limits: L - 2 per part
     overflow: str = "quarantine"  # quarantine | truncate
     concurrency: int = 1  # MAGVIT actors (one per GPU)
     cpus_per_actor: int = 1  # CPU threads of each actor's MAGVIT when it runs on the CPU
@@ -60,6 +66,16 @@ class TokenizeConfig:
             raise ValueError(f"overflow must be quarantine or truncate, not {self.overflow!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
+
+
+def blank_image_codes(magvit: MagvitV2, resolution: int) -> list[int]:
+    """The codes of a black image at `resolution` (what the published -M training feeds as the
+    input image of a generation)."""
+    from PIL import Image
+
+    pixels = MagvitV2.preprocess([Image.new("RGB", (resolution, resolution))], resolution)
+    param = next(magvit.parameters())
+    return magvit.encode(pixels.to(param.device, param.dtype))[0].tolist()
 
 
 def load_text_tokenizer(name: str):
@@ -110,15 +126,16 @@ class TokenizeStage:
         codes = iter(self._codes(images))
         input_codes = [next(codes) if r["input_image"] is not None else None for r in rows]
         output_codes = [next(codes) for _ in rows]
-        instruction_ids, long_instruction = self._ids([r["instruction"] for r in rows], self.config.max_instruction_tokens)
-        reasoning_ids, long_reasoning = self._ids([r["reasoning"] for r in rows], self.config.max_reasoning_tokens)
+        sequence = self.config.sequence
+        instruction_ids, long_instruction = self._ids([r["instruction"] for r in rows], sequence.max_instruction_tokens)
+        reasoning_ids, long_reasoning = self._ids([r["reasoning"] for r in rows], sequence.max_reasoning_tokens)
         grid = self.config.resolution // 16
         out = []
         for i, r in enumerate(rows):
             reason = message = None
             if self.config.overflow == "quarantine" and (long_instruction[i] or long_reasoning[i]):
                 which = "instruction" if long_instruction[i] else "reasoning"
-                limit = getattr(self.config, f"max_{which}_tokens")
+                limit = getattr(sequence, f"max_{which}_tokens")
                 reason = f"{which}_too_long"
                 message = f"{which} has {len(instruction_ids[i] if which == 'instruction' else reasoning_ids[i])} tokens > {limit}"
             out.append({"chunk": r["chunk"], "sample_id": r["sample_id"], "task": r["task"],
@@ -150,11 +167,17 @@ def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManife
     output = config.output or split_ref(config.dataset)[0]
     checkpoint = weights_file(resolve_checkpoint(config.image_tokenizer))
     text = load_text_tokenizer(config.text_tokenizer)
+    # One small MAGVIT forward on the driver: the black image every generation row stands on.
+    magvit = MagvitV2.from_pretrained(config.image_tokenizer)
+    sequence = config.sequence
     provenance = {"image_tokenizer": config.image_tokenizer, "image_tokenizer_sha256": sha256_file(checkpoint),
-                  "resolution": config.resolution, "text_tokenizer": config.text_tokenizer,
-                  "text_tokenizer_sha256": tokenizer_fingerprint(text),
-                  "max_instruction_tokens": config.max_instruction_tokens,
-                  "max_reasoning_tokens": config.max_reasoning_tokens, "overflow": config.overflow}
+                  "resolution": config.resolution, "image_codebook_size": magvit.config.codebook_size,
+                  "text_tokenizer": config.text_tokenizer, "text_tokenizer_sha256": tokenizer_fingerprint(text),
+                  "text_tokenizer_size": len(text), "sequence": dataclasses.asdict(sequence),
+                  "max_instruction_tokens": sequence.max_instruction_tokens,
+                  "max_reasoning_tokens": sequence.max_reasoning_tokens, "overflow": config.overflow,
+                  "blank_image_codes": blank_image_codes(magvit, config.resolution)}
+    del magvit
     key = "tokenize-" + hashlib.sha256(json.dumps(
         {"input": source.ref, "chunk_rows": config.chunk_rows, "dtype": config.dtype, **provenance},
         sort_keys=True).encode()).hexdigest()[:16]

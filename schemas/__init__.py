@@ -1,4 +1,4 @@
-"""The data contract: stage schemas, the version manifest and the token layout (pyarrow only)."""
+"""The data contract: stage schemas, the version manifest the token layout and the sequence length contract (pyarrow only)."""
 
 import paraforge_compat  # noqa: F401  (first, in every process: see the module)
 
@@ -16,10 +16,11 @@ from schemas.stages import (
     schema_name,
     tokenized_schema,
 )
+from schemas.sequence import SequenceConfig
 from schemas.token_layout import MMADA_M, TokenLayout
 
 __all__ = [
     "ANNOTATED", "QUARANTINE", "RAW", "SCHEMAS", "TASKS", "TOKENIZED", "Counts", "MMADA_M",
-    "ShardInfo", "TokenLayout", "VersionManifest", "conform", "get_schema", "sample_id",
+    "SequenceConfig", "ShardInfo", "TokenLayout", "VersionManifest", "conform", "get_schema", "sample_id",
     "schema_name", "tokenized_schema",
 ]

@@ -1,19 +1,35 @@
-"""Special token ids of the MMaDA-8B vocabulary used by the MMaDA-Parallel -M family.
+"""Where text ids, special tokens and image codes sit in one model's vocabulary.
 
-Shards store raw image codes and plain text ids; the trainer maps them into one vocabulary with a
-`TokenLayout`, so the same tokenized version can feed a model with another layout.
+Shards store raw image codes and plain text ids; the trainer maps them into a model's vocabulary
+with that model's `TokenLayout`, so the same tokenized version can feed models of other layouts.
+
+The published MMaDA code maps a MAGVIT code to `code + len(text tokenizer)` = code + 126349, not
+to code + 126464 (LLaDA's padded text vocabulary): the embedding has 134656 rows, of which
+126349..134540 are image codes and 134541..134655 are never used. So the offset comes from the
+checkpoint's tokenizer and the vocabulary size from its embedding (`from_tokenizer`), never one
+from the other.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+# Ids MMaDA's training code hard-codes for its reserved tokens: the LLaDA tokenizer holds them as
+# unnamed reserved entries, so a checkpoint's tokenizer cannot be asked for them by name.
+MMADA_RESERVED_IDS = {"soi_id": 126084, "eoi_id": 126085, "t2i_id": 126088, "mmu_id": 126089,
+                      "ipad_id": 126093, "r2i_id": 126094, "interleave_id": 126095, "t2it_id": 126096}
+# Token strings a tokenizer may carry for them (small test tokenizers do; the published one does not).
+TOKEN_NAMES = {"mask_id": "<|mdm_mask|>", "bos_id": "<|startoftext|>", "eos_id": "<|endoftext|>",
+               "eot_id": "<|eot_id|>", "soi_id": "<|soi|>", "eoi_id": "<|eoi|>", "t2i_id": "<|t2i|>",
+               "mmu_id": "<|mmu|>", "ipad_id": "[iPAD]", "r2i_id": "<|r2i|>", "interleave_id": "<|interleave|>",
+               "t2it_id": "<|t2it|>"}
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TokenLayout:
-    text_vocab_size: int = 126464  # LLaDA text ids occupy [0, text_vocab_size)
-    image_codebook_size: int = 8192  # MAGVIT-v2 LFQ codes, appended after the text ids
-    image_token_offset: int = 126464  # image token id = code + offset
+    image_token_offset: int = 126349  # image token id = code + offset; = len(text tokenizer)
+    image_codebook_size: int = 8192  # MAGVIT-v2 LFQ codes
+    vocab_size: int = 134656  # rows of the embedding and of the output head
     mask_id: int = 126336
     bos_id: int = 126080  # LLaDA <|startoftext|>
     eos_id: int = 126081  # LLaDA <|endoftext|>; -M pads text with eos
@@ -25,78 +41,76 @@ class TokenLayout:
     mmu_id: int = 126089
     ipad_id: int = 126093
     r2i_id: int = 126094
-    interleave_id: int = 126095
+    interleave_id: int = 126095  # the task token of thinking-aware editing (and, in -M training, generation)
     t2it_id: int = 126096
-    # Task tokens. The paper names <|thinkedit|>/<|thinkgen|>, but no released vocabulary has them;
-    # the released -M code marks thinking-aware editing with <|interleave|>, and MMaDA's <|t2i|>
-    # marks generation.
-    edit_task_id: int = 126095
-    generate_task_id: int = 126088
-
-    @classmethod
-    def compact(cls, text_vocab_size: int, image_codebook_size: int = 8192) -> "TokenLayout":
-        """A small vocabulary for tiny models: special ids take the top 16 text ids, so a tokenizer
-        with fewer than text_vocab_size - 16 ids fits below them."""
-        top = text_vocab_size - 16
-        names = ["mask_id", "bos_id", "eos_id", "eot_id", "soi_id", "eoi_id", "t2i_id", "mmu_id", "ipad_id",
-                 "r2i_id", "interleave_id", "t2it_id"]
-        ids = {name: top + i for i, name in enumerate(names)}
-        return cls(text_vocab_size=text_vocab_size, image_codebook_size=image_codebook_size,
-                   image_token_offset=text_vocab_size, pad_id=ids["eos_id"], edit_task_id=ids["interleave_id"],
-                   generate_task_id=ids["t2i_id"], **ids)
-
-    @property
-    def max_text_id(self) -> int:
-        """Text ids from the tokenizer must stay below this (the lowest special id of a compact layout)."""
-        return min(self.special_ids().values())
 
     def __post_init__(self) -> None:
         self.validate()
 
+    @classmethod
+    def from_tokenizer(cls, tokenizer, embedding_size: int, image_codebook_size: int = 8192) -> "TokenLayout":
+        """The layout of a checkpoint: offset = len(tokenizer), vocabulary = its embedding rows;
+        special tokens by name where the tokenizer has them, else MMaDA's reserved ids."""
+        vocab = tokenizer.get_vocab()
+        ids = {**MMADA_RESERVED_IDS, **{f.name: f.default for f in dataclasses.fields(cls)
+                                          if f.name in ("mask_id", "bos_id", "eos_id", "eot_id")}}
+        for name, token in TOKEN_NAMES.items():
+            if token in vocab:
+                ids[name] = vocab[token]
+        return cls(image_token_offset=len(tokenizer), image_codebook_size=image_codebook_size,
+                   vocab_size=embedding_size, pad_id=ids["eos_id"], **ids)
+
+    @classmethod
+    def compact(cls, text_vocab_size: int, image_codebook_size: int = 8192) -> "TokenLayout":
+        """A small vocabulary for tiny models: special ids take the top 16 text ids."""
+        top = text_vocab_size - 16
+        names = ["mask_id", "bos_id", "eos_id", "eot_id", "soi_id", "eoi_id", "t2i_id", "mmu_id", "ipad_id",
+                 "r2i_id", "interleave_id", "t2it_id"]
+        ids = {name: top + i for i, name in enumerate(names)}
+        return cls(image_token_offset=text_vocab_size, image_codebook_size=image_codebook_size,
+                   vocab_size=text_vocab_size + image_codebook_size, pad_id=ids["eos_id"], **ids)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TokenLayout":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
     @property
-    def vocab_size(self) -> int:
-        return self.text_vocab_size + self.image_codebook_size
+    def text_vocab_size(self) -> int:
+        """Text ids occupy [0, text_vocab_size): everything below the first image code."""
+        return self.image_token_offset
+
+    @property
+    def max_text_id(self) -> int:
+        """Ids a text tokenizer may produce for plain text stay below this (the lowest special id)."""
+        return min(self.special_ids().values())
 
     def special_ids(self) -> dict[str, int]:
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name.endswith("_id")
-        }
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.endswith("_id")}
 
     def validate(self) -> None:
         """Raise ValueError for a layout a model could not be trained with."""
-        if self.text_vocab_size <= 0 or self.image_codebook_size <= 0:
-            raise ValueError("vocabulary sizes must be positive")
-        if self.image_token_offset != self.text_vocab_size:
-            raise ValueError(
-                f"image_token_offset {self.image_token_offset} must equal text_vocab_size "
-                f"{self.text_vocab_size}: image codes are appended right after the text ids"
-            )
+        if self.image_token_offset <= 0 or self.image_codebook_size <= 0:
+            raise ValueError("the image offset and the codebook size must be positive")
+        end = self.image_token_offset + self.image_codebook_size
+        if end > self.vocab_size:
+            raise ValueError(f"image codes [{self.image_token_offset}, {end}) do not fit a vocabulary of "
+                             f"{self.vocab_size} (the embedding's rows)")
         for name, value in self.special_ids().items():
-            if not 0 <= value < self.text_vocab_size:
-                raise ValueError(f"{name}={value} is outside the text vocabulary [0, {self.text_vocab_size})")
-        # The structural ids must be distinct (eos doubles as pad in the -M layout), and a task
-        # token may reuse one of MMaDA's reserved task tokens but never a structural id.
-        structural = {"mask_id", "bos_id", "eos_id", "eot_id", "soi_id", "eoi_id"}
-        ids = self.special_ids()
-        values = [ids[name] for name in structural]
+            if not 0 <= value < self.image_token_offset:
+                raise ValueError(f"{name}={value} is outside the text vocabulary [0, {self.image_token_offset})")
+        # Structural ids must be distinct (eos doubles as pad in the -M layout).
+        structural = ("mask_id", "bos_id", "eos_id", "soi_id", "eoi_id", "interleave_id")
+        values = [getattr(self, n) for n in structural]
         if len(set(values)) != len(values):
-            raise ValueError(f"structural token ids must be distinct: { {n: ids[n] for n in structural} }")
-        if self.pad_id in {ids[n] for n in structural - {"eos_id"}}:
+            raise ValueError(f"structural token ids must be distinct: { {n: getattr(self, n) for n in structural} }")
+        if self.pad_id in {self.mask_id, self.bos_id, self.soi_id, self.eoi_id}:
             raise ValueError(f"pad_id {self.pad_id} collides with a structural id other than eos")
-        for name in ("edit_task_id", "generate_task_id"):
-            if ids[name] in values or ids[name] == self.pad_id:
-                raise ValueError(f"{name}={ids[name]} collides with a structural token id")
-        if self.edit_task_id == self.generate_task_id:
-            raise ValueError("edit and generate task tokens must differ")
-
-    def task_id(self, task: str) -> int:
-        if task == "edit":
-            return self.edit_task_id
-        if task == "generate":
-            return self.generate_task_id
-        raise ValueError(f"unknown task {task!r}")
+        if self.t2i_id in values:
+            raise ValueError(f"t2i_id={self.t2i_id} collides with a structural token id")
 
     def image_token(self, code):
         """MAGVIT code(s) -> vocabulary id(s); works on ints, numpy arrays and torch tensors."""
@@ -106,7 +120,8 @@ class TokenLayout:
         return token - self.image_token_offset
 
     def is_image_token(self, token):
-        return (token >= self.image_token_offset) & (token < self.vocab_size)
+        return (token >= self.image_token_offset) & (token < self.image_token_offset + self.image_codebook_size)
 
 
 MMADA_M = TokenLayout()
+"""The published MMaDA-8B / MMaDA-Parallel-M layout (LLaDA tokenizer of 126349 entries)."""

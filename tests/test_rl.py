@@ -1,6 +1,7 @@
 """ParaRL: GRPO math on hand-made numbers, reward statistics, weight sync to Ray rollout actors,
 and `trainer rl` end to end (2 rollout actors, a tiny CLIP, resume)."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -86,14 +87,16 @@ def test_reward_normalisation_and_its_statistics(tokenized_demo, magvit_dir, lla
 def test_weight_sync_changes_the_rollout_actors_outputs(ray_local, trained_tiny_run):
     import ray
 
-    from trainer.export import load_model
+    from trainer.export import load_model, sequence_builder
     from trainer.rl.workers import RolloutWorker
     from trainer.sampling import Prompt, SamplerConfig
 
     policy = load_model(str(trained_tiny_run))
-    sampler = SamplerConfig(steps=8, image_tokens=16, reasoning_len=256, instruction_len=128, block_length=64,
-                            text_temperature=1.0, image_cfg_scale=0.0)
-    actors = [ray.remote(RolloutWorker).options(num_cpus=0).remote(policy.config.to_dict(), sampler) for _ in range(2)]
+    sequence = sequence_builder(str(trained_tiny_run)).to_dict()
+    sampler = SamplerConfig(steps=8, image_tokens=16, block_length=64, text_temperature=1.0, image_cfg_scale=0.0,
+                            image_updates=None, image_start=0.0)
+    actors = [ray.remote(RolloutWorker).options(num_cpus=0).remote(policy.config.to_dict(), sequence, sampler)
+              for _ in range(2)]
     try:
         state = ray.put({k: v.detach() for k, v in policy.state_dict().items()})
         assert ray.get([a.set_weights.remote(state, 0) for a in actors]) == [0, 0]
@@ -167,7 +170,7 @@ def test_grpo_climbs_a_reward_it_can_attribute(trained_tiny_run):
     log-probs, the clipped objective on DeepSpeed) on a reward with no CLIP noise: the share of
     output image codes in the lower half of the codebook, taken at each recorded step."""
     from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distributed
-    from trainer.export import layout_for, load_model
+    from trainer.export import load_model, sequence_builder
     from trainer.rl.learner import Item, grpo_update
     from trainer.rl.workers import RolloutWorker
     from trainer.sampling import OutputSlots, Prompt, SamplerConfig, filled, image_codes
@@ -175,9 +178,10 @@ def test_grpo_climbs_a_reward_it_can_attribute(trained_tiny_run):
     init_distributed()
     torch.manual_seed(0)
     policy = load_model(str(trained_tiny_run))
-    layout = layout_for(policy.config)
-    sampler = SamplerConfig(steps=4, image_tokens=16, reasoning_len=256, instruction_len=128, block_length=64,
-                            text_temperature=1.0, image_cfg_scale=0.0, image_choice_temperature=1.0)
+    builder = sequence_builder(str(trained_tiny_run))
+    layout = builder.layout
+    sampler = SamplerConfig(steps=4, image_tokens=16, block_length=64, text_temperature=1.0, image_cfg_scale=0.0,
+                            image_choice_temperature=1.0, image_updates=None, image_start=0.0)
     slots, g, steps = OutputSlots(16, 256), 8, 12
     prompts = [Prompt("generate", [5, 6, 7]), Prompt("edit", [8, 9], list(range(16)))]
     items_per_step = len(prompts) * g * 3
@@ -185,7 +189,7 @@ def test_grpo_climbs_a_reward_it_can_attribute(trained_tiny_run):
                                                                    min_lr_ratio=1.0),
                                              micro_batch_size=16, grad_accum=items_per_step // 16,
                                              total_steps=steps, bf16=False))
-    worker = RolloutWorker(policy.config.to_dict(), sampler)
+    worker = RolloutWorker(policy.config.to_dict(), builder.to_dict(), sampler)
     means = []
     for step in range(steps):
         worker.set_weights({k: v.detach().clone() for k, v in engine.module.state_dict().items()}, step)
@@ -197,7 +201,27 @@ def test_grpo_climbs_a_reward_it_can_attribute(trained_tiny_run):
         advantages = group_advantages(rewards.view(len(prompts), g, 3)).view(len(batch), 3)
         items = [Item(r.prompt, r.before[j], r.after[j], float(advantages[i, j]))
                  for i, r in enumerate(rollouts) for j in range(3)]
-        stats = grpo_update(engine, None, items, layout, sampler, micro_batch_size=16, mu=1, epsilon=0.2, beta=0.0)
+        stats = grpo_update(engine, None, items, builder, sampler, micro_batch_size=16, mu=1, epsilon=0.2, beta=0.0)
         assert stats["first_ratio_max"] == 1.0
     print("reward per step:", [round(m, 3) for m in means])
     assert sum(means[-3:]) / 3 > sum(means[:3]) / 3 + 0.05
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_reference_sits_with_the_policy(trained_tiny_run, tmp_path, bf16):
+    """ParaRL's frozen reference is placed by the engine that placed the policy: same device, same dtype
+    (on a GPU learner the KL term would otherwise mix CPU and CUDA tensors)."""
+    from trainer.engine import init_distributed
+    from trainer.export import load_model
+    from trainer.rl.pararl import RLConfig, build_learner
+
+    init_distributed()
+    load_model(str(trained_tiny_run)).save_pretrained(tmp_path / "policy")
+    cfg = RLConfig(dataset="unused", model="unused", beta=0.04, bf16=bf16, deepspeed="ds_zero0")
+    engine, reference = build_learner(cfg, tmp_path / "policy")
+    policy = {(p.device, p.dtype) for p in engine.module.parameters()}
+    frozen = {(p.device, p.dtype) for p in reference.parameters()}
+    assert policy == frozen and len(policy) == 1
+    assert next(iter(frozen))[1] == (torch.bfloat16 if bf16 else torch.float32)
+    assert not any(p.requires_grad for p in reference.parameters()) and not reference.training
+    assert build_learner(dataclasses.replace(cfg, beta=0.0), tmp_path / "policy")[1] is None  # no KL, no reference

@@ -8,18 +8,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from schemas import TokenLayout
+from schemas import SequenceConfig, TokenLayout
 from trainer.model import MMaDAConfig, MMaDAModel
 from trainer.sampling import (
     ParallelSampler,
     Prompt,
     SamplerConfig,
+    draw_codes,
     image_schedule,
     image_update_steps,
+    plan,
     text_schedule,
 )
+from trainer.sequence import SequenceBuilder
 
 LAYOUT = TokenLayout.compact(1024)
+# The paraforge preset: generation rows are shorter than edits, so batches are padded.
+BUILDER = SequenceBuilder(LAYOUT, SequenceConfig(preset="paraforge", instruction_len=12, reasoning_len=21))
 BIN = Path(sys.executable).parent
 
 
@@ -32,8 +37,8 @@ def model():
 
 
 def small(**overrides) -> SamplerConfig:
-    values = dict(steps=12, image_tokens=16, reasoning_len=21, instruction_len=12, block_length=8,
-                  text_temperature=0.8, image_cfg_scale=2.0)
+    values = dict(steps=12, image_tokens=16, block_length=8, text_temperature=0.8, image_cfg_scale=2.0,
+                  image_updates=None, image_start=0.0)
     return SamplerConfig(**{**values, **overrides})
 
 
@@ -52,7 +57,7 @@ def test_text_schedule_is_linear_per_block_remainder_first():
 
 def test_image_schedule_is_maskgit_cosine():
     n, k = 64, 10
-    counts = image_schedule(n, k)
+    counts = image_schedule(n, [(i + 1) / k for i in range(k)])
     masked = n
     for i, c in enumerate(counts):
         masked -= c
@@ -62,12 +67,29 @@ def test_image_schedule_is_maskgit_cosine():
     assert image_update_steps(100, None, 0.25) == list(range(25, 100))
     at = image_update_steps(100, 30, 0.25)
     assert len(at) == len(set(at)) == 30 and at[0] == 25 and at[-1] == 99
+    assert image_update_steps(10, 11, 0.0) == list(range(10))  # at most the steps there are
     with pytest.raises(ValueError):
-        image_update_steps(10, 11, 0.0)
+        image_update_steps(10, 0, 0.0)
+
+
+def test_defaults_are_the_published_inference_schedule():
+    """128 steps, image updates at round(linspace(32, 127, 30)), the cosine over the shared timeline
+    (masked after step s: floor(N cos(pi/2 (s+1)/128))), one text block, choice noise 1 - (s+1)/S."""
+    cfg = SamplerConfig()
+    assert (cfg.steps, cfg.block_length, cfg.image_choice_temperature, cfg.image_cfg_scale) == (128, None, 1.0, 4.0)
+    steps = plan(cfg.mode, cfg.steps, 255, cfg.block_length, 1024, cfg.image_updates, cfg.image_start)
+    at = [s for s, p in enumerate(steps) if p.image]
+    assert at == [round(32 + i * 95 / 29) for i in range(30)]
+    masked = 1024
+    for s in at[:-1]:
+        masked -= steps[s].image.count
+        assert masked == math.floor(1024 * math.cos(math.pi / 2 * (s + 1) / 128))
+        assert steps[s].image.ratio == (s + 1) / 128
+    assert {(p.text.block_start, p.text.block_end) for p in steps} == {(0, 255)}  # one block of L - 1
 
 
 def run_all_steps(model, cfg, prompts=PROMPTS):
-    sampler = ParallelSampler(model, LAYOUT, cfg)
+    sampler = ParallelSampler(model, BUILDER, cfg)
     return sampler, sampler.sample(prompts, record_steps=list(range(len(sampler.schedule))))
 
 
@@ -125,19 +147,19 @@ def test_sequential_mode_decodes_all_text_before_any_image(model):
 
 
 def test_same_seed_same_output_and_recording_changes_nothing(model):
-    sampler = ParallelSampler(model, LAYOUT, small())
+    sampler = ParallelSampler(model, BUILDER, small())
     a = sampler.sample(PROMPTS)
     b = sampler.sample(PROMPTS, record_steps=[0, 5, -1])
     assert torch.equal(a.output, b.output) and [s.step for s in b.trajectory] == [0, 5, 11]
-    c = ParallelSampler(model, LAYOUT, small(seed=1)).sample(PROMPTS)
+    c = ParallelSampler(model, BUILDER, small(seed=1)).sample(PROMPTS)
     assert not torch.equal(a.output, c.output)
-    greedy = ParallelSampler(model, LAYOUT, small(text_temperature=0.0, image_temperature=0.0,
+    greedy = ParallelSampler(model, BUILDER, small(text_temperature=0.0, image_temperature=0.0,
                                                   image_choice_temperature=0.0))
     assert torch.equal(greedy.sample(PROMPTS).output, greedy.sample(PROMPTS, seeds=[7, 8, 9]).output)
 
 
 def test_a_prompt_gives_the_same_output_alone_or_in_a_padded_batch(model):
-    sampler = ParallelSampler(model, LAYOUT, small())
+    sampler = ParallelSampler(model, BUILDER, small())
     batched = sampler.sample(PROMPTS)
     for i, prompt in enumerate(PROMPTS):  # generate rows are shorter: padded, with a key mask
         alone = sampler.sample([prompt], seeds=[i])
@@ -158,7 +180,7 @@ class Recorder(torch.nn.Module):
 
 def test_cfg_batches_unconditional_rows_without_instruction_and_input_image(model):
     recorder = Recorder(model)
-    guided = ParallelSampler(recorder, LAYOUT, small()).sample(PROMPTS[:1])
+    guided = ParallelSampler(recorder, BUILDER, small()).sample(PROMPTS[:1])
     ids, mask = recorder.calls[0]
     assert ids.shape[0] == 2 and len(recorder.calls) == 12
     cond, uncond = ids[0][mask[0].bool()], ids[1][mask[1].bool()]
@@ -166,9 +188,57 @@ def test_cfg_batches_unconditional_rows_without_instruction_and_input_image(mode
     assert 5 in cond.tolist() and 5 not in uncond.tolist()  # the instruction is dropped
     assert (uncond == LAYOUT.soi_id).sum() == 1  # only the output image's soi is left
     recorder.calls.clear()
-    plain = ParallelSampler(recorder, LAYOUT, small(image_cfg_scale=0.0)).sample(PROMPTS[:1])
+    plain = ParallelSampler(recorder, BUILDER, small(image_cfg_scale=0.0)).sample(PROMPTS[:1])
     assert recorder.calls[0][0].shape[0] == 1  # no guidance: no unconditional rows
     assert not torch.equal(guided.output, plain.output)
+
+
+def test_cfg_unconditional_rows_follow_the_published_preset(model):
+    """mmada-parallel-m: the unconditional row keeps [soi][0 x N][eoi] and an eos-padded empty instruction."""
+    published = SequenceBuilder(LAYOUT, SequenceConfig(instruction_len=12, reasoning_len=12), list(range(16)))
+    recorder = Recorder(model)
+    ParallelSampler(recorder, published, small(steps=4, block_length=None)).sample([PROMPTS[1]])  # a generation
+    ids, mask = recorder.calls[0]
+    assert mask is None  # one length for every row: no padding, no mask
+    cond, uncond = ids[0].tolist(), ids[1].tolist()
+    assert cond[:18] == [LAYOUT.interleave_id, LAYOUT.soi_id, *LAYOUT.image_token(torch.arange(16)).tolist(), LAYOUT.eoi_id][:18]
+    assert uncond[:30] == [LAYOUT.interleave_id, LAYOUT.soi_id, *[0] * 16, LAYOUT.eoi_id, LAYOUT.bos_id] + [LAYOUT.eos_id] * 10
+
+
+def test_bf16_and_fp32_sampling_draw_from_the_same_distribution():
+    """The image draw from bfloat16 logits (a bf16 model) and from the same logits in float32 give
+    the same code histogram, up to sampling noise. The bound: two independent histograms of n draws
+    from p differ per code by ~N(0, 2 p (1-p) / n), so E[TV] = 0.5 sum sqrt(4 p / (pi n)); we allow
+    1.5x that. The bf16 maths of before (cumulative sum in bf16) is shown to break the same bound."""
+    torch.manual_seed(0)
+    row = torch.randn(8192) * 2.0
+    p = torch.softmax(row.bfloat16().float(), -1)  # what a bf16 model's logits mean
+    positions, batches = 4096, 24
+    n = positions * batches
+
+    def histogram(logits_dtype, seed, draw=draw_codes):
+        counts = torch.zeros(8192)
+        g = [torch.Generator().manual_seed(seed)]
+        for _ in range(batches):
+            codes, _ = draw(row.to(logits_dtype).expand(1, positions, 8192), 1.0, g)
+            counts += torch.bincount(codes.flatten(), minlength=8192).float()
+        return counts / n
+
+    def old_bf16_draw(logits, temperature, g):  # the sampler's maths before: in the logits' dtype
+        weights = (logits - logits.amax(-1, keepdim=True)).exp()
+        cdf = weights.cumsum(-1)
+        u = torch.rand(cdf.shape[1], generator=g[0])[None].to(cdf.dtype)
+        return torch.searchsorted(cdf, (u * cdf[..., -1])[..., None]).squeeze(-1).clamp_max(8191), None
+
+    bound = 1.5 * 0.5 * float(torch.sqrt(4 * p / (math.pi * n)).sum())
+    tv = 0.5 * float((histogram(torch.bfloat16, 1) - histogram(torch.float32, 2)).abs().sum())
+    floor = 0.5 * float((histogram(torch.float32, 3) - histogram(torch.float32, 4)).abs().sum())
+    old = 0.5 * float((histogram(torch.bfloat16, 1, old_bf16_draw) - histogram(torch.float32, 2)).abs().sum())
+    zero = int((histogram(torch.bfloat16, 5, old_bf16_draw) == 0).sum())
+    print(f"\nimage draw, 8192 codes, {n} draws each: TV(bf16, fp32) {tv:.4f}, TV(fp32, fp32) {floor:.4f}, "
+          f"bound {bound:.4f}; bf16 maths of before: TV {old:.4f}, {zero} codes never drawn")
+    assert tv < bound and floor < bound
+    assert old > 2 * bound
 
 
 def test_trainer_sample_cli_writes_reasoning_image_and_trajectory(trained_tiny_run, magvit_dir, llada_tokenizer_dir,

@@ -42,29 +42,56 @@ def test_sample_id_is_a_stable_content_hash():
     assert a not in others and len(others) == 6
 
 
-def test_token_layout_matches_the_mmada_vocabulary():
-    assert MMADA_M.vocab_size == 134656
-    assert MMADA_M.image_token(0) == 126464 and MMADA_M.image_token(8191) == 134655
-    assert MMADA_M.image_code(126464 + 5) == 5
+def test_token_layout_matches_the_published_mmada_vocabulary():
+    assert MMADA_M.vocab_size == 134656 and MMADA_M.image_token_offset == MMADA_M.text_vocab_size == 126349
+    assert MMADA_M.image_token(0) == 126349 and MMADA_M.image_token(8191) == 134540  # rows 134541.. never used
+    assert MMADA_M.image_code(126349 + 5) == 5
     assert MMADA_M.mask_id == 126336 and MMADA_M.pad_id == MMADA_M.eos_id == 126081
-    assert (MMADA_M.soi_id, MMADA_M.eoi_id) == (126084, 126085)
-    assert MMADA_M.task_id("edit") == 126095 and MMADA_M.task_id("generate") == 126088
-    assert bool(MMADA_M.is_image_token(126464)) and not bool(MMADA_M.is_image_token(126336))
-    with pytest.raises(ValueError):
-        MMADA_M.task_id("caption")
+    assert (MMADA_M.soi_id, MMADA_M.eoi_id, MMADA_M.interleave_id, MMADA_M.t2i_id) == (126084, 126085, 126095, 126088)
+    assert bool(MMADA_M.is_image_token(126349)) and not bool(MMADA_M.is_image_token(126336))
+    assert not bool(MMADA_M.is_image_token(134541))
+
+
+def test_token_layout_from_tokenizers(llada_tokenizer_dir, tmp_path):
+    from jobs.tiny_models import build_published_llada_tokenizer
+    from pipeline.tokenize import load_text_tokenizer
+
+    published = load_text_tokenizer(str(build_published_llada_tokenizer(tmp_path / "llada")))
+    assert len(published) == 126349
+    assert TokenLayout.from_tokenizer(published, embedding_size=134656) == MMADA_M  # offset from the tokenizer
+    with pytest.raises(ValueError, match="do not fit a vocabulary of 134000"):
+        TokenLayout.from_tokenizer(published, embedding_size=134000)
+    small = load_text_tokenizer(str(llada_tokenizer_dir))  # names its special tokens: found by name
+    layout = TokenLayout.from_tokenizer(small, embedding_size=len(small) + 8192)
+    vocab = small.get_vocab()
+    assert layout.image_token_offset == len(small) and layout.vocab_size == len(small) + 8192
+    assert (layout.mask_id, layout.soi_id, layout.interleave_id) == (
+        vocab["<|mdm_mask|>"], vocab["<|soi|>"], vocab["<|interleave|>"])
+    assert TokenLayout.from_dict(layout.to_dict()) == layout
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"image_token_offset": 126000}, "must equal text_vocab_size"),
+    ({"image_token_offset": 126500}, "do not fit a vocabulary"),
     ({"mask_id": 200000}, "outside the text vocabulary"),
+    ({"mask_id": 126349}, "outside the text vocabulary"),  # the first image code is not text
     ({"soi_id": 126085}, "must be distinct"),
-    ({"edit_task_id": 126336}, "collides with a structural"),
-    ({"generate_task_id": 126095}, "must differ"),
+    ({"t2i_id": 126336}, "collides with a structural"),
 ])
 def test_token_layout_validation(change, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(MMADA_M, **change)
-    assert TokenLayout(edit_task_id=126096).edit_task_id == 126096
+    assert TokenLayout(t2it_id=126097).t2it_id == 126097
+
+
+def test_sequence_config_is_one_length_contract():
+    from schemas import SequenceConfig
+
+    assert (SequenceConfig().max_instruction_tokens, SequenceConfig().max_reasoning_tokens) == (254, 254)
+    with pytest.raises(ValueError, match="one text length L"):
+        SequenceConfig(instruction_len=128, reasoning_len=256)
+    assert SequenceConfig(preset="paraforge", instruction_len=128, reasoning_len=256).max_reasoning_tokens == 254
+    with pytest.raises(ValueError, match="unknown sequence preset"):
+        SequenceConfig(preset="mmada")
 
 
 def test_manifest_round_trips_through_json():

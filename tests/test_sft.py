@@ -16,8 +16,8 @@ BIN = Path(sys.executable).parent
 
 
 def sft_args(registry, ref, out, **overrides):
-    values = {"dataset": ref, "registry": registry, "init": "tiny", "layout": "compact", "out_dir": out,
-              "bf16": "false", "micro_batch_size": 2, "sequence.instruction_len": 128,
+    values = {"dataset": ref, "registry": registry, "init": "tiny", "out_dir": out,
+              "bf16": "false", "micro_batch_size": 2, "sequence.instruction_len": 256,
               "sequence.reasoning_len": 256, "optim.warmup_steps": 2, "optim.lr": 1e-3, **overrides}
     return ["sft", "--no-progress", *(f"{k}={v}" for k, v in values.items())]
 
@@ -80,18 +80,49 @@ def test_a_tiny_model_learns_the_demo_task_and_exports(trained_tiny_run, tmp_pat
     print(f"after 80 steps: text masked-token accuracy {text_acc:.3f}, image CE {image_loss:.2f}")
     assert text_acc > 0.1, text_acc  # chance is ~1/1000
     # Codes of a random-weight MAGVIT are hard to predict: in a short run image accuracy stays near
-    # zero, but the image cross-entropy must fall well below the uniform guess, log(9216) = 9.13.
+    # zero, but the image cross-entropy must fall well below the uniform guess, log(~9000) = 9.1.
     assert image_loss < 8.0, image_loss
     assert records[80]["loss"] < records[1]["loss"] / 2
 
+    from trainer.export import sequence_builder
     from trainer.model import MMaDAModel
 
     out = tmp_path / "exported"
     run_trainer(["export", str(run), "--out", str(out)])
     model = MMaDAModel.from_pretrained(str(out))
-    assert model.config.n_layers == 2 and model.config.embedding_size == 1024 + 8192
+    trained = sequence_builder(str(run))  # the layout the run was trained with travels with the export
+    assert sequence_builder(str(out)).to_dict() == trained.to_dict()
+    assert trained.config.preset == "mmada-parallel-m" and len(trained.blank_image_codes) == 16
+    assert model.config.n_layers == 2 and model.config.embedding_size == trained.layout.vocab_size
+    assert trained.layout.vocab_size == trained.layout.image_token_offset + 8192
     assert torch.isfinite(model(torch.zeros(1, 8, dtype=torch.long))).all()
     assert json.loads((out / "paraforge_export.json").read_text())["training"]["sequence"]["reasoning_len"] == 256
+
+
+def test_a_version_the_sequences_cannot_hold_is_refused_before_the_first_step(tokenized_demo, llada_tokenizer_dir):
+    """One length contract: rows tokenize accepted but the sequence cannot hold fail at start, with a
+    message naming the fix, not mid-run; so does a version tokenized for another vocabulary."""
+    import dataclasses
+
+    from pipeline.tokenize import load_text_tokenizer
+    from schemas import SequenceConfig, TokenLayout
+    from trainer.sequence import SequenceBuilder, blank_image_codes
+
+    registry, ref = tokenized_demo
+    text = load_text_tokenizer(str(llada_tokenizer_dir))
+    layout = TokenLayout.from_tokenizer(text, len(text) + 8192)
+    fits = ShardLoader(ref, registry, batch_size=2)
+    blank = blank_image_codes(fits.manifest)
+    longest = max(len(r["reasoning_ids"]) for r in fits.table.to_pylist())
+    ShardLoader(ref, registry, 2, builder=SequenceBuilder(layout, SequenceConfig(), blank))  # 256 holds the demo
+    short = SequenceConfig(instruction_len=longest + 1, reasoning_len=longest + 1)
+    with pytest.raises(ValueError, match=f"reasoning of {longest} tokens; sequence.reasoning_len {longest + 1} holds"):
+        ShardLoader(ref, registry, 2, builder=SequenceBuilder(layout, short, blank))
+    other = dataclasses.replace(layout, image_token_offset=len(text) + 1, vocab_size=layout.vocab_size + 1)
+    with pytest.raises(ValueError, match=f"text tokenizer of {len(text)} entries"):
+        ShardLoader(ref, registry, 2, builder=SequenceBuilder(other, SequenceConfig(), blank))
+    with pytest.raises(ValueError, match="no blank image codes"):
+        ShardLoader(ref, registry, 2, builder=SequenceBuilder(layout, SequenceConfig(), None))
 
 
 def test_two_process_gloo_run(tokenized_demo, tmp_path):

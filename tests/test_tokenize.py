@@ -15,6 +15,7 @@ from pipeline.annotate import AnnotateConfig, run_annotate
 from pipeline.preview import preview
 from pipeline.registry import DatasetRegistry
 from pipeline.tokenize import TokenizeConfig, run_tokenize
+from schemas import SequenceConfig
 from tests.servers import kill_when
 from tests.test_ingest import ingest
 
@@ -42,6 +43,16 @@ def test_shards_have_the_contract_types(annotated, magvit_dir, llada_tokenizer_d
     lineage = m.lineage["tokenize"]
     assert lineage["resolution"] == 64 and len(lineage["image_tokenizer_sha256"]) == 64
     assert lineage["text_tokenizer"] == str(llada_tokenizer_dir) and len(lineage["text_tokenizer_sha256"]) == 64
+    # what a trainer needs to read the version: the vocabulary it was made for, the length contract,
+    # and the black image a generation row stands on in the mmada-parallel-m preset
+    assert lineage["text_tokenizer_size"] == len(AutoTokenizer.from_pretrained(str(llada_tokenizer_dir)))
+    assert lineage["image_codebook_size"] == 8192
+    assert lineage["sequence"] == {"preset": "mmada-parallel-m", "instruction_len": 256, "reasoning_len": 256}
+    assert lineage["max_reasoning_tokens"] == 254
+    from pipeline.image_tokenizer import MagvitV2
+    from pipeline.tokenize import blank_image_codes
+    assert lineage["blank_image_codes"] == blank_image_codes(MagvitV2.from_pretrained(str(magvit_dir)), 64)
+    assert len(lineage["blank_image_codes"]) == 16
 
     registry = DatasetRegistry(registry_root)
     [path] = registry.shard_paths(m)
@@ -69,10 +80,11 @@ def test_shards_have_the_contract_types(annotated, magvit_dir, llada_tokenizer_d
 
 
 def test_overflow_is_quarantined_or_truncated(annotated, magvit_dir, llada_tokenizer_dir, registry_root):
-    m = tokenize(registry_root, magvit_dir, llada_tokenizer_dir, max_reasoning_tokens=8, output="q")
+    short = SequenceConfig(preset="paraforge", reasoning_len=10)  # at most 8 reasoning tokens (bos + 8 + eos)
+    m = tokenize(registry_root, magvit_dir, llada_tokenizer_dir, sequence=short, output="q")
     assert (m.counts.output, m.counts.quarantined) == (0, 24)
     assert m.stats["quarantine_reasons"] == {"reasoning_too_long": 24}
-    t = tokenize(registry_root, magvit_dir, llada_tokenizer_dir, max_reasoning_tokens=8, overflow="truncate",
+    t = tokenize(registry_root, magvit_dir, llada_tokenizer_dir, sequence=short, overflow="truncate",
                  output="t")
     assert t.counts.output == 24
     rows = DatasetRegistry(registry_root).read_table(t).to_pylist()

@@ -11,7 +11,7 @@ import paraforge_compat  # noqa: F401
 from pipeline.cli import run
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  help="paraforge trainer: sft, rl, sample, eval, export, layout, submit.")
+                  help="paraforge trainer: sft, rl, sample, eval, export, layout, sequence, submit.")
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value config overrides (nested: optim.lr=2e-5)")]
 
 
@@ -117,11 +117,30 @@ def eval_(overrides: Overrides = None,
 
 
 @app.command()
-def layout() -> None:
-    """Print the token layout (special ids of the MMaDA -M vocabulary) the trainer builds with."""
+def layout(model: Annotated[Optional[str], typer.Option(help="model folder (published, exported) or run folder")] = None,
+           text_tokenizer: Annotated[Optional[str], typer.Option(help="tokenizer to read the layout from (default: the model's)")] = None,
+           ) -> None:
+    """Print a model's token layout as JSON (image offset = len of its tokenizer, vocabulary = its embedding)."""
     from schemas import MMADA_M
+    from trainer.inspect_sequence import model_layout
 
-    print(json.dumps({"vocab_size": MMADA_M.vocab_size, **MMADA_M.special_ids()}, indent=2))
+    print(json.dumps(model_layout(model, text_tokenizer) if model else MMADA_M.to_dict(), indent=2))
+
+
+@app.command()
+def sequence(dataset: Annotated[str, typer.Argument(help="NAME@VERSION of a tokenized version")],
+             model: Annotated[str, typer.Option(help="model folder (published, exported) or run folder")],
+             index: Annotated[int, typer.Option(help="row number in the version")] = 0,
+             uncond: Annotated[bool, typer.Option(help="the row with both conditions dropped (CFG's unconditional row)")] = False,
+             as_json: Annotated[bool, typer.Option("--json", help="every id, mask and flag as JSON")] = False,
+             registry: Annotated[Optional[str], typer.Option(help="registry root (else $PARAFORGE_REGISTRY)")] = None,
+             text_tokenizer: Annotated[Optional[str], typer.Option(help="tokenizer to read the layout from")] = None,
+             ) -> None:
+    """Print the exact input ids, attention mask and target flags the trainer builds for one row."""
+    from trainer.inspect_sequence import format_sequence, row_sequence
+
+    view = row_sequence(dataset, model, registry=registry, index=index, uncond=uncond, text_tokenizer=text_tokenizer)
+    print(json.dumps(view) if as_json else format_sequence(view))
 
 
 def _register_submit() -> None:

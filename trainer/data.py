@@ -15,9 +15,10 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from pipeline.registry import DatasetRegistry
-from schemas import TokenLayout
+from trainer.sequence import SequenceBuilder
 
 COLUMNS = ["task", "instruction_ids", "reasoning_ids", "input_image_codes", "output_image_codes"]
+LENGTHS = ["instruction_len", "reasoning_len"]
 
 
 @dataclasses.dataclass
@@ -28,10 +29,11 @@ class LoaderState:
 
 class ShardLoader:
     def __init__(self, ref: str, registry: str | None, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, layout: TokenLayout | None = None):
+                 seed: int = 0, builder: SequenceBuilder | None = None):
         reg = DatasetRegistry(registry)
         self.manifest = reg.resolve(ref, schema="tokenized/1")
-        tables = [ipc.open_file(pa.memory_map(p)).read_all().select(COLUMNS) for p in reg.shard_paths(self.manifest)]
+        tables = [ipc.open_file(pa.memory_map(p)).read_all().select(COLUMNS + LENGTHS)
+                  for p in reg.shard_paths(self.manifest)]
         self.table = pa.concat_tables(tables)
         self.rows = self.table.num_rows
         self.per_rank = self.rows // world_size
@@ -40,18 +42,9 @@ class ShardLoader:
                              f"x batch {batch_size}")
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.state = LoaderState()
-        if layout is not None:
-            self._check_vocabulary(layout)
-
-    def _check_vocabulary(self, layout: TokenLayout) -> None:
-        import pyarrow.compute as pc
-
-        for column in ("instruction_ids", "reasoning_ids"):
-            values = pc.list_flatten(self.table[column])
-            top = pc.max(values).as_py() if len(values) else 0
-            if top is not None and top >= layout.max_text_id:
-                raise ValueError(f"{column} holds id {top}, not below the layout's special ids ({layout.max_text_id}): "
-                                 "the text tokenizer does not match the model's token layout")
+        if builder is not None:
+            check_compatible(self.manifest, self.table, builder)
+        self.table = self.table.select(COLUMNS)
 
     def _epoch_indices(self, epoch: int) -> np.ndarray:
         order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
@@ -77,3 +70,35 @@ class ShardLoader:
             raise ValueError("resuming with another world size changes every rank's order; "
                              f"checkpoint has {state['world_size']}, this run {self.world_size}")
         self.state = LoaderState(state["epoch"], state["position"])
+
+
+def check_compatible(manifest, table: pa.Table, builder: SequenceBuilder) -> None:
+    """Refuse, before the first step, a version whose ids the model would misread or whose rows
+    the sequences cannot hold: a ValueError that says which and what to change."""
+    import pyarrow.compute as pc
+
+    layout, sequence = builder.layout, builder.config
+    made = manifest.lineage.get("tokenize", {})
+    size = made.get("text_tokenizer_size")
+    if size is not None and size != layout.image_token_offset:
+        raise ValueError(f"{manifest.ref} was tokenized with a text tokenizer of {size} entries, but the model's "
+                         f"layout puts image codes at {layout.image_token_offset} (= len of its tokenizer): "
+                         "tokenize with the model's tokenizer")
+    codebook = made.get("image_codebook_size")
+    if codebook is not None and codebook != layout.image_codebook_size:
+        raise ValueError(f"{manifest.ref} has {codebook}-code images; the model's layout has {layout.image_codebook_size}")
+    for column in ("instruction_ids", "reasoning_ids"):
+        top = pc.max(pc.list_flatten(table[column])).as_py()
+        if top is not None and top >= layout.image_token_offset:
+            raise ValueError(f"{column} holds id {top}, an image token of the model's layout (offset "
+                             f"{layout.image_token_offset}): the text tokenizer does not match the model")
+    for column, limit in (("instruction_len", sequence.max_instruction_tokens),
+                          ("reasoning_len", sequence.max_reasoning_tokens)):
+        longest = pc.max(table[column]).as_py() or 0
+        if longest > limit:
+            raise ValueError(f"{manifest.ref} has a {column.split('_')[0]} of {longest} tokens; sequence."
+                             f"{column} {limit + 2} holds {limit} (bos + text + eos): raise it or tokenize again "
+                             "with the same sequence settings")
+    if builder.published and builder.blank_image_codes is None and "generate" in table["task"].unique().to_pylist():
+        raise ValueError(f"{manifest.ref} has generation rows but records no blank image codes, which the "
+                         "mmada-parallel-m preset needs: tokenize it again with this paraforge")

@@ -81,6 +81,16 @@ class Engine:
     def module(self) -> torch.nn.Module:
         return self.ds.module
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """What DeepSpeed runs the module in: bfloat16 with bf16 on, else float32."""
+        return next(self.ds.module.parameters()).dtype
+
+    def place_frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A frozen model that runs beside the trained one (ParaRL's reference) on the same device and
+        in the same dtype, so their log-probabilities meet without a copy between devices."""
+        return model.to(self.device, self.dtype).eval().requires_grad_(False)
+
     def forward(self, *args, **kwargs):
         return self.ds(*args, **kwargs)
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from schemas import MMADA_M, TokenLayout
-from trainer.model import MMaDAConfig, MMaDAModel
+from schemas import SequenceConfig, TokenLayout
+from trainer.model import MMaDAConfig, MMaDAModel, resolve_folder
+from trainer.sequence import SEQUENCE_FILE, SequenceBuilder
 
 TRAINING_FILE = "paraforge_export.json"  # written beside exported weights: the run and how it was trained
 
@@ -63,9 +64,24 @@ def training_config(path: str | Path) -> dict:
     return {}
 
 
-def layout_for(config: MMaDAConfig) -> TokenLayout:
-    """The -M layout for a model with the full text vocabulary, else the compact one of its size."""
-    return MMADA_M if config.vocab_size == MMADA_M.text_vocab_size else TokenLayout.compact(config.vocab_size)
+def sequence_builder(path: str, text_tokenizer: str | None = None) -> SequenceBuilder:
+    """How a model reads sequences: what its run or export saved (`paraforge_sequence.json`), else,
+    for a published checkpoint, the layout of its own tokenizer and embedding with the
+    mmada-parallel-m preset it was trained with."""
+    saved = Path(path) / SEQUENCE_FILE
+    if saved.is_file():
+        return SequenceBuilder.from_dict(json.loads(saved.read_text()))
+    if is_run_dir(path):
+        raise ValueError(f"{path} is a run folder without {SEQUENCE_FILE}: it was made by an older paraforge")
+    from pipeline.tokenize import load_text_tokenizer
+
+    folder = resolve_folder(path)
+    config = MMaDAConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    try:
+        tokenizer = load_text_tokenizer(text_tokenizer or str(folder))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} has no text tokenizer to read the token layout from (give text_tokenizer=): {e}") from None
+    return SequenceBuilder(TokenLayout.from_tokenizer(tokenizer, config.embedding_size), SequenceConfig())
 
 
 def export(run_dir: str | Path, out: str | Path, tag: str | None = None, dtype: str = "float32") -> Path:
@@ -74,4 +90,5 @@ def export(run_dir: str | Path, out: str | Path, tag: str | None = None, dtype: 
     path = _from_state(state, model_config, getattr(torch, dtype)).save_pretrained(out)
     (Path(out) / TRAINING_FILE).write_text(json.dumps({"run": str(run_dir), "tag": tag,
                                                        "training": training_config(run_dir)}, indent=2))
+    sequence_builder(str(run_dir)).save(out)  # the layout and sequences it was trained with travel along
     return path

@@ -160,7 +160,7 @@ class MMaDAModel(nn.Module):
         model.safetensors.index.json. Loading is strict: every tensor present, nothing extra."""
         from safetensors.torch import load_file
 
-        folder = _resolve(path_or_hub_id)
+        folder = resolve_folder(path_or_hub_id)
         config = MMaDAConfig.from_dict(json.loads((folder / "config.json").read_text()))
         index = folder / "model.safetensors.index.json"
         if index.is_file():
@@ -207,7 +207,7 @@ class MMaDAModel(nn.Module):
         return path
 
 
-def _resolve(path_or_hub_id: str) -> Path:
+def resolve_folder(path_or_hub_id: str) -> Path:
     path = Path(path_or_hub_id)
     if path.is_dir():
         return path

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2
-from trainer.export import layout_for, load_model, training_config
+from trainer.export import load_model, sequence_builder
 from trainer.sampling import ParallelSampler, Prompt, SampleResult, SamplerConfig, filled
 
 
@@ -42,13 +42,6 @@ class SampleConfig:
             raise ValueError(f"resolution {self.resolution} is not a multiple of 16 (MAGVIT-v2 downsamples x16)")
 
 
-def sequence_lengths(sampler: SamplerConfig, model_path: str) -> SamplerConfig:
-    """Text part lengths as the model was trained (when the folder says), unless set explicitly."""
-    trained = training_config(model_path).get("sequence", {})
-    return dataclasses.replace(sampler, instruction_len=sampler.instruction_len or trained.get("instruction_len", 256),
-                               reasoning_len=sampler.reasoning_len or trained.get("reasoning_len", 256))
-
-
 @dataclasses.dataclass
 class SamplingStack:
     """What sampling from a model folder needs, loaded once (`trainer sample`, `trainer eval`)."""
@@ -73,14 +66,17 @@ class SamplingStack:
 
 def load_sampling(model: str, sampler: SamplerConfig, *, image_tokenizer: str, text_tokenizer: str | None,
                   resolution: int, device: str, dtype: str) -> SamplingStack:
-    from pipeline.tokenize import load_text_tokenizer
+    from pipeline.tokenize import blank_image_codes, load_text_tokenizer
 
+    builder = sequence_builder(model, text_tokenizer)  # the layout and sequences the model was trained with
     policy = load_model(model, dtype=getattr(torch, dtype), device=device)
     magvit = MagvitV2.from_pretrained(image_tokenizer, device=device)
     grid = resolution // magvit.config.downsample
-    sampler = dataclasses.replace(sequence_lengths(sampler, model), image_tokens=grid * grid)
-    return SamplingStack(ParallelSampler(policy, layout_for(policy.config), sampler),
-                         load_text_tokenizer(text_tokenizer or model), magvit, grid)
+    if builder.published and len(builder.blank_image_codes or []) != grid * grid:  # none saved, or another resolution
+        builder.blank_image_codes = blank_image_codes(magvit, resolution)
+    sampler = dataclasses.replace(sampler, image_tokens=grid * grid)
+    return SamplingStack(ParallelSampler(policy, builder, sampler), load_text_tokenizer(text_tokenizer or model),
+                         magvit, grid)
 
 
 def run_sample(cfg: SampleConfig) -> dict[str, Path]:

@@ -11,14 +11,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from schemas import MMADA_M, TokenLayout
+from pipeline.registry import DatasetRegistry
+from schemas import SequenceConfig, TokenLayout
 from trainer.checkpoint import Checkpointer
 from trainer.data import ShardLoader
 from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distributed
 from trainer.loss import apply_noise, diffusion_loss
 from trainer.metrics import MetricsLogger
 from trainer.model import MMaDAConfig, MMaDAModel
-from trainer.sequence import SequenceConfig, collate
+from trainer.sequence import SequenceBuilder, blank_image_codes
 
 TINY_MODEL = {"d_model": 128, "n_heads": 4, "n_layers": 2, "mlp_hidden_size": 256, "max_sequence_length": 1024}
 
@@ -27,10 +28,10 @@ TINY_MODEL = {"d_model": 128, "n_heads": 4, "n_layers": 2, "mlp_hidden_size": 25
 class SFTConfig:
     dataset: str  # NAME@VERSION of a tokenized version
     registry: str | None = None
-    model: str | None = None  # checkpoint folder or hub id (MMaDA layout); or init="tiny"
+    model: str | None = None  # checkpoint folder or hub id (MMaDA layout), an export or a run; or init="tiny"
     init: str | None = None  # "tiny": a small random model, for tests and the demo
-    layout: str = "mmada"  # "mmada": the -M vocabulary; "compact": a small one for tiny models
-    compact_text_vocab: int = 1024
+    text_tokenizer: str | None = None  # the tokenizer the token layout is read from; default: the model's
+    # folder, or for init=tiny the tokenizer the dataset was tokenized with
     out_dir: str = "runs/sft"
     steps: int = 1000
     micro_batch_size: int = 4
@@ -40,7 +41,7 @@ class SFTConfig:
     gradient_checkpointing: bool = False
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
-    cfg_dropout: float = 0.1  # share of samples trained without instruction (and input image)
+    cfg_dropout: float = 0.1  # probability of training without the instruction / the input image (see sequence.preset)
     w_text: str = "inverse_t"  # the paper's finding: 1/t for text...
     w_image: str = "one"  # ...and 1 for image tokens
     mask_schedule: str = "linear"
@@ -51,30 +52,35 @@ class SFTConfig:
     log_every: int = 1
     peak_flops: float | None = None  # per device, for the MFU estimate (e.g. 989e12 for H100 bf16)
 
-    def token_layout(self) -> TokenLayout:
-        return TokenLayout.compact(self.compact_text_vocab) if self.layout == "compact" else MMADA_M
 
+def build_model(cfg: SFTConfig, dataset_tokenizer: str | None) -> tuple[MMaDAModel, TokenLayout]:
+    """The model and its token layout (from its tokenizer and embedding; see schemas.TokenLayout)."""
+    from trainer.export import load_model, sequence_builder
 
-def build_model(cfg: SFTConfig, layout: TokenLayout) -> MMaDAModel:
     if cfg.init == "tiny":
+        from pipeline.tokenize import load_text_tokenizer
+
+        tokenizer = load_text_tokenizer(cfg.text_tokenizer or dataset_tokenizer)
+        layout = TokenLayout.from_tokenizer(tokenizer, embedding_size=len(tokenizer) + 8192)
         torch.manual_seed(cfg.seed)
         config = MMaDAConfig(**TINY_MODEL, embedding_size=layout.vocab_size, vocab_size=layout.text_vocab_size,
                              gradient_checkpointing=cfg.gradient_checkpointing)
-        return MMaDAModel(config)
+        return MMaDAModel(config), layout
     if not cfg.model:
         raise ValueError("give model=PATH_OR_HUB_ID or init=tiny")
-    model = MMaDAModel.from_pretrained(cfg.model)
-    if model.config.embedding_size < layout.vocab_size:
-        raise ValueError(f"{cfg.model} has {model.config.embedding_size} embeddings < layout vocabulary {layout.vocab_size}")
+    layout = sequence_builder(cfg.model, cfg.text_tokenizer).layout
+    model = load_model(cfg.model).train()
+    if model.config.embedding_size != layout.vocab_size:
+        raise ValueError(f"{cfg.model}: {model.config.embedding_size} embeddings, but its layout says {layout.vocab_size}")
     model.config.gradient_checkpointing = cfg.gradient_checkpointing
-    return model
+    return model, layout
 
 
-def train_step(engine: Engine, rows: list[dict], cfg: SFTConfig, layout: TokenLayout,
+def train_step(engine: Engine, rows: list[dict], cfg: SFTConfig, builder: SequenceBuilder,
                generator: torch.Generator) -> dict[str, torch.Tensor]:
     """One micro-batch: CFG dropout, noise the output part, weighted CE, backward."""
-    drop = (torch.rand(len(rows), generator=generator) < cfg.cfg_dropout).tolist()
-    batch = collate(rows, layout, cfg.sequence, drop)
+    batch = builder.collate(rows, builder.draw_dropout(len(rows), cfg.cfg_dropout, generator))
+    layout = builder.layout
     targets = batch.image_target | batch.text_target
     noised, masked, t = apply_noise(batch.input_ids, targets, layout.mask_id, generator,
                                     schedule=cfg.mask_schedule)
@@ -90,9 +96,10 @@ def train_step(engine: Engine, rows: list[dict], cfg: SFTConfig, layout: TokenLa
 
 def train(cfg: SFTConfig, progress: bool = True) -> Path:
     rank, world = init_distributed()
-    layout = cfg.token_layout()
-    model = build_model(cfg, layout)
-    loader = ShardLoader(cfg.dataset, cfg.registry, cfg.micro_batch_size, rank, world, cfg.seed, layout)
+    manifest = DatasetRegistry(cfg.registry).resolve(cfg.dataset, schema="tokenized/1")
+    model, layout = build_model(cfg, manifest.lineage.get("tokenize", {}).get("text_tokenizer"))
+    builder = SequenceBuilder(layout, cfg.sequence, blank_image_codes(manifest))
+    loader = ShardLoader(cfg.dataset, cfg.registry, cfg.micro_batch_size, rank, world, cfg.seed, builder)
     engine = Engine(model, deepspeed_config(cfg.deepspeed, cfg.optim, micro_batch_size=cfg.micro_batch_size,
                                             grad_accum=cfg.grad_accum, total_steps=cfg.steps, bf16=cfg.bf16))
     run_dir = Path(cfg.out_dir)
@@ -106,13 +113,14 @@ def train(cfg: SFTConfig, progress: bool = True) -> Path:
                             peak_flops=cfg.peak_flops, world_size=world)
     if rank == 0:
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        builder.save(run_dir)  # the layout and sequences this model learns: sample, rl, eval, export reuse them
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, desc="sft")
     while step < cfg.steps:
         started = time.perf_counter()
         for micro in range(cfg.grad_accum):
             # noise depends only on (seed, step, rank, micro): a resumed run draws the same masks
             generator = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + rank) * 31 + micro)
-            out = train_step(engine, loader.next_rows(), cfg, layout, generator)
+            out = train_step(engine, loader.next_rows(), cfg, builder, generator)
         step += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
             record = metrics.log(step, out, engine.lr, time.perf_counter() - started, cfg.grad_accum)

@@ -16,9 +16,9 @@ import math
 
 import torch
 
-from schemas import TokenLayout
 from trainer.rl.grpo import clipped_objective
 from trainer.sampling import OutputSlots, ParallelSampler, Prompt, SamplerConfig
+from trainer.sequence import SequenceBuilder
 
 
 @dataclasses.dataclass
@@ -29,12 +29,12 @@ class Item:
     advantage: float
 
 
-def token_logprobs(model, items: list[Item], layout: TokenLayout, sampler: SamplerConfig) -> torch.Tensor:
+def token_logprobs(model, items: list[Item], builder: SequenceBuilder, sampler: SamplerConfig) -> torch.Tensor:
     """[n, O] log pi(after | before) at every output position (meaningful where committed)."""
     cond = dataclasses.replace(sampler, text_cfg_scale=0.0, image_cfg_scale=0.0)
-    slots = OutputSlots(sampler.image_tokens, sampler.reasoning_len)
+    layout, slots = builder.layout, OutputSlots(sampler.image_tokens, builder.config.reasoning_len)
     device = next(model.parameters()).device
-    ids, attention, positions = ParallelSampler(model, layout, cond).inputs([it.prompt for it in items], device)
+    ids, attention, positions = ParallelSampler(model, builder, cond).inputs([it.prompt for it in items], device)
     before = torch.stack([it.before for it in items]).to(device)
     after = torch.stack([it.after for it in items]).to(device)
     ids = ids.scatter(1, positions, before)
@@ -60,7 +60,7 @@ def micro_batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def grpo_update(engine, reference, items: list[Item], layout: TokenLayout, sampler: SamplerConfig, *,
+def grpo_update(engine, reference, items: list[Item], builder: SequenceBuilder, sampler: SamplerConfig, *,
                 micro_batch_size: int, mu: int, epsilon: float, beta: float) -> dict[str, float]:
     """`mu` optimizer steps over all items (gradient accumulation over micro-batches)."""
     chunks = micro_batches(len(items), micro_batch_size)
@@ -71,12 +71,12 @@ def grpo_update(engine, reference, items: list[Item], layout: TokenLayout, sampl
             batch = items[chunk]
             committed = torch.stack([it.before != it.after for it in batch]).to(engine.device)
             advantages = torch.tensor([it.advantage for it in batch], device=engine.device)
-            logp = token_logprobs(_Forward(engine), batch, layout, sampler)
+            logp = token_logprobs(_Forward(engine), batch, builder, sampler)
             if inner == 0:
                 old[c] = logp.detach()
                 if beta:
                     with torch.no_grad():
-                        ref[c] = token_logprobs(reference, batch, layout, sampler)
+                        ref[c] = token_logprobs(reference, batch, builder, sampler)
             loss, stats = clipped_objective(logp, old[c], ref[c], advantages, committed, epsilon, beta)
             engine.backward(loss)
             engine.step()

@@ -25,8 +25,9 @@ from tqdm import tqdm
 from pipeline.image_tokenizer import DEFAULT_ID
 from pipeline.registry import DatasetRegistry
 from trainer.checkpoint import Checkpointer
+from trainer.data import check_compatible
 from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distributed
-from trainer.export import layout_for, load_model, training_config
+from trainer.export import load_model, sequence_builder
 from trainer.metrics import MetricsLogger
 from trainer.model import MMaDAModel
 from trainer.rl.grpo import group_advantages
@@ -34,6 +35,7 @@ from trainer.rl.learner import Item, accumulation_steps, grpo_update
 from trainer.rl.reward import ClipConfig, RewardStats, reference_sample
 from trainer.rl.workers import RewardWorker, Rollout, RolloutWorker
 from trainer.sampling import OutputSlots, Prompt, SamplerConfig
+from trainer.sequence import blank_image_codes
 
 PROMPT_COLUMNS = ["task", "instruction_ids", "input_image_codes", "output_image_codes"]
 
@@ -177,26 +179,23 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
     rank, world = init_distributed()
     run_dir = Path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trained = training_config(cfg.model).get("sequence", {})
-    sampler_cfg = dataclasses.replace(cfg.sampler, instruction_len=cfg.sampler.instruction_len or trained.get("instruction_len", 256),
-                                      reasoning_len=cfg.sampler.reasoning_len or trained.get("reasoning_len", 256))
+    builder = sequence_builder(cfg.model, cfg.text_tokenizer)  # as the policy was trained
     prompts = PromptSource(cfg.dataset, cfg.registry, cfg.seed, cfg.max_prompts)
+    if builder.published and builder.blank_image_codes is None:  # a published checkpoint: the version's black image
+        builder.blank_image_codes = blank_image_codes(prompts.manifest)
+    check_compatible(prompts.manifest, _stats_table(cfg, ["task", "instruction_ids", "reasoning_ids",
+                                                          "instruction_len", "reasoning_len"]), builder)
     grid = int(len(prompts.table["output_image_codes"][0]) ** 0.5)
-    sampler_cfg = dataclasses.replace(sampler_cfg, image_tokens=grid * grid)
+    sampler_cfg = dataclasses.replace(cfg.sampler, image_tokens=grid * grid)
     cfg = dataclasses.replace(cfg, sampler=sampler_cfg)
-    timeline = len(sampler_cfg.plan())
-    slots = OutputSlots(sampler_cfg.image_tokens, sampler_cfg.reasoning_len)
+    timeline = len(sampler_cfg.plan(builder.config.reasoning_len))
+    slots = OutputSlots(sampler_cfg.image_tokens, builder.config.reasoning_len)
 
     reference_dir = run_dir / "reference"
     if not (reference_dir / "config.json").exists():
         load_model(cfg.model).save_pretrained(reference_dir)  # frozen for the whole run, resumes included
-    policy = MMaDAModel.from_pretrained(str(reference_dir))
-    reference = MMaDAModel.from_pretrained(str(reference_dir)).requires_grad_(False)
-    layout = layout_for(policy.config)
-    items_per_step = cfg.prompts_per_step * cfg.num_generations * (1 if cfg.reward_at == "final" else cfg.reward_steps)
-    engine = Engine(policy, deepspeed_config(cfg.deepspeed, cfg.optim, micro_batch_size=cfg.micro_batch_size,
-                                             grad_accum=accumulation_steps(items_per_step, cfg.micro_batch_size),
-                                             total_steps=cfg.steps * cfg.mu, bf16=cfg.bf16))
+    engine, reference = build_learner(cfg, reference_dir)
+    policy, layout = engine.module, builder.layout
     checkpoints = Checkpointer(run_dir, cfg.keep_last, rank)
     state = checkpoints.resume(engine, cfg.resume)
     step = 0
@@ -213,7 +212,7 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
     rollout_actor = ray.remote(RolloutWorker).options(num_cpus=cfg.rollout_cpus, num_gpus=cfg.rollout_gpus)
     reward_actor = ray.remote(RewardWorker).options(num_cpus=cfg.reward_cpus, num_gpus=cfg.reward_gpus)
     device = "cuda" if cfg.rollout_gpus else "cpu"
-    rollouts = [rollout_actor.remote(policy.config.to_dict(), sampler_cfg, cfg.rollout_cpus, device)
+    rollouts = [rollout_actor.remote(policy.config.to_dict(), builder.to_dict(), sampler_cfg, cfg.rollout_cpus, device)
                 for _ in range(cfg.rollout_workers)]
     reward_threads = cfg.reward_cpus or max(1, cfg.rollout_cpus * cfg.rollout_workers // cfg.reward_workers)
     rewarders = [reward_actor.remote(cfg.clip, cfg.image_tokenizer, text_tokenizer, slots, layout, reward_threads,
@@ -222,8 +221,8 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
 
     stats_path = run_dir / "reward_stats.json"
     if not stats_path.exists():
-        codes, reasoning = reference_sample(_stats_table(cfg), cfg.reward_stats_fraction, cfg.reward_stats_min_rows,
-                                            cfg.seed)
+        codes, reasoning = reference_sample(_stats_table(cfg, ["output_image_codes", "reasoning_ids"]),
+                                            cfg.reward_stats_fraction, cfg.reward_stats_min_rows, cfg.seed)
         scores = ray.get(rewarders[0].score_reference.remote(codes, reasoning))
         RewardStats.from_scores(scores, cfg.reward_clip, prompts.manifest.ref).save(stats_path)
     reward_stats = RewardStats.load(stats_path)
@@ -231,8 +230,8 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
     metrics = MetricsLogger(run_dir, rank, n_params=sum(p.numel() for p in policy.parameters()), peak_flops=None,
                             world_size=world)
     if rank == 0:
-        sequence = {"instruction_len": sampler_cfg.instruction_len, "reasoning_len": sampler_cfg.reasoning_len}
-        (run_dir / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "sequence": sequence}, indent=2))
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        builder.save(run_dir)
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="pararl")
     while step < cfg.steps:
         started = time.perf_counter()
@@ -253,7 +252,7 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
         advantages = group_advantages(rewards, cfg.scale_rewards).view(len(results), -1)
         items = [Item(r.prompt, r.before[j], r.after[j], float(advantages[i, j]))
                  for i, r in enumerate(results) for j in range(len(r.steps))]
-        update = grpo_update(engine, reference, items, layout, sampler_cfg, micro_batch_size=cfg.micro_batch_size,
+        update = grpo_update(engine, reference, items, builder, sampler_cfg, micro_batch_size=cfg.micro_batch_size,
                              mu=cfg.mu, epsilon=cfg.epsilon, beta=cfg.beta)
         step += 1
         sync_weights(engine, rollouts, step)
@@ -277,6 +276,18 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
     return run_dir
 
 
+def build_learner(cfg: RLConfig, model_dir: Path) -> tuple[Engine, MMaDAModel | None]:
+    """The DeepSpeed policy and, with beta > 0, the frozen reference where DeepSpeed put the policy,
+    in its dtype (their log-probabilities meet in the KL term)."""
+    items_per_step = cfg.prompts_per_step * cfg.num_generations * (1 if cfg.reward_at == "final" else cfg.reward_steps)
+    engine = Engine(MMaDAModel.from_pretrained(str(model_dir)),
+                    deepspeed_config(cfg.deepspeed, cfg.optim, micro_batch_size=cfg.micro_batch_size,
+                                     grad_accum=accumulation_steps(items_per_step, cfg.micro_batch_size),
+                                     total_steps=cfg.steps * cfg.mu, bf16=cfg.bf16))
+    reference = engine.place_frozen(MMaDAModel.from_pretrained(str(model_dir))) if cfg.beta else None
+    return engine, reference
+
+
 def step_names(s: int) -> list[str]:
     """Labels of the recorded steps in logs: early / middle / final for three."""
     if s == 1:
@@ -286,10 +297,10 @@ def step_names(s: int) -> list[str]:
     return [f"step{j + 1}_of_{s}" for j in range(s)]
 
 
-def _stats_table(cfg: RLConfig) -> pa.Table:
+def _stats_table(cfg: RLConfig, columns: list[str]) -> pa.Table:
     reg = DatasetRegistry(cfg.registry)
     manifest = reg.resolve(cfg.dataset, schema="tokenized/1")
-    return reg.read_table(manifest).select(["output_image_codes", "reasoning_ids"])
+    return reg.read_table(manifest, columns)
 
 
 def check_resources(cfg: RLConfig) -> None:

@@ -8,7 +8,6 @@ import dataclasses
 
 import torch
 
-from trainer.export import layout_for
 from trainer.model import MMaDAConfig, MMaDAModel
 from trainer.rl.reward import ClipConfig, RewardModel
 from trainer.sampling import (
@@ -20,6 +19,7 @@ from trainer.sampling import (
     image_codes,
     text_ids,
 )
+from trainer.sequence import SequenceBuilder
 
 
 @dataclasses.dataclass
@@ -37,13 +37,14 @@ class Rollout:
 
 
 class RolloutWorker:
-    def __init__(self, model_config: dict, sampler: SamplerConfig, threads: int | None = None, device: str = "cpu"):
+    def __init__(self, model_config: dict, sequence: dict, sampler: SamplerConfig, threads: int | None = None,
+                 device: str = "cpu"):
         if threads:
             torch.set_num_threads(threads)  # a Ray worker starts with one thread
         with torch.device("meta"):
             model = MMaDAModel(MMaDAConfig.from_dict(model_config))
         self.model = model.to_empty(device=device).eval()  # the weights arrive with set_weights
-        self.sampler = ParallelSampler(self.model, layout_for(self.model.config), sampler)
+        self.sampler = ParallelSampler(self.model, SequenceBuilder.from_dict(sequence), sampler)
         self.version = -1
 
     def set_weights(self, state: dict[str, torch.Tensor], version: int) -> int:

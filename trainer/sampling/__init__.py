@@ -7,6 +7,7 @@ from trainer.sampling.sampler import (
                                       SamplerConfig,
                                       SampleResult,
                                       TrajectoryStep,
+                                      draw_codes,
                                       filled,
                                       image_codes,
                                       text_ids,
@@ -20,4 +21,4 @@ from trainer.sampling.schedules import (
 )
 
 __all__ = ["OutputSlots", "ParallelSampler", "Prompt", "SampleResult", "SamplerConfig", "StepPlan", "TrajectoryStep",
-           "filled", "image_codes", "image_schedule", "image_update_steps", "plan", "text_ids", "text_schedule"]
+           "draw_codes", "filled", "image_codes", "image_schedule", "image_update_steps", "plan", "text_ids", "text_schedule"]

@@ -9,16 +9,29 @@ given). At each step, per the plan in `schedules.py`:
   softmax probability of the candidate (LLaDA's low-confidence remasking);
 - image: candidates are sampled at `image_temperature` from the code logits only; the `count` most
   confident masked positions are committed, confidence being the log-probability plus Gumbel noise
-  scaled by `image_choice_temperature * (1 - k/K)` (MaskGIT's annealed choice temperature);
-- classifier-free guidance per modality: (1 + w) cond - w uncond, where the unconditional row has
-  the instruction and the input image removed (as in SFT's CFG dropout); one batched forward.
+  scaled by `image_choice_temperature * (1 - (s+1)/S)` (the published -M inference);
+- classifier-free guidance per modality: (1 + w) cond - w uncond, where the unconditional row is
+  the one the sequence preset trains with (`SequenceBuilder`, dropout of both conditions; for
+  mmada-parallel-m `[soi][0 x N][eoi]` and an eos-padded empty instruction); one batched forward.
+All sampling maths (guidance, softmax, CDF, confidences) runs in float32 or float64 whatever the
+model's dtype: in bfloat16 a cumulative sum over 8192 codes rounds most codes' mass away.
 Committed tokens never change. Each prompt has its own random generator (seeded `seed + index`
 unless given), so a prompt's output does not depend on what else is in the batch.
 
+The defaults are the published -M inference (`interleave_generate`): 128 steps, one text block of
+L, image updates on 30 steps from 25% of the timeline, choice temperature 1.0 annealed by the
+timeline, image CFG 4.0 at temperature 1. Deviations from it:
+- text CFG is off by default, and when on it is (1 + w) cond - w uncond; the published code writes
+  cond + w (uncond - cond), which at its w = 2.5 moves the text away from the instruction;
+- the instruction part is eos-padded to L as in the published training (its inference does not pad
+  it, so its output positions differ from training's);
+- the last image update commits every remaining code (the published one leaves one masked and then
+  returns its sample there: the same result);
+- the recorded text prediction outside the current block is the greedy argmax.
+
 Trajectories (for ParaRL and the picture strip): at requested steps the state before and after the
 step, and the model's prediction at every position (committed positions hold their token). Steps
-not requested cost nothing. Deviation from the reference implementations: the recorded text
-prediction outside the current block is the greedy argmax (candidates are only drawn inside it).
+not requested cost nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +42,7 @@ import torch
 
 from schemas import TokenLayout
 from trainer.sampling.schedules import StepPlan, plan
-from trainer.sequence import SequenceConfig, build_prefix
+from trainer.sequence import KEEP, UNCONDITIONAL, SequenceBuilder
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -37,22 +50,19 @@ class SamplerConfig:
     mode: str = "parallel"  # parallel (the paper) | sequential (text first, then image: the ablation)
     steps: int = 128  # the shared timeline; in sequential mode, the text's steps
     image_tokens: int = 1024  # output codes: (resolution / 16)^2
-    reasoning_len: int | None = None  # L_out (bos + reasoning + eos padding); None: as the model was trained
-    instruction_len: int | None = None  # L_in; None: as the model was trained
-    block_length: int = 32  # text semi-autoregressive block
+    block_length: int | None = None  # text semi-autoregressive block; None: one block of L
     text_temperature: float = 0.0
     image_temperature: float = 1.0
-    image_choice_temperature: float = 4.5  # MaskGIT's; annealed to 0 over the image updates
-    image_updates: int | None = None  # None: every step from image_start (parallel) / `steps` (sequential)
-    image_start: float = 0.0  # fraction of the timeline before the first image update (e.g. 0.25)
+    image_choice_temperature: float = 1.0  # annealed to 0 over the timeline
+    image_updates: int | None = 30  # at most this many (None: every step from image_start); sequential: `steps`
+    image_start: float = 0.25  # fraction of the timeline before the first image update
     text_cfg_scale: float = 0.0
     image_cfg_scale: float = 4.0
     seed: int = 0
 
-    def plan(self) -> list[StepPlan]:
-        if self.reasoning_len is None or self.instruction_len is None:
-            raise ValueError("set sampler.instruction_len and sampler.reasoning_len (the lengths the model was trained with)")
-        return plan(self.mode, self.steps, self.reasoning_len - 1, self.block_length, self.image_tokens,
+    def plan(self, reasoning_len: int) -> list[StepPlan]:
+        """The step plan for an output text part of `reasoning_len` (bos + reasoning + padding)."""
+        return plan(self.mode, self.steps, reasoning_len - 1, self.block_length, self.image_tokens,
                     self.image_updates, self.image_start)
 
 
@@ -158,6 +168,20 @@ def _draw(cdf: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
     return torch.searchsorted(cdf, (u * cdf[..., -1])[..., None]).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
 
 
+def draw_codes(logits: torch.Tensor, temperature: float, generators: list[torch.Generator]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, n, V] code logits, any dtype -> (a code per position sampled at `temperature` (argmax at
+    0), its log-probability), computed in float32: a bfloat16 cumulative sum over 8192 codes stops
+    growing once it is large and gives most codes no mass at all."""
+    logits = logits.float()
+    if temperature > 0 and temperature != 1:
+        logits = logits / temperature
+    weights = (logits - logits.amax(-1, keepdim=True)).exp()  # unnormalised probabilities
+    cdf = weights.cumsum(-1)
+    candidates = _draw(cdf, generators) if temperature > 0 else logits.argmax(-1)
+    return candidates, (weights.gather(-1, candidates[..., None]).squeeze(-1) / cdf[..., -1]).log()
+
+
 def _commit_top(confidence: torch.Tensor, count: int) -> torch.Tensor:
     """[B, n] confidences (-inf where not allowed) -> [B, n] bool: the `count` highest per row."""
     chosen = torch.zeros_like(confidence, dtype=torch.bool)
@@ -167,18 +191,18 @@ def _commit_top(confidence: torch.Tensor, count: int) -> torch.Tensor:
 
 
 class ParallelSampler:
-    def __init__(self, model: torch.nn.Module, layout: TokenLayout, config: SamplerConfig):
-        self.model, self.layout, self.config = model, layout, config
-        self.slots = OutputSlots(config.image_tokens, config.reasoning_len)
-        self.schedule = config.plan()
+    def __init__(self, model: torch.nn.Module, builder: SequenceBuilder, config: SamplerConfig):
+        """`builder`: the layout and sequences the model was trained with (lengths included)."""
+        self.model, self.builder, self.layout, self.config = model, builder, builder.layout, config
+        self.slots = OutputSlots(config.image_tokens, builder.config.reasoning_len)
+        self.schedule = config.plan(builder.config.reasoning_len)
 
     def inputs(self, prompts: list[Prompt], device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Padded prefixes + a slot for the output part: (ids, attention mask or None, output positions)."""
-        cfg, seq = self.config, SequenceConfig(instruction_len=self.config.instruction_len, reasoning_len=self.config.reasoning_len)
-        prefixes = [build_prefix(p.task, p.instruction_ids, p.input_image_codes, self.layout, seq) for p in prompts]
+        cfg, build = self.config, self.builder
+        prefixes = [build.prefix(p.task, p.instruction_ids, p.input_image_codes, KEEP) for p in prompts]
         if cfg.text_cfg_scale or cfg.image_cfg_scale:
-            prefixes += [build_prefix(p.task, p.instruction_ids, p.input_image_codes, self.layout, seq, True)
-                         for p in prompts]
+            prefixes += [build.prefix(p.task, p.instruction_ids, p.input_image_codes, UNCONDITIONAL) for p in prompts]
         o = self.slots.length
         width = max(map(len, prefixes)) + o
         ids = torch.full((len(prefixes), width), self.layout.pad_id, dtype=torch.long)
@@ -226,7 +250,8 @@ class ParallelSampler:
 
     @staticmethod
     def _guide(logits: torch.Tensor, b: int, scale: float) -> torch.Tensor:
-        """(1 + w) cond - w uncond, as one fused lerp from uncond through cond."""
+        """In float32: (1 + w) cond - w uncond, as one fused lerp from uncond through cond."""
+        logits = logits.float()  # a copy for a bf16 model (the caller's logits stay untouched); a view in fp32
         if logits.shape[0] == b:
             return logits
         cond, uncond = logits[:b], logits[b:]
@@ -276,18 +301,13 @@ class ParallelSampler:
             # never shifts the random streams
             prediction[:, self.slots.image].scatter_(1, where, layout.image_token(logits.argmax(-1)))
             return
-        if cfg.image_temperature != 1 and cfg.image_temperature > 0:
-            logits = logits / cfg.image_temperature
-        weights = (logits - logits.amax(-1, keepdim=True)).exp()  # unnormalised probabilities
-        cdf = weights.cumsum(-1)
-        candidates = _draw(cdf, generators) if cfg.image_temperature > 0 else logits.argmax(-1)
+        candidates, confidence = draw_codes(logits, cfg.image_temperature, generators)
         tokens = layout.image_token(candidates)
         if prediction is not None:
             prediction[:, self.slots.image].scatter_(1, where, tokens)
         if not todo.image.count:
             return
-        confidence = (weights.gather(-1, candidates[..., None]).squeeze(-1) / cdf[..., -1]).log()
-        choice = cfg.image_choice_temperature * (1 - todo.image.update / todo.image.updates)
+        choice = cfg.image_choice_temperature * (1 - todo.image.ratio)
         if choice > 0:
             confidence = confidence + choice * _gumbel(confidence.shape[1:], generators, torch.float32, logits.device)
         commit = _commit_top(confidence, todo.image.count)

@@ -5,12 +5,14 @@ out equally between blocks (remainder to the earliest blocks) and, inside a bloc
 between its steps (remainder to the earliest steps): a linear reveal. Unlike LLaDA we do not require
 the lengths to divide evenly, and unlike the public -A sampler the block length is honoured.
 
-Image (MaskGIT): over K image updates, the number still masked after update k is
-floor(N * cos(pi/2 * (k+1)/K)), at least 1 until the last update, which commits the rest.
+Image (MaskGIT, as the published -M inference runs it): an image update at timeline step s of S
+leaves floor(N * cos(pi/2 * (s+1)/S)) codes masked, so the cosine runs over the shared timeline,
+not over the updates; each update but the last commits at least one code and leaves at least one
+masked, and the last commits the rest.
 
 `plan` lays both on one timeline: `parallel` (the paper) runs the text schedule over all steps and
-the image updates on the last K of them (or all); `sequential` (the ablation) decodes the text first,
-then the image.
+the image updates on K steps evenly spaced from `image_start` (a fraction of the timeline) to the
+last; `sequential` (the ablation) decodes the text first, then the image over its own K steps.
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ class TextStep:
 
 @dataclasses.dataclass(frozen=True)
 class ImageStep:
-    update: int  # k of K: the choice temperature anneals with (1 - k/K)
-    updates: int
+    ratio: float  # the share of the timeline done after this step: (s+1)/S; choice noise anneals with 1 - ratio
     count: int
 
 
@@ -59,46 +60,46 @@ def text_schedule(n_tokens: int, block_length: int, steps: int) -> list[TextStep
     return schedule
 
 
-def image_schedule(n_tokens: int, updates: int) -> list[int]:
-    """Positions committed at each of `updates` image updates (sums to n_tokens)."""
-    if updates <= 0:
-        raise ValueError(f"image updates must be positive, not {updates}")
+def image_schedule(n_tokens: int, ratios: list[float]) -> list[int]:
+    """Positions committed at each image update, given the timeline share done after it (sums to n_tokens)."""
+    if not ratios:
+        raise ValueError("the image needs at least one update")
     masked, counts = n_tokens, []
-    for k in range(updates):
-        after = 0 if k == updates - 1 else max(1, math.floor(n_tokens * math.cos(math.pi / 2 * (k + 1) / updates)))
-        after = min(after, masked)
+    for k, ratio in enumerate(ratios):
+        cosine = math.floor(n_tokens * math.cos(math.pi / 2 * ratio))
+        after = 0 if k == len(ratios) - 1 else max(1, min(masked - 1, cosine))
         counts.append(masked - after)
         masked = after
     return counts
 
 
 def image_update_steps(steps: int, updates: int | None, start: float) -> list[int]:
-    """Which of `steps` timeline steps update the image: `updates` of them, evenly spaced from
-    `start` (a fraction of the timeline) to the last step, which always is one."""
+    """Which of `steps` timeline steps update the image: `updates` of them (None: all; at most the
+    steps there are), evenly spaced from `start` (a fraction of the timeline) to the last step."""
     first = math.floor(start * steps)
     if not 0 <= first < steps:
         raise ValueError(f"image_start {start} leaves no step for the image (steps={steps})")
     available = steps - first
-    updates = available if updates is None else updates
-    if not 1 <= updates <= available:
-        raise ValueError(f"{updates} image updates do not fit the {available} steps from image_start {start}")
+    if updates is not None and updates < 1:
+        raise ValueError(f"image updates must be positive, not {updates}")
+    updates = available if updates is None else min(updates, available)
     if updates == 1:
         return [steps - 1]
     return [first + round(i * (available - 1) / (updates - 1)) for i in range(updates)]
 
 
-def plan(mode: str, steps: int, n_text: int, block_length: int, n_image: int,
+def plan(mode: str, steps: int, n_text: int, block_length: int | None, n_image: int,
          image_updates: int | None = None, image_start: float = 0.0) -> list[StepPlan]:
-    text = text_schedule(n_text, block_length, steps)
+    """`block_length` None: the whole text is one block (the published -M inference)."""
+    text = text_schedule(n_text, block_length or n_text, steps)
     if mode == "parallel":
         at = image_update_steps(steps, image_updates, image_start)
-        counts = dict(zip(at, image_schedule(n_image, len(at))))
-        index = {s: k for k, s in enumerate(at)}
-        return [StepPlan(text[s], ImageStep(index[s], len(at), counts[s]) if s in counts else None)
-                for s in range(steps)]
+        ratios = [(s + 1) / steps for s in at]
+        image = {s: ImageStep(r, c) for s, r, c in zip(at, ratios, image_schedule(n_image, ratios))}
+        return [StepPlan(text[s], image.get(s)) for s in range(steps)]
     if mode == "sequential":
         k_total = image_updates or steps
-        counts = image_schedule(n_image, k_total)
+        ratios = [(k + 1) / k_total for k in range(k_total)]
         return ([StepPlan(t, None) for t in text]
-                + [StepPlan(None, ImageStep(k, k_total, c)) for k, c in enumerate(counts)])
+                + [StepPlan(None, ImageStep(r, c)) for r, c in zip(ratios, image_schedule(n_image, ratios))])
     raise ValueError(f"unknown sampling mode {mode!r} (parallel | sequential)")

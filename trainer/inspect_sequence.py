@@ -1,0 +1,78 @@
+"""`trainer layout` and `trainer sequence`: what a model's vocabulary and its training sequences
+look like, printed from the same objects the trainer uses (nothing is rebuilt for display)."""
+
+from __future__ import annotations
+
+from trainer.sequence import KEEP, UNCONDITIONAL, SequenceBuilder
+
+
+def model_layout(model: str, text_tokenizer: str | None = None) -> dict:
+    """The token layout a model was trained with (keys as in `TokenLayout`)."""
+    from trainer.export import sequence_builder
+
+    return sequence_builder(model, text_tokenizer).layout.to_dict()
+
+
+def row_sequence(dataset: str, model: str, *, registry: str | None = None, index: int = 0, uncond: bool = False,
+                 text_tokenizer: str | None = None) -> dict:
+    """The exact ids, attention mask and target flags `trainer sft` builds for row `index` of a
+    tokenized version, for `model`'s layout and sequence preset (`uncond`: the row with both
+    conditions dropped, which is also the sampler's unconditional row)."""
+
+    from pipeline.registry import DatasetRegistry
+    from trainer.data import COLUMNS, LENGTHS, check_compatible
+    from trainer.export import sequence_builder
+    from trainer.sequence import blank_image_codes
+
+    builder = sequence_builder(model, text_tokenizer)
+    reg = DatasetRegistry(registry)
+    manifest = reg.resolve(dataset, schema="tokenized/1")
+    if builder.blank_image_codes is None:
+        builder.blank_image_codes = blank_image_codes(manifest)
+    if not 0 <= index < manifest.counts.output:
+        raise ValueError(f"{manifest.ref} has {manifest.counts.output} rows; --index {index} is outside")
+    table = reg.read_table(manifest, ["sample_id"] + COLUMNS + LENGTHS)
+    check_compatible(manifest, table, builder)
+    row = table.slice(index, 1).to_pylist()[0]
+    batch = builder.collate([row], [UNCONDITIONAL if uncond else KEEP])
+    return {"dataset": manifest.ref, "index": index, "sample_id": row["sample_id"], "task": row["task"],
+            "preset": builder.config.preset, "unconditional": uncond,
+            "image_token_offset": builder.layout.image_token_offset,
+            "input_ids": batch.input_ids[0].tolist(), "attention_mask": batch.attention_mask[0].tolist(),
+            "image_target": batch.image_target[0].int().tolist(), "text_target": batch.text_target[0].int().tolist(),
+            "parts": parts(builder, row, uncond)}
+
+
+def parts(builder: SequenceBuilder, row: dict, uncond: bool) -> list[dict]:
+    """The sequence cut into its named parts, with positions: what a reader checks first."""
+    drop = UNCONDITIONAL if uncond else KEEP
+    image = builder.input_image(row["task"], row["input_image_codes"], drop.image)
+    n_in, n_out = len(image) - 2 if image else 0, len(row["output_image_codes"])
+    named = [("task", 1)]
+    if image:
+        named += [("soi", 1), ("input image" + (" (dropped: raw id 0)" if drop.image else ""), n_in), ("eoi", 1)]
+    named += [("instruction" + (" (dropped)" if drop.instruction else ""), builder.config.instruction_len),
+              ("soi", 1), ("output image [target]", n_out), ("eoi", 1),
+              ("reasoning [target after bos]", builder.config.reasoning_len)]
+    out, start = [], 0
+    for name, length in named:
+        out.append({"part": name, "start": start, "end": start + length})
+        start += length
+    return out
+
+
+def format_sequence(view: dict, width: int = 12) -> str:
+    """A table of the parts, each with its first and last ids."""
+    ids = view["input_ids"]
+    lines = [f"{view['dataset']} row {view['index']} ({view['task']}, sample {view['sample_id'][:12]}): "
+             f"{len(ids)} positions, preset {view['preset']}, image offset {view['image_token_offset']}"
+             + (", unconditional" if view["unconditional"] else ""),
+             f"{'positions':>11}  {'part':<34} ids"]
+    for p in view["parts"]:
+        seg = ids[p["start"]:p["end"]]
+        shown = " ".join(map(str, seg)) if len(seg) <= width else (
+            " ".join(map(str, seg[:width // 2])) + " ... " + " ".join(map(str, seg[-width // 2:])))
+        lines.append(f"{p['start']:>5}-{p['end'] - 1:<5}  {p['part']:<34} {shown}")
+    mask, image, text = view["attention_mask"], view["image_target"], view["text_target"]
+    lines.append(f"attention_mask: {sum(mask)} of {len(mask)} attended; targets: {sum(image)} image, {sum(text)} text")
+    return "\n".join(lines)
