@@ -50,7 +50,9 @@ def parts(builder: SequenceBuilder, row: dict, uncond: bool) -> list[dict]:
     n_in, n_out = len(image) - 2 if image else 0, len(row["output_image_codes"])
     named = [("task", 1)]
     if image:
-        named += [("soi", 1), ("input image" + (" (dropped: raw id 0)" if drop.image else ""), n_in), ("eoi", 1)]
+        what = ("input image (dropped: raw id 0)" if drop.image else
+                "input image (black: a generation)" if row["input_image_codes"] is None else "input image")
+        named += [("soi", 1), (what, n_in), ("eoi", 1)]
     named += [("instruction" + (" (dropped)" if drop.instruction else ""), builder.config.instruction_len),
               ("soi", 1), ("output image [target]", n_out), ("eoi", 1),
               ("reasoning [target after bos]", builder.config.reasoning_len)]
