@@ -28,6 +28,7 @@ from pipeline.registry import DatasetRegistry
 from pipeline.report import ReportConfig, write_report
 from pipeline.tokenize import TokenizeConfig, run_tokenize
 from pipeline.tokenize import report as tokenize_report
+from schemas import SequenceConfig
 from trainer.engine import OptimConfig
 from trainer.eval import EvalConfig, format_summary, run_eval
 from trainer.rl.pararl import RLConfig, RLOptimConfig, RolloutSamplerConfig
@@ -35,7 +36,6 @@ from trainer.rl.pararl import train as train_rl
 from trainer.rl.reward import ClipConfig
 from trainer.sample import SampleConfig, run_sample
 from trainer.sampling import SamplerConfig
-from trainer.sequence import SequenceConfig
 from trainer.sft import SFTConfig, train
 
 NOT_BUILT: tuple[str, ...] = ()

@@ -27,11 +27,11 @@ from pipeline.annotate import AnnotateConfig, run_annotate
 from pipeline.demo_data import make_demo_data
 from pipeline.ingest import IngestConfig, run_ingest
 from pipeline.tokenize import TokenizeConfig, run_tokenize
+from schemas import SequenceConfig
 from trainer.engine import OptimConfig
 from trainer.rl.pararl import RLConfig, RLOptimConfig, RolloutSamplerConfig
 from trainer.rl.pararl import train as train_rl
 from trainer.rl.reward import ClipConfig
-from trainer.sequence import SequenceConfig
 from trainer.sft import SFTConfig
 from trainer.sft import train as train_sft
 
