@@ -68,7 +68,7 @@ class TokenizeConfig:
             raise ValueError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
 
 
-def blank_image_codes(magvit: MagvitV2, resolution: int) -> list[int]:
+def encode_blank_image(magvit: MagvitV2, resolution: int) -> list[int]:
     """The codes of a black image at `resolution` (what the published -M training feeds as the
     input image of a generation)."""
     from PIL import Image
@@ -76,6 +76,28 @@ def blank_image_codes(magvit: MagvitV2, resolution: int) -> list[int]:
     pixels = MagvitV2.preprocess([Image.new("RGB", (resolution, resolution))], resolution)
     param = next(magvit.parameters())
     return magvit.encode(pixels.to(param.device, param.dtype))[0].tolist()
+
+
+TEXT_FACTS = ("max_text_id", "max_instruction_len", "max_reasoning_len", "tasks")
+
+
+def text_facts(table: pa.Table) -> dict:
+    """What a trainer checks a version against before its first step, from tokenized rows: the
+    largest text id, the longest texts, rows per task. Tokenize records them, so a trainer at 1M
+    rows need not scan every id on every rank."""
+    ids = [pc.max(pc.list_flatten(table[c])).as_py() for c in ("instruction_ids", "reasoning_ids")]
+    return {"max_text_id": max((i for i in ids if i is not None), default=None),
+            "max_instruction_len": pc.max(table["instruction_len"]).as_py(),
+            "max_reasoning_len": pc.max(table["reasoning_len"]).as_py(),
+            "tasks": {r["values"]: r["counts"] for r in pc.value_counts(table["task"]).to_pylist()}}
+
+
+def merge_facts(a: dict, b: dict) -> dict:
+    out = {k: max((v for v in (a.get(k), b[k]) if v is not None), default=None) for k in TEXT_FACTS[:3]}
+    tasks = dict(a.get("tasks", {}))
+    for task, n in b["tasks"].items():
+        tasks[task] = tasks.get(task, 0) + n
+    return {**out, "tasks": dict(sorted(tasks.items()))}
 
 
 def load_text_tokenizer(name: str):
@@ -176,7 +198,7 @@ def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManife
                   "text_tokenizer_size": len(text), "sequence": dataclasses.asdict(sequence),
                   "max_instruction_tokens": sequence.max_instruction_tokens,
                   "max_reasoning_tokens": sequence.max_reasoning_tokens, "overflow": config.overflow,
-                  "blank_image_codes": blank_image_codes(magvit, config.resolution)}
+                  "blank_image_codes": encode_blank_image(magvit, config.resolution)}
     del magvit
     key = "tokenize-" + hashlib.sha256(json.dumps(
         {"input": source.ref, "chunk_rows": config.chunk_rows, "dtype": config.dtype, **provenance},
@@ -191,10 +213,13 @@ def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManife
     schema = tokenized_schema(grid * grid)
     reasons: dict[str, int] = {}
     n_out = n_images = 0
+    facts: dict = {}
     with registry.writer(output, STAGE, schema, parent=source.ref) as writer:
         for rows, results in iter_results(registry, source, chunks, work):
             rejected = pc.is_valid(results["reason"])
-            writer.write(results.filter(pc.invert(rejected)).select(schema.names))
+            kept = results.filter(pc.invert(rejected))
+            writer.write(kept.select(schema.names))
+            facts = merge_facts(facts, text_facts(kept))
             bad, bad_rows = results.filter(rejected), rows.filter(rejected)
             for r in bad["reason"].to_pylist():
                 reasons[r] = reasons.get(r, 0) + 1
@@ -205,7 +230,7 @@ def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManife
         counts = Counts(input=source.counts.output, output=n_out, quarantined=sum(reasons.values()), duplicates=0)
         stats = {"quarantine_reasons": dict(sorted(reasons.items())), "images": n_images,
                  "seconds": round(seconds, 3), "resumed_chunks": resumed,
-                 "images_per_s": round(n_images / seconds, 2) if seconds else None}
+                 "images_per_s": round(n_images / seconds, 2) if seconds else None, **facts}
         return writer.publish(counts, lineage(dataclasses.asdict(config), tokenize=provenance), stats)
 
 

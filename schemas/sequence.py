@@ -40,8 +40,3 @@ class SequenceConfig:
     @property
     def max_reasoning_tokens(self) -> int:
         return self.reasoning_len - 2
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SequenceConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})

@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 
-# Ids MMaDA's training code hard-codes for its reserved tokens: the LLaDA tokenizer holds them as
-# unnamed reserved entries, so a checkpoint's tokenizer cannot be asked for them by name.
-MMADA_RESERVED_IDS = {"soi_id": 126084, "eoi_id": 126085, "t2i_id": 126088, "mmu_id": 126089,
-                      "ipad_id": 126093, "r2i_id": 126094, "interleave_id": 126095, "t2it_id": 126096}
 # Token strings a tokenizer may carry for them (small test tokenizers do; the published one does not).
 TOKEN_NAMES = {"mask_id": "<|mdm_mask|>", "bos_id": "<|startoftext|>", "eos_id": "<|endoftext|>",
                "eot_id": "<|eot_id|>", "soi_id": "<|soi|>", "eoi_id": "<|eoi|>", "t2i_id": "<|t2i|>",
@@ -50,13 +46,10 @@ class TokenLayout:
     @classmethod
     def from_tokenizer(cls, tokenizer, embedding_size: int, image_codebook_size: int = 8192) -> "TokenLayout":
         """The layout of a checkpoint: offset = len(tokenizer), vocabulary = its embedding rows;
-        special tokens by name where the tokenizer has them, else MMaDA's reserved ids."""
+        special tokens by name where the tokenizer has them, else the MMaDA ids (the defaults): MMaDA's
+        code hard-codes its reserved tokens, which the LLaDA tokenizer holds as unnamed entries."""
         vocab = tokenizer.get_vocab()
-        ids = {**MMADA_RESERVED_IDS, **{f.name: f.default for f in dataclasses.fields(cls)
-                                          if f.name in ("mask_id", "bos_id", "eos_id", "eot_id")}}
-        for name, token in TOKEN_NAMES.items():
-            if token in vocab:
-                ids[name] = vocab[token]
+        ids = {name: vocab.get(token, getattr(cls, name)) for name, token in TOKEN_NAMES.items()}
         return cls(image_token_offset=len(tokenizer), image_codebook_size=image_codebook_size,
                    vocab_size=embedding_size, pad_id=ids["eos_id"], **ids)
 
@@ -72,8 +65,7 @@ class TokenLayout:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TokenLayout":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in fields})
+        return cls(**d)
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -82,11 +74,6 @@ class TokenLayout:
     def text_vocab_size(self) -> int:
         """Text ids occupy [0, text_vocab_size): everything below the first image code."""
         return self.image_token_offset
-
-    @property
-    def max_text_id(self) -> int:
-        """Ids a text tokenizer may produce for plain text stay below this (the lowest special id)."""
-        return min(self.special_ids().values())
 
     def special_ids(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.endswith("_id")}

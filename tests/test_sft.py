@@ -106,18 +106,23 @@ def test_a_version_the_sequences_cannot_hold_is_refused_before_the_first_step(to
 
     from pipeline.tokenize import load_text_tokenizer
     from schemas import SequenceConfig, TokenLayout
-    from trainer.sequence import SequenceBuilder, blank_image_codes
+    from trainer.sequence import SequenceBuilder, recorded_blank_codes
 
     registry, ref = tokenized_demo
     text = load_text_tokenizer(str(llada_tokenizer_dir))
     layout = TokenLayout.from_tokenizer(text, len(text) + 8192)
     fits = ShardLoader(ref, registry, batch_size=2)
-    blank = blank_image_codes(fits.manifest)
+    blank = recorded_blank_codes(fits.manifest)
     longest = max(len(r["reasoning_ids"]) for r in fits.table.to_pylist())
     ShardLoader(ref, registry, 2, builder=SequenceBuilder(layout, SequenceConfig(), blank))  # 256 holds the demo
     short = SequenceConfig(instruction_len=longest + 1, reasoning_len=longest + 1)
     with pytest.raises(ValueError, match=f"reasoning of {longest} tokens; sequence.reasoning_len {longest + 1} holds"):
         ShardLoader(ref, registry, 2, builder=SequenceBuilder(layout, short, blank))
+    from pipeline.registry import DatasetRegistry
+    from trainer.data import check_compatible
+    with pytest.raises(ValueError, match=f"reasoning of {longest} tokens"):  # a version without the recorded facts
+        check_compatible(dataclasses.replace(fits.manifest, stats={}), SequenceBuilder(layout, short, blank),
+                         DatasetRegistry(registry))
     other = dataclasses.replace(layout, image_token_offset=len(text) + 1, vocab_size=layout.vocab_size + 1)
     with pytest.raises(ValueError, match=f"text tokenizer of {len(text)} entries"):
         ShardLoader(ref, registry, 2, builder=SequenceBuilder(other, SequenceConfig(), blank))

@@ -50,8 +50,8 @@ def test_shards_have_the_contract_types(annotated, magvit_dir, llada_tokenizer_d
     assert lineage["sequence"] == {"preset": "mmada-parallel-m", "instruction_len": 256, "reasoning_len": 256}
     assert lineage["max_reasoning_tokens"] == 254
     from pipeline.image_tokenizer import MagvitV2
-    from pipeline.tokenize import blank_image_codes
-    assert lineage["blank_image_codes"] == blank_image_codes(MagvitV2.from_pretrained(str(magvit_dir)), 64)
+    from pipeline.tokenize import encode_blank_image
+    assert lineage["blank_image_codes"] == encode_blank_image(MagvitV2.from_pretrained(str(magvit_dir)), 64)
     assert len(lineage["blank_image_codes"]) == 16
 
     registry = DatasetRegistry(registry_root)
@@ -74,6 +74,10 @@ def test_shards_have_the_contract_types(annotated, magvit_dir, llada_tokenizer_d
         assert (row["grid_h"], row["grid_w"]) == (4, 4)
         assert all(0 <= c < 8192 for c in row["output_image_codes"])
         assert (row["input_image_codes"] is None) == (row["task"] == "generate")
+    rows = table.to_pylist()  # the facts a trainer checks without scanning the version
+    assert m.stats["max_reasoning_len"] == max(r["reasoning_len"] for r in rows)
+    assert m.stats["max_text_id"] == max(max(r["instruction_ids"] + r["reasoning_ids"]) for r in rows)
+    assert m.stats["tasks"] == {t: sum(r["task"] == t for r in rows) for t in ("edit", "generate")}
 
     pictures = preview(m.ref, Path(registry_root) / "preview", n=3, registry=registry_root)
     assert len(pictures) >= 3 and all(p.stat().st_size > 0 for p in pictures)

@@ -18,7 +18,6 @@ from pipeline.registry import DatasetRegistry
 from trainer.sequence import SequenceBuilder
 
 COLUMNS = ["task", "instruction_ids", "reasoning_ids", "input_image_codes", "output_image_codes"]
-LENGTHS = ["instruction_len", "reasoning_len"]
 
 
 @dataclasses.dataclass
@@ -32,8 +31,7 @@ class ShardLoader:
                  seed: int = 0, builder: SequenceBuilder | None = None):
         reg = DatasetRegistry(registry)
         self.manifest = reg.resolve(ref, schema="tokenized/1")
-        tables = [ipc.open_file(pa.memory_map(p)).read_all().select(COLUMNS + LENGTHS)
-                  for p in reg.shard_paths(self.manifest)]
+        tables = [ipc.open_file(pa.memory_map(p)).read_all().select(COLUMNS) for p in reg.shard_paths(self.manifest)]
         self.table = pa.concat_tables(tables)
         self.rows = self.table.num_rows
         self.per_rank = self.rows // world_size
@@ -43,8 +41,7 @@ class ShardLoader:
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.state = LoaderState()
         if builder is not None:
-            check_compatible(self.manifest, self.table, builder)
-        self.table = self.table.select(COLUMNS)
+            check_compatible(self.manifest, builder, reg)
 
     def _epoch_indices(self, epoch: int) -> np.ndarray:
         order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
@@ -72,10 +69,10 @@ class ShardLoader:
         self.state = LoaderState(state["epoch"], state["position"])
 
 
-def check_compatible(manifest, table: pa.Table, builder: SequenceBuilder) -> None:
+def check_compatible(manifest, builder: SequenceBuilder, registry: DatasetRegistry) -> None:
     """Refuse, before the first step, a version whose ids the model would misread or whose rows
     the sequences cannot hold: a ValueError that says which and what to change."""
-    import pyarrow.compute as pc
+    from pipeline.tokenize import TEXT_FACTS, text_facts
 
     layout, sequence = builder.layout, builder.config
     made = manifest.lineage.get("tokenize", {})
@@ -87,18 +84,19 @@ def check_compatible(manifest, table: pa.Table, builder: SequenceBuilder) -> Non
     codebook = made.get("image_codebook_size")
     if codebook is not None and codebook != layout.image_codebook_size:
         raise ValueError(f"{manifest.ref} has {codebook}-code images; the model's layout has {layout.image_codebook_size}")
-    for column in ("instruction_ids", "reasoning_ids"):
-        top = pc.max(pc.list_flatten(table[column])).as_py()
-        if top is not None and top >= layout.image_token_offset:
-            raise ValueError(f"{column} holds id {top}, an image token of the model's layout (offset "
-                             f"{layout.image_token_offset}): the text tokenizer does not match the model")
-    for column, limit in (("instruction_len", sequence.max_instruction_tokens),
-                          ("reasoning_len", sequence.max_reasoning_tokens)):
-        longest = pc.max(table[column]).as_py() or 0
+    facts = manifest.stats
+    if not all(k in facts for k in TEXT_FACTS):  # a version from before tokenize recorded them: scan it
+        facts = text_facts(registry.read_table(manifest, ["task", "instruction_ids", "reasoning_ids",
+                                                          "instruction_len", "reasoning_len"]))
+    top = facts["max_text_id"]
+    if top is not None and top >= layout.image_token_offset:
+        raise ValueError(f"{manifest.ref} holds text id {top}, an image token of the model's layout (offset "
+                         f"{layout.image_token_offset}): the text tokenizer does not match the model")
+    for part, limit in (("instruction", sequence.max_instruction_tokens), ("reasoning", sequence.max_reasoning_tokens)):
+        longest = facts[f"max_{part}_len"] or 0
         if longest > limit:
-            raise ValueError(f"{manifest.ref} has a {column.split('_')[0]} of {longest} tokens; sequence."
-                             f"{column} {limit + 2} holds {limit} (bos + text + eos): raise it or tokenize again "
-                             "with the same sequence settings")
-    if builder.published and builder.blank_image_codes is None and "generate" in table["task"].unique().to_pylist():
+            raise ValueError(f"{manifest.ref} has a {part} of {longest} tokens; sequence.{part}_len {limit + 2} "
+                             f"holds {limit} (bos + text + eos): raise it or tokenize again with the same sequence settings")
+    if builder.published and builder.blank_image_codes is None and facts["tasks"].get("generate"):
         raise ValueError(f"{manifest.ref} has generation rows but records no blank image codes, which the "
                          "mmada-parallel-m preset needs: tokenize it again with this paraforge")

@@ -1,9 +1,9 @@
 """`trainer layout` and `trainer sequence`: what a model's vocabulary and its training sequences
-look like, printed from the same objects the trainer uses (nothing is rebuilt for display)."""
+look like, printed from the same objects the trainer uses."""
 
 from __future__ import annotations
 
-from trainer.sequence import KEEP, UNCONDITIONAL, SequenceBuilder
+from trainer.sequence import KEEP, UNCONDITIONAL
 
 
 def model_layout(model: str, text_tokenizer: str | None = None) -> dict:
@@ -20,47 +20,26 @@ def row_sequence(dataset: str, model: str, *, registry: str | None = None, index
     conditions dropped, which is also the sampler's unconditional row)."""
 
     from pipeline.registry import DatasetRegistry
-    from trainer.data import COLUMNS, LENGTHS, check_compatible
+    from trainer.data import COLUMNS, check_compatible
     from trainer.export import sequence_builder
-    from trainer.sequence import blank_image_codes
+    from trainer.sequence import recorded_blank_codes
 
     builder = sequence_builder(model, text_tokenizer)
     reg = DatasetRegistry(registry)
     manifest = reg.resolve(dataset, schema="tokenized/1")
     if builder.blank_image_codes is None:
-        builder.blank_image_codes = blank_image_codes(manifest)
+        builder.blank_image_codes = recorded_blank_codes(manifest)
     if not 0 <= index < manifest.counts.output:
         raise ValueError(f"{manifest.ref} has {manifest.counts.output} rows; --index {index} is outside")
-    table = reg.read_table(manifest, ["sample_id"] + COLUMNS + LENGTHS)
-    check_compatible(manifest, table, builder)
-    row = table.slice(index, 1).to_pylist()[0]
+    check_compatible(manifest, builder, reg)
+    row = reg.read_table(manifest, ["sample_id"] + COLUMNS).slice(index, 1).to_pylist()[0]
     batch = builder.collate([row], [UNCONDITIONAL if uncond else KEEP])
     return {"dataset": manifest.ref, "index": index, "sample_id": row["sample_id"], "task": row["task"],
             "preset": builder.config.preset, "unconditional": uncond,
             "image_token_offset": builder.layout.image_token_offset,
             "input_ids": batch.input_ids[0].tolist(), "attention_mask": batch.attention_mask[0].tolist(),
             "image_target": batch.image_target[0].int().tolist(), "text_target": batch.text_target[0].int().tolist(),
-            "parts": parts(builder, row, uncond)}
-
-
-def parts(builder: SequenceBuilder, row: dict, uncond: bool) -> list[dict]:
-    """The sequence cut into its named parts, with positions: what a reader checks first."""
-    drop = UNCONDITIONAL if uncond else KEEP
-    image = builder.input_image(row["task"], row["input_image_codes"], drop.image)
-    n_in, n_out = len(image) - 2 if image else 0, len(row["output_image_codes"])
-    named = [("task", 1)]
-    if image:
-        what = ("input image (dropped: raw id 0)" if drop.image else
-                "input image (black: a generation)" if row["input_image_codes"] is None else "input image")
-        named += [("soi", 1), (what, n_in), ("eoi", 1)]
-    named += [("instruction" + (" (dropped)" if drop.instruction else ""), builder.config.instruction_len),
-              ("soi", 1), ("output image [target]", n_out), ("eoi", 1),
-              ("reasoning [target after bos]", builder.config.reasoning_len)]
-    out, start = [], 0
-    for name, length in named:
-        out.append({"part": name, "start": start, "end": start + length})
-        start += length
-    return out
+            "parts": builder.parts(row, UNCONDITIONAL if uncond else KEEP)}
 
 
 def format_sequence(view: dict, width: int = 12) -> str:

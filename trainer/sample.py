@@ -66,14 +66,14 @@ class SamplingStack:
 
 def load_sampling(model: str, sampler: SamplerConfig, *, image_tokenizer: str, text_tokenizer: str | None,
                   resolution: int, device: str, dtype: str) -> SamplingStack:
-    from pipeline.tokenize import blank_image_codes, load_text_tokenizer
+    from pipeline.tokenize import encode_blank_image, load_text_tokenizer
 
     builder = sequence_builder(model, text_tokenizer)  # the layout and sequences the model was trained with
     policy = load_model(model, dtype=getattr(torch, dtype), device=device)
     magvit = MagvitV2.from_pretrained(image_tokenizer, device=device)
     grid = resolution // magvit.config.downsample
     if builder.published and len(builder.blank_image_codes or []) != grid * grid:  # none saved, or another resolution
-        builder.blank_image_codes = blank_image_codes(magvit, resolution)
+        builder.blank_image_codes = encode_blank_image(magvit, resolution)
     sampler = dataclasses.replace(sampler, image_tokens=grid * grid)
     return SamplingStack(ParallelSampler(policy, builder, sampler), load_text_tokenizer(text_tokenizer or model),
                          magvit, grid)

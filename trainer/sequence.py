@@ -105,6 +105,23 @@ class SequenceBuilder:
         assert len(ids) == len(image_flags) == len(text_flags)
         return ids, image_flags, text_flags
 
+    def parts(self, row: dict, drop: Dropout = KEEP) -> list[dict]:
+        """`row(row, drop)` cut into its named parts with their positions (for `trainer sequence`)."""
+        image = self.input_image(row["task"], row["input_image_codes"], drop.image)
+        named = [("task", 1)]
+        if image:
+            what = ("input image (dropped: raw id 0)" if drop.image else
+                    "input image (black: a generation)" if row["input_image_codes"] is None else "input image")
+            named += [("soi", 1), (what, len(image) - 2), ("eoi", 1)]
+        named += [("instruction" + (" (dropped)" if drop.instruction else ""), self.config.instruction_len),
+                  ("soi", 1), ("output image [target]", len(row["output_image_codes"])), ("eoi", 1),
+                  ("reasoning [target after bos]", self.config.reasoning_len)]
+        out, start = [], 0
+        for name, length in named:
+            out.append({"part": name, "start": start, "end": start + length})
+            start += length
+        return out
+
     def collate(self, rows: list[dict], drops: list[Dropout] | None = None) -> Batch:
         built = [self.row(r, drops[i] if drops else KEEP) for i, r in enumerate(rows)]
         width = max(len(ids) for ids, _, _ in built)
@@ -133,8 +150,7 @@ class SequenceBuilder:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SequenceBuilder":
-        return cls(TokenLayout.from_dict(d["token_layout"]), SequenceConfig.from_dict(d["sequence"]),
-                   d.get("blank_image_codes"))
+        return cls(TokenLayout.from_dict(d["token_layout"]), SequenceConfig(**d["sequence"]), d["blank_image_codes"])
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / SEQUENCE_FILE
@@ -143,6 +159,6 @@ class SequenceBuilder:
         return path
 
 
-def blank_image_codes(manifest) -> list[int] | None:
+def recorded_blank_codes(manifest) -> list[int] | None:
     """The black image's codes a tokenized version recorded (None for versions made before)."""
     return manifest.lineage.get("tokenize", {}).get("blank_image_codes")

@@ -19,7 +19,7 @@ from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distribut
 from trainer.loss import apply_noise, diffusion_loss
 from trainer.metrics import MetricsLogger
 from trainer.model import MMaDAConfig, MMaDAModel
-from trainer.sequence import SequenceBuilder, blank_image_codes
+from trainer.sequence import SequenceBuilder, recorded_blank_codes
 
 TINY_MODEL = {"d_model": 128, "n_heads": 4, "n_layers": 2, "mlp_hidden_size": 256, "max_sequence_length": 1024}
 
@@ -98,7 +98,7 @@ def train(cfg: SFTConfig, progress: bool = True) -> Path:
     rank, world = init_distributed()
     manifest = DatasetRegistry(cfg.registry).resolve(cfg.dataset, schema="tokenized/1")
     model, layout = build_model(cfg, manifest.lineage.get("tokenize", {}).get("text_tokenizer"))
-    builder = SequenceBuilder(layout, cfg.sequence, blank_image_codes(manifest))
+    builder = SequenceBuilder(layout, cfg.sequence, recorded_blank_codes(manifest))
     loader = ShardLoader(cfg.dataset, cfg.registry, cfg.micro_batch_size, rank, world, cfg.seed, builder)
     engine = Engine(model, deepspeed_config(cfg.deepspeed, cfg.optim, micro_batch_size=cfg.micro_batch_size,
                                             grad_accum=cfg.grad_accum, total_steps=cfg.steps, bf16=cfg.bf16))

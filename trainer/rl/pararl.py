@@ -35,7 +35,7 @@ from trainer.rl.learner import Item, accumulation_steps, grpo_update
 from trainer.rl.reward import ClipConfig, RewardStats, reference_sample
 from trainer.rl.workers import RewardWorker, Rollout, RolloutWorker
 from trainer.sampling import OutputSlots, Prompt, SamplerConfig
-from trainer.sequence import blank_image_codes
+from trainer.sequence import recorded_blank_codes
 
 PROMPT_COLUMNS = ["task", "instruction_ids", "input_image_codes", "output_image_codes"]
 
@@ -182,9 +182,8 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
     builder = sequence_builder(cfg.model, cfg.text_tokenizer)  # as the policy was trained
     prompts = PromptSource(cfg.dataset, cfg.registry, cfg.seed, cfg.max_prompts)
     if builder.published and builder.blank_image_codes is None:  # a published checkpoint: the version's black image
-        builder.blank_image_codes = blank_image_codes(prompts.manifest)
-    check_compatible(prompts.manifest, _stats_table(cfg, ["task", "instruction_ids", "reasoning_ids",
-                                                          "instruction_len", "reasoning_len"]), builder)
+        builder.blank_image_codes = recorded_blank_codes(prompts.manifest)
+    check_compatible(prompts.manifest, builder, DatasetRegistry(cfg.registry))
     grid = int(len(prompts.table["output_image_codes"][0]) ** 0.5)
     sampler_cfg = dataclasses.replace(cfg.sampler, image_tokens=grid * grid)
     cfg = dataclasses.replace(cfg, sampler=sampler_cfg)
@@ -221,8 +220,8 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
 
     stats_path = run_dir / "reward_stats.json"
     if not stats_path.exists():
-        codes, reasoning = reference_sample(_stats_table(cfg, ["output_image_codes", "reasoning_ids"]),
-                                            cfg.reward_stats_fraction, cfg.reward_stats_min_rows, cfg.seed)
+        stats_rows = DatasetRegistry(cfg.registry).read_table(prompts.manifest, ["output_image_codes", "reasoning_ids"])
+        codes, reasoning = reference_sample(stats_rows, cfg.reward_stats_fraction, cfg.reward_stats_min_rows, cfg.seed)
         scores = ray.get(rewarders[0].score_reference.remote(codes, reasoning))
         RewardStats.from_scores(scores, cfg.reward_clip, prompts.manifest.ref).save(stats_path)
     reward_stats = RewardStats.load(stats_path)
@@ -295,12 +294,6 @@ def step_names(s: int) -> list[str]:
     if s == 3:
         return ["early", "middle", "final"]
     return [f"step{j + 1}_of_{s}" for j in range(s)]
-
-
-def _stats_table(cfg: RLConfig, columns: list[str]) -> pa.Table:
-    reg = DatasetRegistry(cfg.registry)
-    manifest = reg.resolve(cfg.dataset, schema="tokenized/1")
-    return reg.read_table(manifest, columns)
 
 
 def check_resources(cfg: RLConfig) -> None:
