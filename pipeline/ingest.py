@@ -1,15 +1,18 @@
 """`pipeline ingest`: editing and generation sources -> a validated, deduplicated `raw` version.
 
-The stage is `ingest_batch`, a pure function from reference rows (see `sources`) to raw rows, each
-either accepted or carrying a quarantine reason. `run_ingest` reads the sources, runs the stage as a
-Ray Data job, deduplicates by sample_id in source order and writes the version. Every input row ends
-in exactly one place: the output, the quarantine or the duplicate count.
+`IngestStage` turns reference rows (see `sources`) into raw rows or quarantine rows; it is a pure
+transform over a batch. `run_ingest` plans the sources into units on the driver (listings and
+metadata only), runs the stage on Ray workers (each reads its unit, checks and decodes its images
+and writes its shards), removes repeated sample_ids across units keeping the first in source order
+(`pipeline.dedup`), and publishes the manifest. The driver holds counts and shard metadata, never
+rows. Every input row ends in exactly one place: the output, the quarantine or the duplicate count.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
+import hashlib
+import json
 import os
 import posixpath
 import time
@@ -20,12 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from pipeline import dedup, ray_runtime
 from pipeline.images import ImageRules, Rejected, check_image, stable_message
 from pipeline.lineage import lineage
-from pipeline.ray_runtime import init_ray, map_stage
 from pipeline.registry import DatasetRegistry
-from pipeline.sources import detect_format, filesystem, read_bytes, read_source
-from schemas import RAW, TASKS, Counts, VersionManifest, sample_id
+from pipeline.sources import ROWS_PER_UNIT, detect_format, filesystem, plan_source, read_bytes, read_unit
+from pipeline.stage import Processed, Resources, Stage, UnitResult, rejected_rows, totals
+from schemas import RAW, TASKS, VersionManifest, sample_id
 
 STAGE = "ingest"
 _REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "gcs://", "hf://", "az://", "abfs://")
@@ -42,7 +46,8 @@ class IngestConfig:
     min_side: int = 32
     max_aspect_ratio: float = 4.0
     max_instruction_chars: int = 4000
-    batch_size: int = 32  # rows per Ray task
+    batch_size: int = 32  # rows per stage call
+    rows_per_unit: int = ROWS_PER_UNIT  # rows per Ray task for line and folder sources (the unit of resume)
     shard_bytes: int = 256 * 1024 * 1024  # target size of each output shard
     registry: str | None = None
     ray_address: str | None = None
@@ -53,8 +58,7 @@ class IngestConfig:
                           max_aspect_ratio=self.max_aspect_ratio)
 
 
-STAGE_SCHEMA = pa.schema(list(RAW) + [pa.field("reason", pa.string()), pa.field("message", pa.string()),
-                                      pa.field("record", pa.string()), pa.field("converted", pa.int32())])
+KEPT_SCHEMA = pa.schema(list(RAW) + [pa.field("converted", pa.int32())])  # + images re-encoded, for stats
 
 
 def _load_image(inline: bytes | None, path: str | None, base: str, allow_remote: bool) -> bytes:
@@ -131,57 +135,93 @@ def _ingest_row(ref: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
     }
 
 
-def ingest_batch(refs: pa.Table, config: IngestConfig) -> pa.Table:
-    """The ingest stage: reference rows -> raw rows, rejected ones carrying `reason`/`message`."""
-    rows = []
-    for ref in refs.to_pylist():
-        try:
-            rows.append(_ingest_row(ref, config))
-        except Rejected as e:
-            rows.append({"source": ref["source"], "source_ref": ref["source_ref"], "reason": e.reason,
-                         "message": str(e), "record": ref["record"]})
-    return pa.Table.from_pylist(rows, schema=STAGE_SCHEMA)
+class IngestStage(Stage):
+    """Reference rows -> raw rows (images checked, normalised, hashed into the sample_id) or rejects."""
+
+    name = STAGE
+    output_schema = RAW
+
+    def __init__(self, config: IngestConfig):
+        self.config = config
+        self.batch_size = config.batch_size
+        self.resources = Resources(num_cpus=1)
+
+    def process(self, refs: pa.Table) -> Processed:
+        kept, bad, reasons, messages, records = [], [], [], [], []
+        for i, ref in enumerate(refs.to_pylist()):
+            try:
+                kept.append(_ingest_row(ref, self.config))
+            except Rejected as e:
+                bad.append(i)
+                reasons.append(e.reason)
+                messages.append(str(e))
+                records.append(ref["record"])
+        rejected = rejected_rows(refs.take(pa.array(bad, pa.int64())), reasons, messages, records)
+        kept = pa.Table.from_pylist(kept, schema=KEPT_SCHEMA)
+        return Processed(kept, rejected, {"images_converted": pc.sum(kept["converted"]).as_py() or 0})
+
+
+def ingest_batch(refs: pa.Table, config: IngestConfig) -> Processed:
+    """The stage as a function: reference rows -> (raw rows, rejected rows with reasons)."""
+    return IngestStage(config).process(refs)
+
+
+def plan(config: IngestConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(units of every source, numbered in source order; the sources with their formats)."""
+    formats = [detect_format(s) if config.format == "auto" else config.format for s in config.sources]
+    units = [u for src, fmt in zip(config.sources, formats)
+             for u in plan_source(src, fmt, config.columns, config.rows_per_unit)]
+    for i, unit in enumerate(units):
+        unit["unit"] = i
+    return units, [{"uri": s, "format": f} for s, f in zip(config.sources, formats)]
+
+
+def run_key(config: IngestConfig, units: list[dict[str, Any]]) -> str:
+    """Same sources, plan and checks -> same key -> the same work folder to resume from."""
+    identity = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("registry", "ray_address")}
+    identity["units"] = units
+    return "ingest-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_ingest(config: IngestConfig, progress: bool = True) -> VersionManifest:
     started = time.perf_counter()
     registry = DatasetRegistry(config.registry)
-    formats = [detect_format(s) if config.format == "auto" else config.format for s in config.sources]
-    references = [t for src, fmt in zip(config.sources, formats) for t in read_source(src, fmt, config.columns)]
-    n_input = sum(t.num_rows for t in references)
+    units, sources = plan(config)
+    work = registry.work_dir(config.dataset, run_key(config, units))
+    ray_runtime.init_ray(config.ray_address)
+    results, resumed, _ = ray_runtime.run_units(
+        IngestStage(config), units, read_unit, registry=registry, dataset=config.dataset, work=work,
+        target_bytes=config.shard_bytes, keys=True, progress=progress)
+    results, duplicates = deduplicate(registry, config, results)
+    counts, reasons, stats = totals(results, duplicates)
+    stats = {"quarantine_reasons": reasons, **stats, "units": len(units), "resumed_units": resumed,
+             "seconds": round(time.perf_counter() - started, 3)}
+    return registry.publish(config.dataset, STAGE, "raw/1", None, counts,
+                            [s for r in results for s in r.shards], [s for r in results for s in r.quarantine_shards],
+                            lineage(dataclasses.asdict(config), sources=sources), stats)
 
-    init_ray(config.ray_address)
-    import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = progress
-    results = map_stage(references, ingest_batch, batch_size=config.batch_size, config=config)
-
-    seen: set[str] = set()
-    reasons: collections.Counter[str] = collections.Counter()
-    n_out = n_dup = converted = 0
-    with registry.writer(config.dataset, STAGE, RAW, target_shard_bytes=config.shard_bytes) as writer:
-        for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
-            is_rejected = pc.is_valid(batch["reason"])
-            rejected = batch.filter(is_rejected)
-            reasons.update(rejected["reason"].to_pylist())
-            writer.quarantine(reason=rejected["reason"], message=rejected["message"], source=rejected["source"],
-                              source_ref=rejected["source_ref"], sample_id=rejected["sample_id"],
-                              record=rejected["record"])
-            accepted = batch.filter(pc.invert(is_rejected))
-            keep = []
-            for sid in accepted["sample_id"].to_pylist():  # first occurrence in source order wins
-                keep.append(sid not in seen)
-                seen.add(sid)
-            unique = accepted.filter(pa.array(keep, pa.bool_()))
-            n_dup += accepted.num_rows - unique.num_rows
-            n_out += unique.num_rows
-            converted += pc.sum(unique["converted"]).as_py() or 0
-            writer.write(unique)
-        counts = Counts(input=n_input, output=n_out, quarantined=sum(reasons.values()), duplicates=n_dup)
-        stats = {"quarantine_reasons": dict(sorted(reasons.items())), "images_converted": converted,
-                 "seconds": round(time.perf_counter() - started, 3)}
-        sources = [{"uri": s, "format": f} for s, f in zip(config.sources, formats)]
-        return writer.publish(counts, lineage(dataclasses.asdict(config), sources=sources), stats)
+def deduplicate(registry: DatasetRegistry, config: IngestConfig,
+                results: list[UnitResult]) -> tuple[list[UnitResult], int]:
+    """Drop every repeat of a sample_id after its first occurrence in source order: a hash-bucketed
+    scan of the units' keys files, then a rewrite of only the units that hold a repeat."""
+    buckets = dedup.bucket_count(sum(r.output for r in results))
+    keys = [(r.unit, r.keys) for r in results if r.output]
+    found = ray_runtime.map_tasks(dedup.find_repeats, list(range(buckets)), registry=registry.root, keys=keys,
+                                  buckets=buckets)
+    by_unit: dict[int, list[int]] = {}
+    for unit, row in (pair for repeats in found for pair in repeats):
+        by_unit.setdefault(unit, []).append(row)
+    if not by_unit:
+        return results, 0
+    index = {r.unit: i for i, r in enumerate(results)}
+    items = [(results[index[u]].to_json(), sorted(rows)) for u, rows in sorted(by_unit.items())]
+    rewritten = ray_runtime.map_tasks(dedup.drop_rows, items, registry=registry.root, dataset=config.dataset,
+                                      schema="raw/1", target_bytes=config.shard_bytes)
+    results = list(results)
+    for result in map(UnitResult.from_json, rewritten):
+        results[index[result.unit]] = result
+    return results, sum(len(rows) for rows in by_unit.values())
 
 
 def accounting_table(manifest: VersionManifest) -> str:

@@ -1,17 +1,20 @@
-"""The dataset registry: immutable, content-addressed versions on any pyarrow filesystem.
+"""The dataset registry: immutable versions over a content-addressed shard store, on any pyarrow
+filesystem.
 
 Layout under the root (a local path or a URI such as s3://bucket/prefix):
 
+    <dataset>/shards/<h[:2]>/<h>.arrow         Arrow IPC files named by their sha256 `h` (uncompressed:
+                                               memory-mappable); written once, by whichever worker
+                                               made them, straight to this final place
     <dataset>/versions/<id>/manifest.json      the VersionManifest; its presence makes the version
-    <dataset>/versions/<id>/shards/*.arrow     Arrow IPC files (uncompressed: memory-mappable)
-    <dataset>/versions/<id>/quarantine/*.arrow rejected rows, schema quarantine/1
     <dataset>/tags/<tag>                       a version id; tags move, versions never change
-    <dataset>/_staging/<uuid>/                 a version being written; never read
+    <dataset>/_work/<run>/                     completion markers of resumable runs; never read as data
 
-A version id is a hash of its content (stage, schema, parent, shard hashes, counts), so the same
-inputs give the same id. Publishing is one atomic rename of the staging folder on a local disk; on
-object stores, where folders cannot be renamed, the shards move first and the manifest is written
-last, in one PUT: either way a reader never sees a version without all its shards.
+A version lists its shards (rows and quarantine, both in the store) by path, size and hash. Its id
+is a hash of its content (stage, schema, parent, shard hashes, counts), so the same inputs give the
+same id. Publishing is writing the manifest: one atomic rename on a local disk, one PUT on an
+object store. Nothing is copied or renamed at publish, a crash before it leaves only unreferenced
+shards (never a half version), and versions whose shards have equal bytes share the files.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from schemas import Counts, ShardInfo, VersionManifest, conform, get_schema, sch
 DEFAULT_ROOT = "./paraforge-data"
 TARGET_SHARD_BYTES = 256 * 1024 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHARD_PATH = re.compile(r"^shards/[0-9a-f]{2}/[0-9a-f]{64}\.arrow$")
 
 
 def resolve_root(root: str | None = None) -> str:
@@ -131,6 +135,12 @@ class DatasetRegistry:
             raise ValueError(f"{found.ref} has schema {found.schema}; a {schema} version is needed here")
         return found
 
+    def manifest(self, ref: str) -> VersionManifest:
+        """The manifest of an exact NAME@VERSION: one read, no listing (what workers use)."""
+        dataset, version = split_ref(ref)
+        return VersionManifest.from_json(self._read_text(self._path(dataset, "versions", str(version),
+                                                                    "manifest.json")))
+
     def _select(self, ref: str, dataset: str, selector: str, versions: list[VersionManifest]) -> VersionManifest:
         selector = self.tags(dataset).get(selector, selector)
         matches = [m for m in versions if m.version.startswith(selector)]
@@ -142,7 +152,15 @@ class DatasetRegistry:
 
     def shard_paths(self, manifest: VersionManifest, quarantine: bool = False) -> list[str]:
         shards = manifest.quarantine_shards if quarantine else manifest.shards
-        return [self._path(manifest.dataset, "versions", manifest.version, s.path) for s in shards]
+        return [self.shard_path(manifest.dataset, s) for s in shards]
+
+    def shard_path(self, dataset: str, shard: ShardInfo) -> str:
+        if shard.path.startswith(("shards/part-", "quarantine/part-")):  # versions before the store
+            raise ValueError(f"{dataset}: this version predates the content-addressed shard store "
+                             f"({shard.path}); ingest its source again")
+        if not _SHARD_PATH.match(shard.path):  # a manifest names only files of its own store
+            raise ValueError(f"{dataset}: shard path {shard.path!r} is not in the shard store")
+        return self._path(dataset, shard.path)
 
     def iter_batches(self, manifest: VersionManifest, columns: list[str] | None = None,
                      quarantine: bool = False) -> Iterator[pa.RecordBatch]:
@@ -165,27 +183,44 @@ class DatasetRegistry:
                 break
         return found
 
-    def read_rows(self, manifest: VersionManifest, shard: int, start: int, length: int,
+    def read_rows(self, manifest: VersionManifest, start: int, length: int,
                   columns: list[str] | None = None) -> pa.Table:
-        """Rows [start, start + length) of one shard, reading only the record batches they span."""
-        with self.fs.open_input_file(self.shard_paths(manifest)[shard]) as f:
-            reader = ipc.open_file(f)
-            batches, offset = [], 0
-            for i in range(reader.num_record_batches):
-                batch = reader.get_batch(i)
-                lo, hi = max(start - offset, 0), min(start + length - offset, batch.num_rows)
-                if lo < hi:
-                    batches.append(batch.slice(lo, hi - lo))
-                offset += batch.num_rows
-                if offset >= start + length:
-                    break
-        table = pa.Table.from_batches(batches, schema=reader.schema)
-        return table.select(columns) if columns else table
+        """Rows [start, start + length) of the version, in order, reading only the shards and record
+        batches they span (a chunk of a resumable stage may cross shard boundaries)."""
+        batches, offset = [], 0
+        for info, path in zip(manifest.shards, self.shard_paths(manifest)):
+            if offset + info.rows > start and offset < start + length:
+                with self.fs.open_input_file(path) as f:
+                    reader = ipc.open_file(f)
+                    for i in range(reader.num_record_batches):
+                        batch = reader.get_batch(i)
+                        lo, hi = max(start - offset, 0), min(start + length - offset, batch.num_rows)
+                        if lo < hi:
+                            batches.append(batch.slice(lo, hi - lo).select(columns) if columns else
+                                           batch.slice(lo, hi - lo))
+                        offset += batch.num_rows
+            else:
+                offset += info.rows
+            if offset >= start + length:
+                break
+        schema = get_schema(manifest.schema)
+        if not batches:
+            return pa.Table.from_batches([], schema=pa.schema([schema.field(c) for c in columns]) if columns
+                                         else schema)
+        return pa.Table.from_batches(batches)
 
     def write_atomic(self, path: str, data: bytes) -> None:
-        """Write under a temporary name, then rename: readers see the whole file or none."""
-        self._write_bytes(path + ".tmp", data)
-        self.fs.move(path + ".tmp", path)
+        """Readers see the whole file or none: on a local disk written under a unique temporary
+        name and renamed; on an object store one PUT is already atomic."""
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            self._write_bytes(path, data)
+            return
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        self._write_bytes(tmp, data)
+        os.replace(tmp, path)
+
+    def read_json(self, path: str) -> Any:
+        return json.loads(self._read_text(path))
 
     def work_dir(self, dataset: str, run_key: str) -> str:
         """A durable scratch folder for resumable stages (completed chunks live here)."""
@@ -201,6 +236,20 @@ class DatasetRegistry:
                                      if columns else schema)
 
     # -- writing -------------------------------------------------------------------------------
+    def put_shard(self, dataset: str, data: bytes, rows: int) -> ShardInfo:
+        """Store one encoded shard under its hash. The same bytes stored twice are one file."""
+        digest = hashlib.sha256(data).hexdigest()
+        relative = f"shards/{digest[:2]}/{digest}.arrow"
+        path = self._path(_check_name("dataset", dataset), relative)
+        info = self.fs.get_file_info(path)
+        if info.type != pafs.FileType.File or info.size != len(data):
+            self.write_atomic(path, data)
+        return ShardInfo(relative, rows, len(data), digest)
+
+    def shard_writer(self, dataset: str, schema: pa.Schema,
+                     target_bytes: int = TARGET_SHARD_BYTES) -> "ShardWriter":
+        return ShardWriter(self, dataset, schema, target_bytes)
+
     def writer(self, dataset: str, stage: str, schema: pa.Schema, parent: str | None = None,
                target_shard_bytes: int = TARGET_SHARD_BYTES) -> "VersionWriter":
         return VersionWriter(self, _check_name("dataset", dataset), stage, schema, parent,
@@ -212,26 +261,27 @@ class DatasetRegistry:
                           manifest.version.encode())
         return self.resolve(f"{manifest.dataset}@{manifest.version}")
 
-    def _publish(self, staging: str, manifest: VersionManifest) -> VersionManifest:
-        final = self._path(manifest.dataset, "versions", manifest.version)
-        manifest_path = final + "/manifest.json"
-        if self.exists(manifest_path):  # same content published before: versions are immutable
-            self.fs.delete_dir(staging)
-            return VersionManifest.from_json(self._read_text(manifest_path))
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            self._write_bytes(staging + "/manifest.json", manifest.to_json().encode())
-            if self.exists(final):  # a folder left by an interrupted object-store style publish
-                self.fs.delete_dir(final)
-            self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-            os.rename(staging, final)  # the one atomic step
-        else:
-            for info in self.fs.get_file_info(pafs.FileSelector(staging, recursive=True)):
-                if info.type == pafs.FileType.File:
-                    target = final + info.path[len(staging):]
-                    self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-                    self.fs.move(info.path, target)
-            self._write_bytes(manifest_path, manifest.to_json().encode())  # the commit point
-            self.fs.delete_dir(staging)
+    def publish(self, dataset: str, stage: str, schema: str, parent: str | None, counts: Counts,
+                shards: list[ShardInfo], quarantine_shards: list[ShardInfo], lineage: dict[str, Any],
+                stats: dict[str, Any] | None = None) -> VersionManifest:
+        """Make a version of shards already in the store: write its manifest, the one commit point.
+        Publishing content that was published before returns the existing version unchanged."""
+        if not counts.reconciles():
+            raise AssertionError(f"row accounting does not reconcile: {counts.line()}")
+        written, kept = sum(s.rows for s in shards), sum(s.rows for s in quarantine_shards)
+        assert (written, kept) == (counts.output, counts.quarantined), (written, kept, counts)
+        identity = {"dataset": dataset, "stage": stage, "schema": schema, "parent": parent,
+                    "counts": dataclasses.asdict(counts), "shards": [s.sha256 for s in shards],
+                    "quarantine": [s.sha256 for s in quarantine_shards]}
+        version = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        path = self._path(_check_name("dataset", dataset), "versions", version, "manifest.json")
+        if self.exists(path):  # versions are immutable
+            return VersionManifest.from_json(self._read_text(path))
+        manifest = VersionManifest(
+            dataset=dataset, version=version, stage=stage, schema=schema, parent=parent,
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(), counts=counts, shards=list(shards),
+            quarantine_shards=list(quarantine_shards), lineage=lineage, stats=stats or {})
+        self.write_atomic(path, manifest.to_json().encode())
         return manifest
 
     # -- comparing -----------------------------------------------------------------------------
@@ -282,18 +332,18 @@ def _row_bytes(table: pa.Table) -> np.ndarray:
     return sizes
 
 
-class _ShardSink:
-    """Buffers rows and writes Arrow IPC files of about `target_bytes` each.
+class ShardWriter:
+    """Buffers rows and stores Arrow IPC shards of about `target_bytes` each in the shard store.
 
     A shard closes at the first row where the running size reaches the target, with sizes computed
-    per row, so shard bytes (and thus the version id) depend only on the rows, never on how
-    upstream batches happened to be cut. Shards are assembled in memory and hashed as written."""
+    per row, so shard bytes (and thus shard names and the version id) depend only on the rows, never
+    on how upstream batches happened to be cut. Used on workers (each unit of a stage writes its
+    own shards) and by VersionWriter."""
 
     BATCH_ROWS = 1024
 
-    def __init__(self, registry: DatasetRegistry, folder: str, prefix: str, schema: pa.Schema,
-                 target_bytes: int):
-        self.registry, self.folder, self.prefix = registry, folder, prefix
+    def __init__(self, registry: DatasetRegistry, dataset: str, schema: pa.Schema, target_bytes: int):
+        self.registry, self.dataset = registry, dataset
         self.schema, self.target_bytes = schema, target_bytes
         self.pending: list[pa.Table] = []
         self.pending_bytes = 0
@@ -312,25 +362,24 @@ class _ShardSink:
             self.flush()
             table = table.slice(full + 1)
 
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        pending = pa.concat_tables(self.pending)
-        # Fresh contiguous buffers: a slice keeps its parent's buffers, and the IPC writer would
-        # then write different bytes for the same rows.
-        table = pa.Table.from_arrays([pa.concat_arrays(c.chunks) for c in pending.columns], schema=self.schema)
-        self.pending, self.pending_bytes = [], 0
-        sink = io.BytesIO()
-        with ipc.new_file(sink, self.schema) as writer:
-            writer.write_table(table, max_chunksize=self.BATCH_ROWS)
-        data = sink.getvalue()
-        name = f"{self.prefix}/part-{len(self.shards):05d}.arrow"
-        self.registry._write_bytes(f"{self.folder}/{name}", data)
-        self.shards.append(ShardInfo(name, table.num_rows, len(data), hashlib.sha256(data).hexdigest()))
+    def flush(self) -> list[ShardInfo]:
+        if self.pending:
+            pending = pa.concat_tables(self.pending)
+            # Fresh contiguous buffers: a slice keeps its parent's buffers, and the IPC writer would
+            # then write different bytes for the same rows.
+            table = pa.Table.from_arrays([pa.concat_arrays(c.chunks) if c.num_chunks else pa.array([], c.type)
+                                          for c in pending.columns], schema=self.schema)
+            self.pending, self.pending_bytes = [], 0
+            sink = io.BytesIO()
+            with ipc.new_file(sink, self.schema) as writer:
+                writer.write_table(table, max_chunksize=self.BATCH_ROWS)
+            self.shards.append(self.registry.put_shard(self.dataset, sink.getvalue(), table.num_rows))
+        return self.shards
 
 
 class VersionWriter:
-    """Collects a version's rows in a staging folder, then publishes it atomically.
+    """Writes a version from one process (tests, benchmarks, small tools; the stages write their
+    shards on workers and call `DatasetRegistry.publish`).
 
         with registry.writer("demo", "ingest", RAW) as w:
             w.write(table); w.quarantine(reason=..., message=..., source=..., source_ref=...)
@@ -341,54 +390,36 @@ class VersionWriter:
                  parent: str | None, target_shard_bytes: int):
         self.registry, self.dataset, self.stage, self.parent = registry, dataset, stage, parent
         self.schema = schema
-        self.staging = registry._path(dataset, "_staging", uuid.uuid4().hex)
-        registry.fs.create_dir(self.staging, recursive=True)
-        self.rows = _ShardSink(registry, self.staging, "shards", schema, target_shard_bytes)
-        self.rejected = _ShardSink(registry, self.staging, "quarantine", get_schema("quarantine/1"),
-                                   target_shard_bytes)
-        self.published: VersionManifest | None = None
+        self.rows = ShardWriter(registry, dataset, schema, target_shard_bytes)
+        self.rejected = ShardWriter(registry, dataset, get_schema("quarantine/1"), target_shard_bytes)
 
     def write(self, table: pa.Table) -> None:
         self.rows.add(table)
 
     def quarantine(self, *, reason, message, source, source_ref, sample_id=None, record=None) -> None:
         """Keep rejected rows (columns as arrays or lists), stamped with this version's stage."""
-        n = len(reason)
-        nulls = pa.nulls(n, pa.string())
-        self.rejected.add(pa.table({
-            "stage": pa.array([self.stage] * n, pa.string()), "reason": reason, "message": message,
-            "source": source, "source_ref": source_ref,
-            "sample_id": nulls if sample_id is None else sample_id, "record": nulls if record is None else record}))
+        self.rejected.add(quarantine_table(self.stage, reason=reason, message=message, source=source,
+                                           source_ref=source_ref, sample_id=sample_id, record=record))
 
     def publish(self, counts: Counts, lineage: dict[str, Any],
                 stats: dict[str, Any] | None = None) -> VersionManifest:
         if not counts.reconciles():
             raise AssertionError(f"row accounting does not reconcile: {counts.line()}")
-        self.rows.flush()
-        self.rejected.flush()
-        written = sum(s.rows for s in self.rows.shards)
-        kept = sum(s.rows for s in self.rejected.shards)
-        assert (written, kept) == (counts.output, counts.quarantined), (written, kept, counts)
-        name = schema_name(self.schema)
-        identity = {"dataset": self.dataset, "stage": self.stage, "schema": name,
-                    "parent": self.parent, "counts": dataclasses.asdict(counts),
-                    "shards": [s.sha256 for s in self.rows.shards],
-                    "quarantine": [s.sha256 for s in self.rejected.shards]}
-        version = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-        manifest = VersionManifest(
-            dataset=self.dataset, version=version, stage=self.stage, schema=name,
-            parent=self.parent, created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-            counts=counts, shards=self.rows.shards, quarantine_shards=self.rejected.shards,
-            lineage=lineage, stats=stats or {})
-        self.published = self.registry._publish(self.staging, manifest)
-        return self.published
-
-    def abort(self) -> None:
-        if self.published is None and self.registry.exists(self.staging):
-            self.registry.fs.delete_dir(self.staging)
+        return self.registry.publish(self.dataset, self.stage, schema_name(self.schema), self.parent, counts,
+                                     self.rows.flush(), self.rejected.flush(), lineage, stats)
 
     def __enter__(self) -> "VersionWriter":
         return self
 
     def __exit__(self, *exc) -> None:
-        self.abort()
+        pass  # unpublished shards are unreferenced files in the store; nothing reads them
+
+
+def quarantine_table(stage: str, *, reason, message, source, source_ref, sample_id=None, record=None) -> pa.Table:
+    """Rejected rows (columns as arrays or lists) in the quarantine/1 layout, stamped with `stage`."""
+    n = len(reason)
+    nulls = pa.nulls(n, pa.string())
+    return pa.table({
+        "stage": pa.array([stage] * n, pa.string()), "reason": reason, "message": message,
+        "source": source, "source_ref": source_ref,
+        "sample_id": nulls if sample_id is None else sample_id, "record": nulls if record is None else record})

@@ -1,19 +1,23 @@
-"""Source readers for ingest: each turns one source into batches of *reference rows*.
+"""Source readers for ingest, in two halves: planning on the driver, reading on workers.
 
-A reference row names a sample without decoding it: the instruction, the images as inline bytes or
-as paths relative to the source's folder, and where the row came from. Problems found while reading
-(a line that is not JSON, an instruction that is not UTF-8) ride along as `error_reason` so the
-ingest stage can quarantine the row; nothing is skipped here. Images are read and checked later,
-in parallel, by the ingest stage.
+`plan_source` cuts a source into *units* from listings and metadata alone (file names, Parquet row
+groups, line offsets of a JSONL manifest): small JSON-able specs, deterministic for the same source.
+`read_unit` turns one spec into batches of *reference rows* on a worker. A reference row names a
+sample without decoding it: the instruction, the images as inline bytes or as paths relative to
+the source's folder, and where the row came from. Problems found while reading (a line that is not
+JSON, an instruction that is not UTF-8) ride along as `error_reason` so the ingest stage can
+quarantine the row; nothing is skipped here. Images are checked later, by the ingest stage.
 
 Formats: `jsonl` (the canonical manifest), `parquet`, `hf` (a Hugging Face dataset saved with
 `save_to_disk`; for a Parquet export use `parquet`), `folder` (`<id>/input.*`, `<id>/output.*`,
 `<id>/instruction.txt`) and `webdataset` (tars with `<key>.input.jpg`, `<key>.output.jpg`,
-`<key>.instruction.txt`).
+`<key>.instruction.txt`). Units: a range of lines, a run of row groups, an Arrow file, a range of
+sample folders, a tar.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import posixpath
@@ -24,6 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
+import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.images import stable_message
@@ -31,6 +36,7 @@ from pipeline.images import stable_message
 FORMATS = ("jsonl", "parquet", "hf", "folder", "webdataset")
 CANONICAL_COLUMNS = ("task", "instruction", "input_image", "output_image", "id", "category", "meta")
 READ_BATCH_ROWS = 256
+ROWS_PER_UNIT = 1024  # default unit size where the source does not fix it (lines, folders)
 
 REFERENCE_SCHEMA = pa.schema([
     ("source", pa.string()),
@@ -165,13 +171,35 @@ def _record_row(obj: dict[str, Any], ref: str) -> dict[str, Any]:
     return row
 
 
-def read_jsonl(source: str) -> Iterator[pa.Table]:
+def plan_jsonl(source: str, rows_per_unit: int) -> list[dict[str, Any]]:
+    """Byte ranges of `rows_per_unit` lines each, found by one streaming pass over the file (the
+    driver holds one block at a time, never the file)."""
     fs, path = filesystem(source)
+    units, start, lines, offset, line = [], 0, 0, 0, 1
+    with fs.open_input_stream(path) as f:
+        while block := f.read(64 << 20):
+            for pos in np.flatnonzero(np.frombuffer(block, np.uint8) == 10):
+                lines += 1
+                if lines == rows_per_unit:
+                    end = offset + int(pos) + 1
+                    units.append({"path": path, "start": start, "end": end, "first_line": line})
+                    start, line, lines = end, line + lines, 0
+            offset += len(block)
+    if offset > start:
+        units.append({"path": path, "start": start, "end": offset, "first_line": line})
+    return units
+
+
+def read_jsonl(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
+    fs, _ = filesystem(source)
+    with fs.open_input_file(unit["path"]) as f:
+        data = f.read_at(unit["end"] - unit["start"], unit["start"])
     batcher = _Batcher(source, _parent(source))
-    for lineno, raw in enumerate(read_bytes(fs, path).split(b"\n"), start=1):
+    name = posixpath.basename(unit["path"])
+    for lineno, raw in enumerate(data.split(b"\n"), start=unit["first_line"]):
         if not raw.strip():
             continue
-        ref = f"{posixpath.basename(path)}:{lineno}"
+        ref = f"{name}:{lineno}"
         try:
             obj = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
@@ -200,47 +228,76 @@ def _rename(table: pa.Table, columns: dict[str, str]) -> pa.Table:
     return table.rename_columns([inverse.get(c, c) for c in table.column_names])
 
 
-def _read_tables(source: str, tables: Iterator[tuple[str, pa.Table]], base: str,
-                 columns: dict[str, str]) -> Iterator[pa.Table]:
+def _check_columns(source: str, names: list[str], columns: dict[str, str]) -> list[str]:
+    """The source columns to read, after checking the mapping against the source's schema (on the
+    driver, so a wrong --columns fails the job at once, not on every worker)."""
+    missing = [src for src in columns.values() if src not in names]
+    if missing:
+        raise ValueError(f"--columns names {missing}, not in the source's columns {names}")
+    inverse = {src: canon for canon, src in columns.items()}
+    canonical = {inverse.get(c, c) for c in names}
+    if "output_image" not in canonical or "instruction" not in canonical:
+        raise ValueError(f"{source}: needs instruction and output_image columns "
+                         f"(map them with --columns), has {names}")
+    return [c for c in names if inverse.get(c, c) in CANONICAL_COLUMNS]
+
+
+def _table_rows(source: str, base: str, name: str, first_row: int, batches: Iterator[pa.RecordBatch],
+                columns: dict[str, str]) -> Iterator[pa.Table]:
     batcher = _Batcher(source, base)
-    for name, table in tables:
-        table = _rename(table, columns)
+    row = first_row
+    for batch in batches:
+        table = _rename(pa.Table.from_batches([batch]), columns)
         keep = [c for c in CANONICAL_COLUMNS if c in table.column_names]
-        if "output_image" not in keep or "instruction" not in keep:
-            raise ValueError(f"{source}: needs instruction and output_image columns "
-                             f"(map them with --columns), has {table.column_names}")
-        offset = 0
-        for batch in table.select(keep).to_batches(max_chunksize=READ_BATCH_ROWS):
-            for i, obj in enumerate(batch.to_pylist()):
-                if "task" not in keep:  # tabular sets rarely say; an input image means an edit
-                    obj["task"] = "edit" if obj.get("input_image") is not None else "generate"
-                if (out := batcher.add(**_record_row(obj, f"{name}:{offset + i}"))) is not None:
-                    yield out
-            offset += batch.num_rows
+        for obj in table.select(keep).to_pylist():
+            if "task" not in keep:  # tabular sets rarely say; an input image means an edit
+                obj["task"] = "edit" if obj.get("input_image") is not None else "generate"
+            if (out := batcher.add(**_record_row(obj, f"{name}:{row}"))) is not None:
+                yield out
+            row += 1
     if (out := batcher.flush()) is not None:
         yield out
 
 
-def read_parquet(source: str, columns: dict[str, str]) -> Iterator[pa.Table]:
+def _parquet_files(source: str) -> tuple[pafs.FileSystem, list[str], str]:
     fs, path = filesystem(source)
     if fs.get_file_info(path).type == pafs.FileType.File:
-        files, base = [path], _parent(source)
-    else:
-        selector = pafs.FileSelector(path, recursive=True)
-        files = sorted(i.path for i in fs.get_file_info(selector) if i.path.endswith(".parquet"))
-        base = _folder(source)
-
-    def tables():
-        for f in files:
-            for i, batch in enumerate(pq.ParquetFile(fs.open_input_file(f)).iter_batches(READ_BATCH_ROWS)):
-                yield f"{posixpath.relpath(f, posixpath.dirname(files[0]))}#{i}", pa.Table.from_batches([batch])
-
-    return _read_tables(source, tables(), base, columns)
+        return fs, [path], _parent(source)
+    selector = pafs.FileSelector(path, recursive=True)
+    return fs, sorted(i.path for i in fs.get_file_info(selector) if i.path.endswith(".parquet")), _folder(source)
 
 
-def read_hf_saved(source: str, columns: dict[str, str]) -> Iterator[pa.Table]:
-    """`Dataset.save_to_disk` writes Arrow IPC *streams* listed in state.json; a DatasetDict adds
-    one such folder per split. Read with pyarrow: no `datasets` import needed."""
+def plan_parquet(source: str, columns: dict[str, str], rows_per_unit: int) -> list[dict[str, Any]]:
+    """Runs of whole row groups of up to `rows_per_unit` rows (a bigger row group is a unit of its
+    own: Parquet reads a row group's column chunks whole), from the files' footers alone."""
+    fs, files, _ = _parquet_files(source)
+    units = []
+    for f in files:
+        meta = pq.ParquetFile(fs.open_input_file(f)).metadata
+        read = _check_columns(source, meta.schema.to_arrow_schema().names, columns)
+        name = posixpath.relpath(f, posixpath.dirname(files[0]))
+        group, rows, first = [], 0, 0
+        for i in range(meta.num_row_groups):
+            n = meta.row_group(i).num_rows
+            if group and rows + n > rows_per_unit:
+                units.append({"path": f, "name": name, "row_groups": group, "first_row": first, "columns": read})
+                group, first, rows = [], first + rows, 0
+            group.append(i)
+            rows += n
+        if group:
+            units.append({"path": f, "name": name, "row_groups": group, "first_row": first, "columns": read})
+    return units
+
+
+def read_parquet(source: str, unit: dict[str, Any], columns: dict[str, str]) -> Iterator[pa.Table]:
+    fs, _, base = _parquet_files(source)
+    parquet = pq.ParquetFile(fs.open_input_file(unit["path"]))
+    batches = parquet.iter_batches(READ_BATCH_ROWS, row_groups=unit["row_groups"], columns=unit["columns"])
+    return _table_rows(source, base, unit["name"], unit["first_row"], batches, columns)
+
+
+def _hf_files(source: str) -> list[tuple[str, str]]:
+    """(path, name) of every Arrow file of a `save_to_disk` folder, splits in their listed order."""
     fs, path = filesystem(source)
     names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(path))}
     if "dataset_dict.json" in names:
@@ -248,17 +305,30 @@ def read_hf_saved(source: str, columns: dict[str, str]) -> Iterator[pa.Table]:
         folders = [(split, f"{path}/{split}") for split in splits]
     else:
         folders = [("", path)]
+    files = []
+    for split, folder in folders:
+        for entry in json.loads(read_bytes(fs, f"{folder}/state.json"))["_data_files"]:
+            files.append((f"{folder}/{entry['filename']}", posixpath.join(split, entry["filename"])))
+    return files
 
-    def tables():
-        for split, folder in folders:
-            state = json.loads(read_bytes(fs, f"{folder}/state.json"))
-            for entry in state["_data_files"]:
-                with fs.open_input_stream(f"{folder}/{entry['filename']}") as f:
-                    for i, batch in enumerate(ipc.open_stream(f)):
-                        name = posixpath.join(split, entry["filename"])
-                        yield f"{name}#{i}", pa.Table.from_batches([batch])
 
-    return _read_tables(source, tables(), _folder(source), columns)
+def plan_hf_saved(source: str, columns: dict[str, str]) -> list[dict[str, Any]]:
+    """`Dataset.save_to_disk` writes Arrow IPC *streams* listed in state.json (a DatasetDict: one
+    such folder per split); one unit per file. Read with pyarrow: no `datasets` import needed."""
+    fs, _ = filesystem(source)
+    units = []
+    for path, name in _hf_files(source):
+        with fs.open_input_stream(path) as f:
+            read = _check_columns(source, ipc.open_stream(f).schema.names, columns)
+        units.append({"path": path, "name": name, "columns": read})
+    return units
+
+
+def read_hf_saved(source: str, unit: dict[str, Any], columns: dict[str, str]) -> Iterator[pa.Table]:
+    fs, _ = filesystem(source)
+    with fs.open_input_stream(unit["path"]) as f:
+        batches = (b.select(unit["columns"]) for b in ipc.open_stream(f))
+        yield from _table_rows(source, _folder(source), unit["name"], 0, batches, columns)
 
 
 def _find(names: set[str], stem: str) -> str | None:
@@ -266,15 +336,20 @@ def _find(names: set[str], stem: str) -> str | None:
     return found[0] if found else None
 
 
-def read_folder(source: str) -> Iterator[pa.Table]:
+def plan_folder(source: str, rows_per_unit: int) -> list[dict[str, Any]]:
+    """Runs of `rows_per_unit` sample folders, in name order (a listing's order is the filesystem's)."""
+    fs, path = filesystem(source)
+    names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path))
+                   if i.type == pafs.FileType.Directory)
+    return [{"samples": names[i:i + rows_per_unit]} for i in range(0, len(names), rows_per_unit)]
+
+
+def read_folder(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
     fs, path = filesystem(source)
     batcher = _Batcher(source, _folder(source))
-    # Listing order is the filesystem's: sort, so rows (and the version id) follow the names.
-    for sample in sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda i: i.base_name):
-        if sample.type != pafs.FileType.Directory:
-            continue
-        names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(sample.path))}
-        key = sample.base_name
+    for key in unit["samples"]:
+        sample = f"{path}/{key}"
+        names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(sample))}
         row: dict[str, Any] = {"source_ref": key, "record": json.dumps({"id": key, "files": sorted(names)})}
         files = {"input": _find(names, "input"), "output": _find(names, "output")}
         row["input_image_path"] = f"{key}/{files['input']}" if files["input"] else None
@@ -282,10 +357,10 @@ def read_folder(source: str) -> Iterator[pa.Table]:
         row["task"] = "edit" if files["input"] else "generate"
         row["meta"] = json.dumps({"source_id": key})
         if "category.txt" in names:
-            row["category"] = read_bytes(fs, f"{sample.path}/category.txt").decode("utf-8", "replace").strip()
+            row["category"] = read_bytes(fs, f"{sample}/category.txt").decode("utf-8", "replace").strip()
         if "instruction.txt" in names:
             try:
-                row["instruction"] = read_bytes(fs, f"{sample.path}/instruction.txt").decode("utf-8")
+                row["instruction"] = read_bytes(fs, f"{sample}/instruction.txt").decode("utf-8")
             except UnicodeDecodeError as e:
                 row.update(error_reason="invalid_utf8", error_message=f"instruction.txt: {stable_message(e)}")
         if (table := batcher.add(**row)) is not None:
@@ -294,15 +369,20 @@ def read_folder(source: str) -> Iterator[pa.Table]:
         yield table
 
 
-def read_webdataset(source: str) -> Iterator[pa.Table]:
+def plan_webdataset(source: str) -> list[dict[str, Any]]:
     fs, path = filesystem(source)
     if fs.get_file_info(path).type == pafs.FileType.File:
-        tars = [path]
-    else:
-        tars = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path)) if i.path.endswith(".tar"))
-    batcher = _Batcher(source, _parent(source))
+        return [{"path": path}]
+    return [{"path": i.path} for i in sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda i: i.path)
+            if i.path.endswith(".tar")]
 
-    def sample_row(tar_name: str, key: str, members: dict[str, bytes]) -> dict[str, Any]:
+
+def read_webdataset(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
+    fs, _ = filesystem(source)
+    batcher = _Batcher(source, _parent(source))
+    tar_name = posixpath.basename(unit["path"])
+
+    def sample_row(key: str, members: dict[str, bytes]) -> dict[str, Any]:
         names = set(members)
         row: dict[str, Any] = {"source_ref": f"{tar_name}:{key}",
                                "record": json.dumps({"key": key, "members": sorted(names)})}
@@ -320,45 +400,66 @@ def read_webdataset(source: str) -> Iterator[pa.Table]:
                 row.update(error_reason="invalid_utf8", error_message=f"instruction.txt: {stable_message(e)}")
         return row
 
-    for tar_path in tars:
-        tar_name = posixpath.basename(tar_path)
-        # WebDataset keeps a sample's members adjacent: stream the tar, emit a sample when its key
-        # changes, so memory holds one sample at a time.
-        with fs.open_input_stream(tar_path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-            key, members = None, {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                dirname, base = posixpath.split(member.name)
-                sample_key, _, suffix = base.partition(".")
-                sample_key = posixpath.join(dirname, sample_key)
-                if sample_key != key and key is not None:
-                    if (table := batcher.add(**sample_row(tar_name, key, members))) is not None:
-                        yield table
-                    members = {}
-                key = sample_key
-                members[suffix] = tar.extractfile(member).read()
-            if key is not None and (table := batcher.add(**sample_row(tar_name, key, members))) is not None:
-                yield table
+    # WebDataset keeps a sample's members adjacent: stream the tar, emit a sample when its key
+    # changes, so memory holds one sample at a time.
+    with fs.open_input_stream(unit["path"]) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        key, members = None, {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            dirname, base = posixpath.split(member.name)
+            sample_key, _, suffix = base.partition(".")
+            sample_key = posixpath.join(dirname, sample_key)
+            if sample_key != key and key is not None:
+                if (table := batcher.add(**sample_row(key, members))) is not None:
+                    yield table
+                members = {}
+            key = sample_key
+            members[suffix] = tar.extractfile(member).read()
+        if key is not None and (table := batcher.add(**sample_row(key, members))) is not None:
+            yield table
     if (table := batcher.flush()) is not None:
         yield table
 
 
-def read_source(source: str, fmt: str = "auto", columns: dict[str, str] | None = None) -> Iterator[pa.Table]:
-    """Reference-row batches of one source, in source order."""
+def plan_source(source: str, fmt: str = "auto", columns: dict[str, str] | None = None,
+                rows_per_unit: int = ROWS_PER_UNIT) -> list[dict[str, Any]]:
+    """The units of one source, in source order: {"source", "format", "columns", ...format fields}.
+    Raises ValueError for a source that does not exist or a column mapping that does not fit."""
     fmt = detect_format(source) if fmt == "auto" else fmt
     columns = columns or {}
     unknown = sorted(set(columns) - set(CANONICAL_COLUMNS))
     if unknown:
         raise ValueError(f"--columns maps unknown field(s) {unknown}; fields: {CANONICAL_COLUMNS}")
     if fmt == "jsonl":
-        return read_jsonl(source)
+        units = plan_jsonl(source, rows_per_unit)
+    elif fmt == "parquet":
+        units = plan_parquet(source, columns, rows_per_unit)
+    elif fmt == "hf":
+        units = plan_hf_saved(source, columns)
+    elif fmt == "folder":
+        units = plan_folder(source, rows_per_unit)
+    elif fmt == "webdataset":
+        units = plan_webdataset(source)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; choose auto or one of {FORMATS}")
+    return [{"source": source, "format": fmt, "mapping": columns, **u} for u in units]
+
+
+def read_unit(unit: dict[str, Any]) -> Iterator[pa.Table]:
+    """Reference-row batches of one planned unit, in source order (runs on a worker)."""
+    source, fmt, columns = unit["source"], unit["format"], unit["mapping"]
+    if fmt == "jsonl":
+        return read_jsonl(source, unit)
     if fmt == "parquet":
-        return read_parquet(source, columns)
+        return read_parquet(source, unit, columns)
     if fmt == "hf":
-        return read_hf_saved(source, columns)
+        return read_hf_saved(source, unit, columns)
     if fmt == "folder":
-        return read_folder(source)
-    if fmt == "webdataset":
-        return read_webdataset(source)
-    raise ValueError(f"unknown format {fmt!r}; choose auto or one of {FORMATS}")
+        return read_folder(source, unit)
+    return read_webdataset(source, unit)
+
+
+def read_source(source: str, fmt: str = "auto", columns: dict[str, str] | None = None) -> Iterator[pa.Table]:
+    """Reference-row batches of a whole source, in source order (one process; for tools and tests)."""
+    return itertools.chain.from_iterable(read_unit(u) for u in plan_source(source, fmt, columns))

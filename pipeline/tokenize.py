@@ -2,8 +2,10 @@
 
 Images become MAGVIT-v2 codes (raw codebook indices, 0..8191), text becomes tokenizer ids with no
 special tokens; the trainer adds task tokens, bos/eos and image offsets from its TokenLayout, so
-shards do not depend on one model's vocabulary. The stage runs in a Ray Data actor pool (one
-MAGVIT per actor, on a GPU when the cluster has them) as a resumable chunked job.
+shards do not depend on one model's vocabulary. On the stage adapter, CPU tasks read each unit and
+decode and resize its images (`TokenizeStage.prepare`), and a pool of MAGVIT actors (one per GPU
+when the cluster has them) encodes batches of ready pixels, tokenizes the text and writes the
+shards; the job resumes from the units already done.
 
 Text limits come from the sequence contract (`schemas.SequenceConfig`, the same object `trainer sft`
 takes): at most L - 2 tokens per text part. Over-long text is quarantined by default
@@ -23,21 +25,23 @@ import dataclasses
 import hashlib
 import io
 import json
-from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.chunked import iter_results, plan_chunks, run_missing
+from pipeline import ray_runtime
 from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2
 from pipeline.image_tokenizer.magvit import resolve_checkpoint, sha256_file, weights_file
+from pipeline.images import stable_message
 from pipeline.lineage import lineage
-from pipeline.ray_runtime import init_ray
-from pipeline.registry import DatasetRegistry, split_ref
-from schemas import Counts, SequenceConfig, VersionManifest, tokenized_schema
+from pipeline.registry import TARGET_SHARD_BYTES, DatasetRegistry, split_ref
+from pipeline.stage import Processed, Resources, Stage, plan_row_ranges, read_row_range, rejected_rows, totals
+from schemas import SequenceConfig, VersionManifest, tokenized_schema
 
 STAGE = "tokenize"
-_INPUT_COLUMNS = ["sample_id", "task", "instruction", "reasoning", "input_image", "output_image"]
+_INPUT_COLUMNS = ["sample_id", "task", "instruction", "reasoning", "input_image", "output_image", "source",
+                  "source_ref"]
 DEFAULT_TEXT_TOKENIZER = "GSAI-ML/LLaDA-8B-Instruct"
 
 
@@ -48,14 +52,14 @@ class TokenizeConfig:
     image_tokenizer: str = DEFAULT_ID
     text_tokenizer: str = DEFAULT_TEXT_TOKENIZER
     resolution: int = 512  # squash-resized to R x R: (R/16)^2 codes per image
-    batch_size: int = 8  # samples per MAGVIT forward (inputs and outputs go in one batch)
+    batch_size: int = 32  # samples per MAGVIT forward (inputs and outputs go in one batch)
     device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "float32"  # float32 | bfloat16
+    dtype: str = "auto"  # auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16
     sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)  # text limits: L - 2 per part
     overflow: str = "quarantine"  # quarantine | truncate
     concurrency: int = 1  # MAGVIT actors (one per GPU)
     cpus_per_actor: int = 1  # CPU threads of each actor's MAGVIT when it runs on the CPU
-    chunk_rows: int = 256
+    chunk_rows: int = 256  # rows per unit: decoded together on a CPU worker, one resumable step
     registry: str | None = None
     ray_address: str | None = None
 
@@ -64,8 +68,8 @@ class TokenizeConfig:
             raise ValueError(f"resolution {self.resolution} is not a multiple of 16")
         if self.overflow not in ("quarantine", "truncate"):
             raise ValueError(f"overflow must be quarantine or truncate, not {self.overflow!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype must be auto, float32 or bfloat16, not {self.dtype!r}")
 
 
 def encode_blank_image(magvit: MagvitV2, resolution: int) -> list[int]:
@@ -92,14 +96,6 @@ def text_facts(table: pa.Table) -> dict:
             "tasks": {r["values"]: r["counts"] for r in pc.value_counts(table["task"]).to_pylist()}}
 
 
-def merge_facts(a: dict, b: dict) -> dict:
-    out = {k: max((v for v in (a.get(k), b[k]) if v is not None), default=None) for k in TEXT_FACTS[:3]}
-    tasks = dict(a.get("tasks", {}))
-    for task, n in b["tasks"].items():
-        tasks[task] = tasks.get(task, 0) + n
-    return {**out, "tasks": dict(sorted(tasks.items()))}
-
-
 def load_text_tokenizer(name: str):
     from transformers import AutoTokenizer
 
@@ -112,75 +108,116 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 
 
-class TokenizeStage:
-    """Ray Data actor: loads MAGVIT-v2 and the text tokenizer once, tokenizes batches."""
+class TokenizeStage(Stage):
+    """Annotated rows -> tokenized rows. `prepare` (CPU workers): decode and resize every image to
+    R x R uint8; `process` (the MAGVIT actor): encode batches of pixels, tokenize the text."""
 
-    def __init__(self, config: TokenizeConfig):
+    name = STAGE
+
+    def __init__(self, config: TokenizeConfig, on_gpu: bool = False):
+        self.config = config
+        self.batch_size = config.batch_size
+        self.grid = config.resolution // 16
+        self.output_schema = tokenized_schema(self.grid * self.grid)
+        self.resources = Resources(actors=config.concurrency, num_gpus=1 if on_gpu else 0,
+                                   num_cpus=config.cpus_per_actor, prepare_cpus=1)
+
+    def prepare(self, rows: pa.Table) -> pa.Table:
+        from PIL import Image
+
+        pixels: dict[str, list] = {"input_image": [], "output_image": []}
+        errors = []
+        for row in rows.select(["input_image", "output_image"]).to_pylist():
+            error = None
+            for side, data in row.items():
+                try:
+                    pixels[side].append(None if data is None else
+                                        MagvitV2.resize(Image.open(io.BytesIO(data)), self.config.resolution).tobytes())
+                except Exception as e:  # a row that decoded at ingest but not here: quarantined, not fatal
+                    pixels[side].append(None)
+                    error = f"{side}: {stable_message(e)}"
+            errors.append(error)
+        return rows.drop_columns(["input_image", "output_image"]).append_column(
+            "input_pixels", pa.array(pixels["input_image"], pa.large_binary())).append_column(
+            "output_pixels", pa.array(pixels["output_image"], pa.large_binary())).append_column(
+            "prepare_error", pa.array(errors, pa.string()))
+
+    def setup(self) -> None:
         import torch
 
-        device = config.device
+        device = self.config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         if self.device.type == "cpu":  # Ray pins workers to 1 thread; use the CPUs the actor holds
-            torch.set_num_threads(config.cpus_per_actor)
-        self.dtype = getattr(torch, config.dtype)
-        self.magvit = MagvitV2.from_pretrained(config.image_tokenizer, device=self.device, dtype=self.dtype)
-        self.text = load_text_tokenizer(config.text_tokenizer)
-        self.config = config
+            torch.set_num_threads(self.config.cpus_per_actor)
+        dtype = self.config.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+        self.dtype = getattr(torch, dtype)
+        self.magvit = MagvitV2.from_pretrained(self.config.image_tokenizer, device=self.device, dtype=self.dtype)
+        self.text = load_text_tokenizer(self.config.text_tokenizer)
 
-    def _codes(self, images: list[bytes]) -> list[list[int]]:
-        from PIL import Image
+    def _codes(self, pixels: list[bytes]) -> list[list[int]]:
+        import torch
 
-        pixels = MagvitV2.preprocess([Image.open(io.BytesIO(b)) for b in images], self.config.resolution)
-        return self.magvit.encode(pixels.to(self.device, self.dtype)).to("cpu", copy=False).int().tolist()
+        if not pixels:
+            return []
+        r = self.config.resolution
+        array = np.empty((len(pixels), r, r, 3), np.uint8)
+        for i, p in enumerate(pixels):
+            array[i] = np.frombuffer(p, np.uint8).reshape(r, r, 3)
+        batch = torch.from_numpy(array)
+        batch = MagvitV2.normalize(batch.to(self.device, non_blocking=True)).to(self.dtype)
+        return self.magvit.encode(batch).to("cpu").int().tolist()
 
     def _ids(self, texts: list[str], limit: int) -> tuple[list[list[int]], list[bool]]:
-        ids = self.text(texts, add_special_tokens=False)["input_ids"]
+        ids = self.text(texts, add_special_tokens=False)["input_ids"] if texts else []
         over = [len(x) > limit for x in ids]
         if self.config.overflow == "truncate":
             ids = [x[:limit] for x in ids]
         return ids, over
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        images = [r["input_image"] for r in rows if r["input_image"] is not None] + [r["output_image"] for r in rows]
-        codes = iter(self._codes(images))
-        input_codes = [next(codes) if r["input_image"] is not None else None for r in rows]
-        output_codes = [next(codes) for _ in rows]
+    def process(self, rows: pa.Table) -> Processed:
+        broken = pc.is_valid(rows["prepare_error"])
+        bad_images = rows.filter(broken)
+        rows = rows.filter(pc.invert(broken))
+        inputs, outputs = rows["input_pixels"].to_pylist(), rows["output_pixels"].to_pylist()
+        codes = iter(self._codes([p for p in inputs if p is not None] + outputs))
+        input_codes = [next(codes) if p is not None else None for p in inputs]
+        output_codes = [next(codes) for _ in outputs]
         sequence = self.config.sequence
-        instruction_ids, long_instruction = self._ids([r["instruction"] for r in rows], sequence.max_instruction_tokens)
-        reasoning_ids, long_reasoning = self._ids([r["reasoning"] for r in rows], sequence.max_reasoning_tokens)
-        grid = self.config.resolution // 16
-        out = []
-        for i, r in enumerate(rows):
-            reason = message = None
-            if self.config.overflow == "quarantine" and (long_instruction[i] or long_reasoning[i]):
-                which = "instruction" if long_instruction[i] else "reasoning"
-                limit = getattr(sequence, f"max_{which}_tokens")
-                reason = f"{which}_too_long"
-                message = f"{which} has {len(instruction_ids[i] if which == 'instruction' else reasoning_ids[i])} tokens > {limit}"
-            out.append({"chunk": r["chunk"], "sample_id": r["sample_id"], "task": r["task"],
-                        "instruction_ids": instruction_ids[i], "reasoning_ids": reasoning_ids[i],
-                        "input_image_codes": input_codes[i], "output_image_codes": output_codes[i],
-                        "grid_h": grid, "grid_w": grid, "instruction_len": len(instruction_ids[i]),
-                        "reasoning_len": len(reasoning_ids[i]), "reason": reason, "message": message})
-        schema = tokenized_schema(grid * grid)
-        return pa.Table.from_pylist(out, schema=pa.schema([pa.field("chunk", pa.int64())] + list(schema) + [
-            pa.field("reason", pa.string()), pa.field("message", pa.string())]))
-
-
-def _apply_stage(config: TokenizeConfig) -> Callable:
-    def apply(ds):
-        import ray
-        import ray.data
-
-        gpus = ray.cluster_resources().get("GPU", 0) > 0 and config.device != "cpu"
-        return ds.map_batches(TokenizeStage, batch_size=config.batch_size, batch_format="pyarrow",
-                              fn_constructor_kwargs={"config": config},
-                              compute=ray.data.ActorPoolStrategy(size=config.concurrency),
-                              num_gpus=1 if gpus else 0, num_cpus=config.cpus_per_actor)
-    return apply
+        instruction_ids, long_instruction = self._ids(rows["instruction"].to_pylist(), sequence.max_instruction_tokens)
+        reasoning_ids, long_reasoning = self._ids(rows["reasoning"].to_pylist(), sequence.max_reasoning_tokens)
+        out = pa.table({
+            "sample_id": rows["sample_id"], "task": rows["task"],
+            "instruction_ids": pa.array(instruction_ids, pa.list_(pa.int32())),
+            "reasoning_ids": pa.array(reasoning_ids, pa.list_(pa.int32())),
+            "input_image_codes": pa.array(input_codes, self.output_schema.field("input_image_codes").type),
+            "output_image_codes": pa.array(output_codes, self.output_schema.field("output_image_codes").type),
+            "grid_h": pa.array([self.grid] * rows.num_rows, pa.int32()),
+            "grid_w": pa.array([self.grid] * rows.num_rows, pa.int32()),
+            "instruction_len": pa.array([len(x) for x in instruction_ids], pa.int32()),
+            "reasoning_len": pa.array([len(x) for x in reasoning_ids], pa.int32())})
+        too_long = [False] * rows.num_rows
+        reasons, messages = [], []
+        if self.config.overflow == "quarantine":
+            for i in range(rows.num_rows):
+                which = "instruction" if long_instruction[i] else "reasoning" if long_reasoning[i] else None
+                if which:
+                    too_long[i] = True
+                    ids = instruction_ids[i] if which == "instruction" else reasoning_ids[i]
+                    limit = getattr(sequence, f"max_{which}_tokens")
+                    reasons.append(f"{which}_too_long")
+                    messages.append(f"{which} has {len(ids)} tokens > {limit}")
+        mask = pa.array(too_long, pa.bool_())
+        kept = out.filter(pc.invert(mask))
+        rejected = pa.concat_tables([
+            rejected_rows(bad_images, ["undecodable_image"] * bad_images.num_rows,
+                          bad_images["prepare_error"].to_pylist()),
+            rejected_rows(rows.filter(mask), reasons, messages)])
+        stats = {"images": len(outputs) + sum(p is not None for p in inputs)}  # encoded, kept or not
+        return Processed(kept, rejected, {**stats, **text_facts(kept)} if kept.num_rows else stats)
 
 
 def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManifest:
@@ -203,35 +240,19 @@ def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManife
     key = "tokenize-" + hashlib.sha256(json.dumps(
         {"input": source.ref, "chunk_rows": config.chunk_rows, "dtype": config.dtype, **provenance},
         sort_keys=True).encode()).hexdigest()[:16]
-    work = registry.work_dir(output, key)
-    chunks = plan_chunks(source, config.chunk_rows)
-    init_ray(config.ray_address)
-    resumed, seconds = run_missing(registry, source, chunks, work, _INPUT_COLUMNS, _apply_stage(config),
-                                   progress=progress, unit="sample")
-
-    grid = config.resolution // 16
-    schema = tokenized_schema(grid * grid)
-    reasons: dict[str, int] = {}
-    n_out = n_images = 0
-    facts: dict = {}
-    with registry.writer(output, STAGE, schema, parent=source.ref) as writer:
-        for rows, results in iter_results(registry, source, chunks, work):
-            rejected = pc.is_valid(results["reason"])
-            kept = results.filter(pc.invert(rejected))
-            writer.write(kept.select(schema.names))
-            facts = merge_facts(facts, text_facts(kept))
-            bad, bad_rows = results.filter(rejected), rows.filter(rejected)
-            for r in bad["reason"].to_pylist():
-                reasons[r] = reasons.get(r, 0) + 1
-            writer.quarantine(reason=bad["reason"], message=bad["message"], source=bad_rows["source"],
-                              source_ref=bad_rows["source_ref"], sample_id=bad["sample_id"])
-            n_out += results.num_rows - bad.num_rows
-            n_images += results.num_rows + pc.sum(pc.is_valid(results["input_image_codes"])).as_py()
-        counts = Counts(input=source.counts.output, output=n_out, quarantined=sum(reasons.values()), duplicates=0)
-        stats = {"quarantine_reasons": dict(sorted(reasons.items())), "images": n_images,
-                 "seconds": round(seconds, 3), "resumed_chunks": resumed,
-                 "images_per_s": round(n_images / seconds, 2) if seconds else None, **facts}
-        return writer.publish(counts, lineage(dataclasses.asdict(config), tokenize=provenance), stats)
+    units = plan_row_ranges(source, registry.root, config.chunk_rows, _INPUT_COLUMNS)
+    ray_runtime.init_ray(config.ray_address)
+    stage = TokenizeStage(config, on_gpu=config.device != "cpu" and ray_runtime.cluster_has_gpus())
+    results, resumed, seconds = ray_runtime.run_units(
+        stage, units, read_row_range, registry=registry, dataset=output, work=registry.work_dir(output, key),
+        target_bytes=TARGET_SHARD_BYTES, progress=progress)
+    counts, reasons, facts = totals(results)
+    images = facts.pop("images", 0)
+    stats = {"quarantine_reasons": reasons, "images": images, "seconds": round(seconds, 3),
+             "resumed_chunks": resumed, "images_per_s": round(images / seconds, 2) if seconds else None, **facts}
+    return registry.publish(output, STAGE, "tokenized/1", source.ref, counts,
+                            [s for r in results for s in r.shards], [s for r in results for s in r.quarantine_shards],
+                            lineage(dataclasses.asdict(config), tokenize=provenance), stats)
 
 
 def report(manifest: VersionManifest) -> str:

@@ -29,8 +29,11 @@ def wait_http(url: str, seconds: float, proc: subprocess.Popen | None = None) ->
     raise TimeoutError(url)
 
 
-def kill_when(cmd: list[str], ready: Callable[[], bool], seconds: float, env: dict | None = None) -> None:
-    """Start `cmd` and SIGKILL it as soon as `ready()` holds; fail if it ends on its own first."""
+def kill_when(cmd: list[str], ready: Callable[[], bool], seconds: float, env: dict | None = None,
+              settle_s: float = 3.0) -> None:
+    """Start `cmd` and SIGKILL it as soon as `ready()` holds; fail if it ends on its own first. Then
+    wait a moment: workers write their own output, and Ray stops a dead driver's workers shortly
+    after it dies, so what is on disk settles only then."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + seconds
     while not ready():
@@ -39,3 +42,4 @@ def kill_when(cmd: list[str], ready: Callable[[], bool], seconds: float, env: di
         time.sleep(0.01)
     proc.kill()
     proc.wait()
+    time.sleep(settle_s)

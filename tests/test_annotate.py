@@ -113,9 +113,9 @@ def test_killed_annotate_resumes_without_redoing_chunks(ray_local, demo_dir, fak
     n_clean = len(server_log(fake_server))
 
     chunks = Path(registry_root) / "demo" / "_work"
-    kill_when([str(bin_), *args, "--registry", registry_root], lambda: len(list(chunks.glob("*/chunks/*.arrow"))) >= 2,
+    kill_when([str(bin_), *args, "--registry", registry_root], lambda: len(list(chunks.glob("annotate-*/units/*.json"))) >= 2,
               120, env)
-    done = len(list(chunks.glob("*/chunks/*.arrow")))
+    done = len(list(chunks.glob("annotate-*/units/*.json")))
     assert 2 <= done < 6
     assert DatasetRegistry(registry_root).versions("demo")[-1].version == raw.version  # nothing published
 
@@ -123,7 +123,7 @@ def test_killed_annotate_resumes_without_redoing_chunks(ray_local, demo_dir, fak
     rerun = subprocess.run([str(bin_), *args, "--registry", registry_root], env=env, capture_output=True,
                            text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"{done} of 6 chunks already done" in rerun.stdout
+    assert f"{done} of 6 units already done" in rerun.stdout
     assert rerun.stdout.split()[-1] == clean.stdout.split()[-1]  # the same version as an uninterrupted run
     redone = len(server_log(fake_server)) - requests_before
     assert redone == 24 - 4 * done  # only the missing chunks went to the server again

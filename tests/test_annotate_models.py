@@ -54,7 +54,7 @@ def test_transformers_backend(small_raw, tiny_qwen, registry_root, capsys):
     # same arguments: every chunk is found done, nothing regenerated, the same version
     capsys.readouterr()
     again = run_annotate(cfg, progress=False)
-    assert "1 of 1 chunks already done" in capsys.readouterr().out
+    assert "1 of 1 units already done" in capsys.readouterr().out
     assert again.version == m.version
     assert check(again, registry_root, tiny_qwen) == first
 

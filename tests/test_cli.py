@@ -76,19 +76,22 @@ def test_registry_from_environment(ray_local, demo_dir, tmp_path):
 def test_killed_ingest_leaves_no_partial_version(ray_local, tmp_path):
     data = make_demo_data(tmp_path / "data", n=160, seed=1, resolution=256)
     args = ["ingest", data, "--dataset", "k", "--no-progress", "--batch-size", "4",
-            "--set", "shard_bytes=200000"]
+            "--set", "shard_bytes=200000", "--set", "rows_per_unit=16"]
     clean = cli(*args, "--registry", tmp_path / "clean", ray_address=ray_local).stdout.split()[-1]
 
     reg = tmp_path / "reg"
     env = {**os.environ, "RAY_ADDRESS": ray_local}
-    staging = reg / "k" / "_staging"
-    # mid-run: some shards written, the version not published
+    units = reg / "k" / "_work"
+    # mid-run: some units done (shards in the store, markers written), the version not published
     kill_when([str(BIN / "pipeline"), *map(str, args), "--registry", str(reg)],
-              lambda: bool(list(staging.glob("*/shards/*.arrow"))), 120, env)
-    assert list(staging.glob("*/shards/*.arrow")), "killed before any shard was written"
+              lambda: len(list(units.glob("*/units/*.json"))) >= 2, 120, env)
+    done = len(list(units.glob("*/units/*.json")))
+    assert 2 <= done < 10 and list((reg / "k" / "shards").rglob("*.arrow"))
     assert not list((reg / "k").glob("versions/*/manifest.json"))
     assert DatasetRegistry(str(reg)).versions("k") == []
 
-    rerun = cli(*args, "--registry", reg, ray_address=ray_local).stdout.split()[-1]
+    resumed = cli(*args, "--registry", reg, ray_address=ray_local).stdout
+    assert f"{done} of 10 units already done" in resumed
+    rerun = resumed.split()[-1]
     assert rerun == clean
     assert [m.version for m in DatasetRegistry(str(reg)).versions("k")] == [clean]

@@ -72,8 +72,7 @@ def test_quarantine_messages_are_the_same_on_a_rerun_and_from_another_folder(ray
     # The same corpus in another folder gives the same messages. Its version id differs by design:
     # raw and quarantine rows keep `source`, the source's location as given.
     moved_path, _ = corpus.build(tmp_path / "b" / "src")
-    moved = ingest_batch(next(read_source(str(moved_path))), IngestConfig(sources=[], dataset="x"))
-    moved = moved.filter(pc.is_valid(moved["reason"]))
+    moved = ingest_batch(next(read_source(str(moved_path))), IngestConfig(sources=[], dataset="x")).rejected
     assert dict(zip(moved["source_ref"].to_pylist(), moved["message"].to_pylist())) == messages
 
 
@@ -93,10 +92,9 @@ def test_thresholds_are_configurable(ray_local, tmp_path, registry_root):
 def test_ingest_batch_is_a_pure_function_without_ray(demo_dir):
     refs = next(read_source(str(demo_dir / "data.jsonl")))
     config = IngestConfig(sources=[], dataset="x")
-    out = ingest_batch(refs, config)
-    assert out.num_rows == refs.num_rows
-    assert out["reason"].null_count == out.num_rows
-    assert out.column("sample_id").to_pylist() == ingest_batch(refs, config).column("sample_id").to_pylist()
+    kept, rejected, stats = ingest_batch(refs, config)
+    assert (kept.num_rows, rejected.num_rows, stats) == (refs.num_rows, 0, {"images_converted": 0})
+    assert kept["sample_id"].to_pylist() == ingest_batch(refs, config).kept["sample_id"].to_pylist()
 
 
 def test_reingest_gives_the_same_version(ray_local, demo_dir, registry_root):

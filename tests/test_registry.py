@@ -50,14 +50,12 @@ def test_shards_roll_over_and_are_hashed(tmp_path):
         assert w.publish(Counts(300, 300, 0, 0), {}).version == m.version
 
 
-def test_unpublished_versions_are_invisible_and_cleaned_up(tmp_path):
+def test_unpublished_versions_are_invisible(tmp_path):
     registry = DatasetRegistry(str(tmp_path))
     with registry.writer("d", "ingest", RAW, target_shard_bytes=100) as w:
         w.write(raw_rows(["a", "b"]))
-        staging = w.staging
-        assert list((tmp_path / "d" / "_staging").iterdir())  # shards are being written...
-        assert registry.versions("d") == []  # ...but no version exists
-    assert not (tmp_path / "d" / "_staging" / staging.rsplit("/", 1)[1]).exists()
+        assert list((tmp_path / "d" / "shards").rglob("*.arrow"))  # shards are in the store...
+        assert registry.versions("d") == []  # ...but no version exists until the manifest is written
     with pytest.raises(AssertionError, match="does not reconcile"):
         with registry.writer("d", "ingest", RAW) as w:
             w.publish(Counts(2, 1, 0, 0), {})
@@ -101,11 +99,11 @@ def test_diff_by_sample_id(tmp_path):
 def test_other_filesystems(tmp_path, how):
     if how == "file-uri":
         registry = DatasetRegistry(f"file://{tmp_path}/reg")
-    else:  # not a LocalFileSystem: exercises the move-shards-then-write-manifest publish path
+    else:  # not a LocalFileSystem: exercises the object-store path (plain PUTs, no renames)
         registry = DatasetRegistry("reg", filesystem=pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem()))
     m = publish(registry, ["a", "b"], shard_bytes=10)
     assert len(m.shards) == 2
     assert registry.resolve("d").version == m.version
     assert registry.read_table(m).num_rows == 2
     assert json.loads((tmp_path / "reg" / "d" / "versions" / m.version / "manifest.json").read_text())["version"] == m.version
-    assert list((tmp_path / "reg" / "d" / "_staging").iterdir()) == []
+    assert not list((tmp_path / "reg").rglob("*.tmp"))

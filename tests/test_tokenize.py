@@ -104,12 +104,12 @@ def test_killed_tokenize_resumes(annotated, magvit_dir, llada_tokenizer_dir, reg
     shutil.copytree(registry_root, clean_root)  # the same annotated version, for an uninterrupted run
     work = Path(registry_root) / "demo" / "_work"
     kill_when([str(bin_), *args, "--registry", registry_root],
-              lambda: len(list(work.glob("tokenize-*/chunks/*.arrow"))) >= 2, 300, env)
-    done = len(list(work.glob("tokenize-*/chunks/*.arrow")))
+              lambda: len(list(work.glob("tokenize-*/units/*.json"))) >= 2, 300, env)
+    done = len(list(work.glob("tokenize-*/units/*.json")))
     assert 2 <= done < 6
     rerun = subprocess.run([str(bin_), *args, "--registry", registry_root], env=env, capture_output=True,
                            text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"{done} of 6 chunks already done" in rerun.stdout
+    assert f"{done} of 6 units already done" in rerun.stdout
     clean = tokenize(clean_root, magvit_dir, llada_tokenizer_dir, batch_size=2, chunk_rows=4)
     assert rerun.stdout.split()[-1] == clean.version

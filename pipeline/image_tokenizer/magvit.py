@@ -105,12 +105,19 @@ class MagvitV2(nn.Module):
     @staticmethod
     def preprocess(images, resolution: int = 512) -> torch.Tensor:
         """PIL images -> [B, 3, R, R] in [-1, 1]: squash resize (no crop), bicubic, as published."""
+        return MagvitV2.normalize(torch.from_numpy(np.stack([MagvitV2.resize(im, resolution) for im in images])))
+
+    @staticmethod
+    def resize(image, resolution: int = 512) -> np.ndarray:
+        """One PIL image -> [R, R, 3] uint8 (the CPU half of `preprocess`, done on CPU workers)."""
         from PIL import Image
 
-        arrays = [np.asarray(im.convert("RGB").resize((resolution, resolution), Image.BICUBIC), dtype=np.float32)
-                  for im in images]
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-        return pixels / 127.5 - 1.0
+        return np.asarray(image.convert("RGB").resize((resolution, resolution), Image.BICUBIC), dtype=np.uint8)
+
+    @staticmethod
+    def normalize(pixels: torch.Tensor) -> torch.Tensor:
+        """[B, R, R, 3] uint8 -> [B, 3, R, R] in [-1, 1] (on whatever device `pixels` are)."""
+        return pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
     @staticmethod
     def postprocess(pixels: torch.Tensor) -> list:

@@ -1,0 +1,211 @@
+"""The stage contract: what a data stage (ingest, annotate, tokenize) is, and how one unit of work
+runs through it. No Ray here: `pipeline.ray_runtime` runs units on a cluster, tests run them in
+process with the same code.
+
+A stage declares its resources and batch size, loads its model in `setup()`, may do CPU work in
+`prepare()` (run on CPU workers ahead of the model), and turns a batch of rows into kept rows and
+rejected rows with reasons in `process()`. A *unit* is a deterministic slice of the input (a source
+file split, a row range of a version): `run_unit` feeds it through the stage, writes the kept and
+rejected rows as content-addressed shards from the worker, counts, and writes a completion marker.
+The driver only plans units, collects the markers and publishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar, NamedTuple
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from pipeline.registry import DatasetRegistry, ShardWriter, quarantine_table
+from schemas import Counts, ShardInfo, VersionManifest, get_schema
+
+# What `process` returns for the rows it refuses: the quarantine/1 columns but `stage`, which the
+# runner stamps.
+REJECTED = pa.schema([("reason", pa.string()), ("message", pa.string()), ("source", pa.string()),
+                      ("source_ref", pa.string()), ("sample_id", pa.string()), ("record", pa.string())])
+
+
+class Processed(NamedTuple):
+    """What `Stage.process` returns for one batch."""
+
+    kept: pa.Table  # in the stage's output schema (extra columns are dropped when written)
+    rejected: pa.Table  # in REJECTED: one row per refused input row, with a reason code
+    stats: dict[str, Any] = {}  # stage counters of this batch, merged over units by `merge_stats`
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Resources:
+    num_cpus: float = 1.0  # per task or actor
+    num_gpus: float = 0.0  # per actor; a tensor-parallel engine asks for its TP size
+    actors: int = 0  # 0: stateless tasks; N > 0: N long-lived actors, each holding the model
+    max_tasks: int | None = None  # a cap on parallel tasks (e.g. requests against one server)
+    prepare_cpus: float = 0.0  # CPUs of each read/prepare task ahead of the actors (0: I/O only)
+
+
+class Stage:
+    """Subclasses set `name`, `output_schema`, `batch_size`, `resources` and implement `process`."""
+
+    name: ClassVar[str]
+    output_schema: pa.Schema
+    batch_size: int = 256
+    resources: Resources = Resources()
+
+    def setup(self) -> None:
+        """Load models and clients; called once per worker before the first batch."""
+
+    def prepare(self, rows: pa.Table) -> pa.Table:
+        """CPU work before the model (decode, resize), on CPU workers; the default passes rows on."""
+        return rows
+
+    def process(self, rows: pa.Table) -> Processed:
+        """rows -> kept rows, rejected rows with reasons, counters. Every row in comes out once."""
+        raise NotImplementedError
+
+
+def rejected_rows(rows: pa.Table, reason: list[str], message: list[str], record: list | None = None) -> pa.Table:
+    """REJECTED rows for `rows`, carrying their source, source_ref and sample_id where they have them."""
+    n = rows.num_rows
+    nulls = pa.nulls(n, pa.string())
+    column = lambda name: rows[name] if name in rows.column_names else nulls  # noqa: E731
+    return pa.table({"reason": pa.array(reason, pa.string()), "message": pa.array(message, pa.string()),
+                     "source": column("source"), "source_ref": column("source_ref"),
+                     "sample_id": column("sample_id"),
+                     "record": nulls if record is None else pa.array(record, pa.string())}, schema=REJECTED)
+
+
+def merge_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Counters add up, nested dicts merge, `max_*` keys keep the larger value."""
+    out = dict(a)
+    for key, value in b.items():
+        if key not in out or out[key] is None:
+            out[key] = value
+        elif value is None:
+            continue
+        elif isinstance(value, dict):
+            out[key] = merge_stats(out[key], value)
+        elif key.startswith("max_"):
+            out[key] = max(out[key], value)
+        else:
+            out[key] = out[key] + value
+    return out
+
+
+@dataclasses.dataclass(kw_only=True)
+class UnitResult:
+    """What a finished unit leaves behind: its shards and its counts (the completion marker)."""
+
+    unit: int
+    input: int
+    shards: list[ShardInfo]
+    quarantine_shards: list[ShardInfo]
+    reasons: dict[str, int]
+    stats: dict[str, Any]
+    seconds: float
+    keys: str | None = None  # path of the kept rows' sample_ids, when the stage deduplicates
+
+    @property
+    def output(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def quarantined(self) -> int:
+        return sum(s.rows for s in self.quarantine_shards)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "UnitResult":
+        d = json.loads(text)
+        d["shards"] = [ShardInfo(**s) for s in d["shards"]]
+        d["quarantine_shards"] = [ShardInfo(**s) for s in d["quarantine_shards"]]
+        return cls(**d)
+
+
+def marker_path(work: str, unit: int) -> str:
+    return f"{work}/units/{unit:08d}.json"
+
+
+def keys_path(work: str, unit: int) -> str:
+    return f"{work}/keys/{unit:08d}.arrow"
+
+
+def run_unit(stage: Stage, unit: int, tables: Iterable[pa.Table], *, registry: DatasetRegistry, dataset: str,
+             work: str, target_bytes: int, keys: bool = False) -> UnitResult:
+    """Feed one unit's (prepared) rows through `stage.process` in batches of `stage.batch_size`,
+    store kept and rejected rows as shards, write the completion marker last, return the result."""
+    started = time.perf_counter()
+    kept_writer = ShardWriter(registry, dataset, stage.output_schema, target_bytes)
+    rejected_writer = ShardWriter(registry, dataset, get_schema("quarantine/1"), target_bytes)
+    n_in, reasons, stats, ids = 0, {}, {}, []
+    for table in tables:
+        for start in range(0, table.num_rows, stage.batch_size):
+            rows = table.slice(start, stage.batch_size)
+            kept, rejected, batch_stats = stage.process(rows)
+            if kept.num_rows + rejected.num_rows != rows.num_rows:
+                raise AssertionError(f"stage {stage.name}: {rows.num_rows} rows in, {kept.num_rows} kept + "
+                                     f"{rejected.num_rows} rejected out")
+            n_in += rows.num_rows
+            kept_writer.add(kept)
+            if keys:
+                ids += kept["sample_id"].to_pylist()
+            if rejected.num_rows:
+                rejected_writer.add(quarantine_table(stage.name, **{c: rejected[c] for c in REJECTED.names}))
+                for r in pc.value_counts(rejected["reason"]).to_pylist():
+                    reasons[r["values"]] = reasons.get(r["values"], 0) + r["counts"]
+            stats = merge_stats(stats, batch_stats)
+    result = UnitResult(unit=unit, input=n_in, shards=kept_writer.flush(), quarantine_shards=rejected_writer.flush(),
+                        reasons=dict(sorted(reasons.items())), stats=stats,
+                        seconds=round(time.perf_counter() - started, 3))
+    if keys:
+        result.keys = keys_path(work, unit)
+        registry.write_atomic(result.keys, ipc_bytes(pa.table({"sample_id": pa.array(ids, pa.string())})))
+    registry.write_atomic(marker_path(work, unit), result.to_json().encode())  # the unit's commit point
+    return result
+
+
+def ipc_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def read_ipc(data: bytes) -> pa.Table:
+    return ipc.open_file(pa.BufferReader(data)).read_all()
+
+
+def totals(results: list[UnitResult], duplicates: int = 0) -> tuple[Counts, dict[str, int], dict[str, Any]]:
+    """(counts, quarantine reasons, merged stage stats) over all units: the one place rows are counted.
+    `duplicates` are rows a later step removed from the units' shards (ingest's dedup)."""
+    reasons: dict[str, int] = {}
+    stats: dict[str, Any] = {}
+    for r in results:
+        reasons = merge_stats(reasons, r.reasons)
+        stats = merge_stats(stats, r.stats)
+    counts = Counts(input=sum(r.input for r in results), output=sum(r.output for r in results),
+                    quarantined=sum(r.quarantined for r in results), duplicates=duplicates)
+    return counts, dict(sorted(reasons.items())), stats
+
+
+def plan_row_ranges(manifest: VersionManifest, registry: str, rows_per_unit: int,
+                    columns: list[str]) -> list[dict[str, Any]]:
+    """Units over a version: consecutive row ranges (they may cross shard boundaries), deterministic
+    for a version and unit size, so a rerun finds its completion markers."""
+    return [{"unit": i, "registry": registry, "ref": manifest.ref, "start": start,
+             "length": min(rows_per_unit, manifest.counts.output - start), "columns": columns}
+            for i, start in enumerate(range(0, manifest.counts.output, rows_per_unit))]
+
+
+def read_row_range(unit: dict[str, Any]) -> Iterator[pa.Table]:
+    """A unit reader for `plan_row_ranges` units: the rows, read on the worker from the registry."""
+    registry = DatasetRegistry(unit["registry"])
+    manifest = registry.manifest(unit["ref"])
+    yield registry.read_rows(manifest, unit["start"], unit["length"], unit["columns"])
