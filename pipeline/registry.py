@@ -84,7 +84,8 @@ class DatasetRegistry:
             return f.read().decode()
 
     def _write_bytes(self, path: str, data: bytes) -> None:
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        if isinstance(self.fs, pafs.LocalFileSystem):  # object stores have no folders to make
+            self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with self.fs.open_output_stream(path) as f:
             f.write(data)
 

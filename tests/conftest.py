@@ -125,3 +125,38 @@ def browser():
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     yield driver
     driver.quit()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3-compatible server on 127.0.0.1; yields its endpoint. pyarrow finds it through
+    AWS_ENDPOINT_URL, so `s3://bucket/...` registries work unchanged."""
+    port = free_port()
+    recording = tmp_path_factory.mktemp("moto") / "recording"  # its request recorder's file
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
+                            env={**os.environ, "MOTO_RECORDER_FILEPATH": str(recording)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    wait_http(f"{endpoint}/moto-api/", 60, proc)
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, tmp_path):
+    """A fresh bucket for one test: `s3://<name>`."""
+    import pyarrow.fs as pafs
+
+    name = "t-" + tmp_path.name.lower().replace("_", "-")[-40:].strip("-")
+    pafs.S3FileSystem(endpoint_override=s3_server, scheme="http", allow_bucket_creation=True).create_dir(name)
+    return f"s3://{name}"

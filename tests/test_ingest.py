@@ -1,6 +1,7 @@
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -120,3 +121,30 @@ def test_unknown_column_mapping_is_a_clear_error(ray_local, demo_dir, registry_r
     with pytest.raises(ValueError, match="does not exist"):
         ingest([demo_dir / "nope.jsonl"], registry_root)
     assert pa  # noqa
+
+
+def test_dedup_keeps_the_first_occurrence_in_source_order_across_units(ray_local, demo_dir, tmp_path):
+    """Repeats inside a unit, across units and across sources: the first line of each sample wins,
+    rows keep source order, and the version is the same on a rerun into a fresh registry."""
+    lines = (demo_dir / "data.jsonl").read_text().splitlines()
+    first = [lines[i] for i in (0, 1, 2, 1, 3, 4, 5, 6, 0, 7)] + lines[8:]  # repeats at lines 4 and 9
+    second = [lines[23], lines[2], "not json", lines[10]]  # all repeats of the first source but one bad line
+    (demo_dir / f"dups-a-{tmp_path.name}.jsonl").write_text("\n".join(first) + "\n")
+    (demo_dir / f"dups-b-{tmp_path.name}.jsonl").write_text("\n".join(second))
+    sources = [demo_dir / f"dups-a-{tmp_path.name}.jsonl", demo_dir / f"dups-b-{tmp_path.name}.jsonl"]
+    m = ingest(sources, str(tmp_path / "r1"), rows_per_unit=3)
+    assert (m.counts.input, m.counts.output, m.counts.quarantined, m.counts.duplicates) == (30, 24, 1, 5)
+    assert m.stats["units"] == 9 + 2  # units of 3 lines: 26 lines, then 4
+    refs = DatasetRegistry(str(tmp_path / "r1")).read_table(m)["source_ref"].to_pylist()
+    kept_lines = [int(r.split(":")[1]) for r in refs]
+    assert all(r.startswith("dups-a-") for r in refs)  # every repeat in the second source went
+    assert kept_lines == [1, 2, 3, 5, 6, 7, 8, 10] + list(range(11, 27))  # lines 4 and 9 repeat earlier ones
+    assert ingest(sources, str(tmp_path / "r2"), rows_per_unit=3).version == m.version
+
+
+def test_versions_that_share_units_share_shard_files(ray_local, demo_dir, registry_root):
+    a = ingest([demo_dir / "data.jsonl"], registry_root, dataset="s", rows_per_unit=8)
+    b = ingest([demo_dir / "data.jsonl", demo_dir / "data.jsonl"], registry_root, dataset="s", rows_per_unit=8)
+    assert b.counts.duplicates == 24 and [s.path for s in b.shards] == [s.path for s in a.shards]
+    store = list((Path(registry_root) / "s" / "shards").rglob("*.arrow"))
+    assert len(store) == len(a.shards)  # one file per distinct shard: nothing copied per version

@@ -1,0 +1,98 @@
+"""The stage contract and the shard store, without Ray: a unit runs in process exactly as on a
+worker, and the registry publishes by writing one manifest over content-addressed shards."""
+
+import ast
+import hashlib
+import json
+import urllib.request
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipeline.ingest import IngestConfig, IngestStage, plan
+from pipeline.registry import DatasetRegistry
+from pipeline.sources import read_unit
+from pipeline.stage import UnitResult, marker_path, merge_stats, run_unit
+from schemas import RAW, Counts
+from tests.test_registry import raw_rows
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_stage_modules_do_not_import_ray():
+    """Stages are plain transforms; only the adapter (pipeline/ray_runtime.py) knows Ray."""
+    for name in ("stage", "ingest", "annotate", "tokenize", "sources", "dedup", "registry", "images"):
+        tree = ast.parse((ROOT / "pipeline" / f"{name}.py").read_text())
+        imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in imported if m == "ray" or m.startswith("ray.")], name
+
+
+def test_a_unit_runs_in_process_and_leaves_shards_keys_and_a_marker(demo_dir, tmp_path):
+    config = IngestConfig(sources=[str(demo_dir / "data.jsonl")], dataset="d", rows_per_unit=10, batch_size=3)
+    units, _ = plan(config)
+    assert [u["first_line"] for u in units] == [1, 11, 21]  # 24 lines -> 10 + 10 + 4
+    registry = DatasetRegistry(str(tmp_path / "reg"))
+    work = registry.work_dir("d", "w")
+
+    def run(batch_size, target_bytes=4_000):
+        stage = IngestStage(IngestConfig(**{**config.__dict__, "batch_size": batch_size}))
+        return run_unit(stage, 1, read_unit(units[1]), registry=registry, dataset="d", work=work,
+                        target_bytes=target_bytes, keys=True)
+
+    result = run(3)
+    assert (result.input, result.output, result.quarantined) == (10, 10, 0)
+    assert len(result.shards) > 1  # 10 rows of small PNGs (~15 kB) cross 4 kB more than once
+    assert UnitResult.from_json(Path(marker_path(work, 1)).read_text()) == result
+    rows = []
+    for shard in result.shards:  # named by the hash of their bytes, in the dataset's store
+        data = Path(registry.shard_path("d", shard)).read_bytes()
+        assert shard.path == f"shards/{shard.sha256[:2]}/{shard.sha256}.arrow"
+        assert hashlib.sha256(data).hexdigest() == shard.sha256 and len(data) == shard.bytes
+        rows += pa.ipc.open_file(pa.BufferReader(data)).read_all()["source_ref"].to_pylist()
+    assert rows == [f"data.jsonl:{i}" for i in range(11, 21)]  # source order
+    keys = pa.ipc.open_file(Path(result.keys)).read_all()["sample_id"].to_pylist()
+    assert len(keys) == 10
+    # how batches are cut never changes the shards: the same unit gives the same files
+    assert [s.sha256 for s in run(7).shards] == [s.sha256 for s in result.shards]
+
+
+def test_merge_stats_adds_counters_and_keeps_maxima():
+    a = {"images": 3, "max_text_id": 9, "tasks": {"edit": 2}, "max_reasoning_len": None}
+    b = {"images": 4, "max_text_id": 7, "tasks": {"edit": 1, "generate": 5}, "max_reasoning_len": 12}
+    assert merge_stats(a, b) == {"images": 7, "max_text_id": 9, "tasks": {"edit": 3, "generate": 5},
+                                 "max_reasoning_len": 12}
+
+
+def _recording(endpoint: str, action: str) -> list[dict]:
+    url = f"{endpoint}/moto-api/recorder/{action}"
+    with urllib.request.urlopen(urllib.request.Request(url, method="GET" if "download" in action else "POST")) as r:
+        return [json.loads(line) for line in r.read().decode().splitlines()] if "download" in action else []
+
+
+def test_publishing_on_an_object_store_writes_one_manifest_and_copies_nothing(s3_server, s3_bucket):
+    registry = DatasetRegistry(f"{s3_bucket}/reg")
+    ids = [f"{i:03d}" for i in range(40)]
+    with registry.writer("d", "ingest", RAW, target_shard_bytes=3000) as w:
+        w.write(raw_rows(ids))
+        _recording(s3_server, "reset-recording")
+        _recording(s3_server, "start-recording")
+        m = w.publish(Counts(40, 40, 0, 0), {})
+    log = _recording(s3_server, "download-recording")
+    _recording(s3_server, "stop-recording")
+    writes = [r for r in log if r["method"] in ("PUT", "POST")]
+    copies = [r for r in writes if any(k.lower() == "x-amz-copy-source" for k in r["headers"])]
+    assert not copies and not [r for r in log if r["method"] == "DELETE"]
+    written = {r["url"].split("?")[0].split(s3_bucket[5:] + "/", 1)[1] for r in writes}
+    # the shards of the last, partly filled buffer are stored at publish; then the manifest
+    assert f"reg/d/versions/{m.version}/manifest.json" in written
+    assert all(p.startswith("reg/d/shards/") for p in written - {f"reg/d/versions/{m.version}/manifest.json"})
+    assert len(m.shards) > 2 and registry.read_table(m)["sample_id"].to_pylist() == ids
+
+    # a version holding the same rows and more shares the shards whose bytes are equal
+    with registry.writer("d", "ingest", RAW, target_shard_bytes=3000) as w:
+        w.write(raw_rows(ids + ["new-1", "new-2"]))
+        bigger = w.publish(Counts(42, 42, 0, 0), {})
+    shared = {s.path for s in m.shards} & {s.path for s in bigger.shards}
+    assert len(shared) == len(m.shards) == len(bigger.shards) - 1  # 40 rows fill 5 shards; the new rows a 6th
+    assert registry.resolve("d").version == bigger.version
