@@ -17,7 +17,7 @@ def tokenize(
     resolution: Annotated[Optional[int], Opt(help="square pixels per image, a multiple of 16")] = None,
     batch_size: Annotated[Optional[int], Opt(help="samples per MAGVIT forward")] = None,
     device: Annotated[Optional[str], Opt(help="auto | cpu | cuda")] = None,
-    dtype: Annotated[Optional[str], Opt(help="float32 | bfloat16")] = None,
+    dtype: Annotated[Optional[str], Opt(help="auto (bfloat16 on a GPU) | float32 | bfloat16")] = None,
     overflow: Annotated[Optional[str], Opt(help="over-long text: quarantine (default) | truncate")] = None,
     concurrency: Annotated[Optional[int], Opt(help="MAGVIT actors (one per GPU)")] = None,
     output: Annotated[Optional[str], Opt(help="output dataset name (default: the input's)")] = None,
