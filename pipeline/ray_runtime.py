@@ -10,6 +10,7 @@ with the same arguments skips the units already done. Stage modules never import
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -99,8 +100,9 @@ def done_units(registry: DatasetRegistry, work: str) -> dict[int, UnitResult]:
     folder = f"{work}/units"
     if not registry.exists(folder):
         return {}
-    infos = registry.fs.get_file_info(pafs.FileSelector(folder))
-    results = [UnitResult.from_json(registry._read_text(i.path)) for i in infos if i.path.endswith(".json")]
+    paths = [i.path for i in registry.fs.get_file_info(pafs.FileSelector(folder)) if i.path.endswith(".json")]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:  # thousands of small GETs on an object store
+        results = list(pool.map(lambda p: UnitResult.from_json(registry._read_text(p)), paths))
     return {r.unit: r for r in results}
 
 

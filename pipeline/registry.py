@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import io
 import json
 import os
 import re
@@ -83,8 +82,8 @@ class DatasetRegistry:
         with self.fs.open_input_stream(path) as f:
             return f.read().decode()
 
-    def _write_bytes(self, path: str, data: bytes) -> None:
-        if isinstance(self.fs, pafs.LocalFileSystem):  # object stores have no folders to make
+    def _write_bytes(self, path: str, data: bytes | pa.Buffer) -> None:
+        if self.fs.type_name not in ("s3", "gcs"):  # object stores have no folders to make
             self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with self.fs.open_output_stream(path) as f:
             f.write(data)
@@ -210,7 +209,7 @@ class DatasetRegistry:
                                          else schema)
         return pa.Table.from_batches(batches)
 
-    def write_atomic(self, path: str, data: bytes) -> None:
+    def write_atomic(self, path: str, data: bytes | pa.Buffer) -> None:
         """Readers see the whole file or none: on a local disk written under a unique temporary
         name and renamed; on an object store one PUT is already atomic."""
         if not isinstance(self.fs, pafs.LocalFileSystem):
@@ -237,14 +236,13 @@ class DatasetRegistry:
                                      if columns else schema)
 
     # -- writing -------------------------------------------------------------------------------
-    def put_shard(self, dataset: str, data: bytes, rows: int) -> ShardInfo:
-        """Store one encoded shard under its hash. The same bytes stored twice are one file."""
+    def put_shard(self, dataset: str, data: bytes | pa.Buffer, rows: int) -> ShardInfo:
+        """Store one encoded shard under its hash: the same bytes stored twice are one file. It is
+        written even when present (same name, same bytes), which renews its age, so `collect_garbage`
+        never deletes a shard a run in flight has just produced again."""
         digest = hashlib.sha256(data).hexdigest()
         relative = f"shards/{digest[:2]}/{digest}.arrow"
-        path = self._path(_check_name("dataset", dataset), relative)
-        info = self.fs.get_file_info(path)
-        if info.type != pafs.FileType.File or info.size != len(data):
-            self.write_atomic(path, data)
+        self.write_atomic(self._path(_check_name("dataset", dataset), relative), data)
         return ShardInfo(relative, rows, len(data), digest)
 
     def shard_writer(self, dataset: str, schema: pa.Schema,
@@ -284,6 +282,35 @@ class DatasetRegistry:
             quarantine_shards=list(quarantine_shards), lineage=lineage, stats=stats or {})
         self.write_atomic(path, manifest.to_json().encode())
         return manifest
+
+    def collect_garbage(self, dataset: str, older_than_s: float, dry_run: bool = False) -> dict[str, int]:
+        """Delete what no version needs, once older than `older_than_s` (a grace period for runs in
+        flight, whose shards exist before their manifest): shards no manifest lists (from runs that
+        never published, units rewritten by dedup), and the completion markers of finished or
+        abandoned runs (a rerun of such a run redoes its work and publishes the same version)."""
+        import time
+
+        cutoff = time.time() - older_than_s
+        referenced = {s.path for m in self.versions(dataset) for s in m.shards + m.quarantine_shards}
+        found = {"shards": 0, "shards_kept": 0, "bytes": 0, "work_files": 0}
+        for folder, kind in (("shards", "shards"), ("_work", "work_files")):
+            root = self._path(dataset, folder)
+            if not self.exists(root):
+                continue
+            for info in self.fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+                if info.type != pafs.FileType.File:
+                    continue
+                relative = info.path[len(self._path(dataset)) + 1:]
+                if kind == "shards" and relative in referenced:
+                    found["shards_kept"] += 1
+                    continue
+                if info.mtime is not None and info.mtime.timestamp() > cutoff:
+                    continue
+                found[kind] += 1
+                found["bytes"] += info.size or 0
+                if not dry_run:
+                    self.fs.delete_file(info.path)
+        return found
 
     # -- comparing -----------------------------------------------------------------------------
     def diff(self, ref_a: str, ref_b: str, examples: int = 10) -> dict[str, Any]:
@@ -371,7 +398,7 @@ class ShardWriter:
             table = pa.Table.from_arrays([pa.concat_arrays(c.chunks) if c.num_chunks else pa.array([], c.type)
                                           for c in pending.columns], schema=self.schema)
             self.pending, self.pending_bytes = [], 0
-            sink = io.BytesIO()
+            sink = pa.BufferOutputStream()  # its buffer is handed on without a copy (shards run to GBs)
             with ipc.new_file(sink, self.schema) as writer:
                 writer.write_table(table, max_chunksize=self.BATCH_ROWS)
             self.shards.append(self.registry.put_shard(self.dataset, sink.getvalue(), table.num_rows))

@@ -107,3 +107,19 @@ def test_other_filesystems(tmp_path, how):
     assert registry.read_table(m).num_rows == 2
     assert json.loads((tmp_path / "reg" / "d" / "versions" / m.version / "manifest.json").read_text())["version"] == m.version
     assert not list((tmp_path / "reg").rglob("*.tmp"))
+
+
+def test_garbage_collection_keeps_what_versions_list(tmp_path):
+    registry = DatasetRegistry(str(tmp_path))
+    kept = publish(registry, ["a", "b", "c"], shard_bytes=10)
+    with registry.writer("d", "ingest", RAW, target_shard_bytes=10) as w:  # a run that never published
+        w.write(raw_rows(["x", "y"]))
+        w.rows.flush()
+    assert registry.collect_garbage("d", older_than_s=3600)["shards"] == 0  # too young: maybe in flight
+    found = registry.collect_garbage("d", older_than_s=0, dry_run=True)
+    assert (found["shards"], found["shards_kept"]) == (2, 3)
+    assert len(list((tmp_path / "d" / "shards").rglob("*.arrow"))) == 5
+    registry.collect_garbage("d", older_than_s=0)
+    assert len(list((tmp_path / "d" / "shards").rglob("*.arrow"))) == 3
+    assert registry.read_table(registry.resolve("d"))["sample_id"].to_pylist() == ["a", "b", "c"] == \
+        registry.read_table(kept)["sample_id"].to_pylist()

@@ -66,3 +66,14 @@ def tag(ref: str, tag: str, registry: Registry = None) -> None:
     """Point TAG at a version (tags move; versions never change)."""
     m = DatasetRegistry(registry).tag(ref, tag)
     print(f"{m.dataset}@{tag} -> {m.version}")
+
+
+@app.command()
+def gc(name: str, registry: Registry = None,
+       older_than_hours: Annotated[float, typer.Option(help="keep anything younger (runs in flight)")] = 24.0,
+       dry_run: Annotated[bool, typer.Option("--dry-run", help="count, delete nothing")] = False) -> None:
+    """Delete shards no version lists and old completion markers of a dataset."""
+    found = DatasetRegistry(registry).collect_garbage(name, older_than_hours * 3600, dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    print(f"{verb} {found['shards']} unreferenced shard(s) ({found['bytes']} bytes with the work files) and "
+          f"{found['work_files']} work file(s); {found['shards_kept']} shard(s) in use")
