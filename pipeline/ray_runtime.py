@@ -131,8 +131,11 @@ def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, regist
                                 compute=ray.data.ActorPoolStrategy(size=res.actors), num_cpus=res.num_cpus,
                                 num_gpus=res.num_gpus, **options)
         else:
+            # A unit is redone whole, so retrying one after a transient I/O error (an object store's
+            # 503, a dropped connection) is safe; anything else fails the job, to resume after a fix.
             ds = ds.map_batches(_run_task, batch_size=1, num_cpus=res.num_cpus, concurrency=res.max_tasks,
-                                fn_kwargs={"stage": stage, "read": read, **where}, **options)
+                                fn_kwargs={"stage": stage, "read": read, **where}, max_retries=3,
+                                retry_exceptions=[OSError], **options)
         bar = tqdm(total=len(missing), unit="unit", disable=not progress, desc=stage.name)
         for row in ds.iter_rows():
             result = UnitResult.from_json(row["result"])
