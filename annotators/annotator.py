@@ -1,8 +1,12 @@
 """`ReasoningAnnotator`: one interface over the generation backends, with validation and retries.
 
-A backend only turns chat requests into completions (`generate`). The annotator renders the
-prompts, validates every completion, and retries rejected samples with a new seed up to
-`max_attempts`; a sample that never passes comes back with every attempt's reason.
+A backend only turns chat requests into completions (`generate`), one completion per request: a
+request the backend cannot serve comes back with an `error`, never as an exception for the batch.
+The annotator downscales the images to the VLM's pixel budget, refuses a prompt that cannot fit the
+model length before sending it, renders the prompts, validates every completion, and retries
+rejected samples with a new seed up to `max_attempts`; an error that a retry cannot fix (a refused
+request) ends the sample's attempts at once. A sample that never passes comes back with every
+attempt's reason and the last error's message.
 """
 
 from __future__ import annotations
@@ -13,6 +17,11 @@ from typing import Any, Protocol
 
 from annotators.prompts import PromptTemplate, load_prompts
 from annotators.validators import ValidatorConfig, build_rules, validate
+from annotators.vision import DEFAULT_IMAGE_MAX_PIXELS, fit_image, prompt_tokens
+
+# Errors a new attempt cannot fix: the request itself was refused (HTTP 4xx, a vLLM per-request
+# error) or cannot fit the model. Transport errors (5xx, timeouts) are retried by the backends.
+PERMANENT_ERRORS = ("client_error", "engine_error", "prompt_too_long", "undecodable_image")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -63,6 +72,7 @@ class Annotation:
     attempt_reasons: list[str]  # reason code of each rejected attempt
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    error: str | None = None  # the last backend error's message, for the quarantine
 
     @property
     def accepted(self) -> bool:
@@ -77,7 +87,8 @@ def attempt_seed(base: int, sample_id: str, attempt: int) -> int:
 class ReasoningAnnotator:
     def __init__(self, backend: Backend, prompts: dict[str, PromptTemplate] | None = None,
                  validators: ValidatorConfig | None = None, sampling: SamplingConfig | None = None,
-                 max_attempts: int = 3):
+                 max_attempts: int = 3, image_max_pixels: int = DEFAULT_IMAGE_MAX_PIXELS,
+                 max_model_len: int | None = None):
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self.backend = backend
@@ -85,20 +96,42 @@ class ReasoningAnnotator:
         self.rules = build_rules(validators or ValidatorConfig())
         self.sampling = sampling or SamplingConfig()
         self.max_attempts = max_attempts
+        self.image_max_pixels, self.max_model_len = image_max_pixels, max_model_len
 
-    def _request(self, sample: Sample, attempt: int) -> Request:
+    def _messages(self, sample: Sample) -> list[dict[str, Any]]:
+        """The chat for `sample` with its images fitted to the budget; raises ValueError (an
+        `undecodable_image` or `prompt_too_long` error) when it cannot be sent."""
         # The annotator sees the input image (edits) and the target; the prompt forbids naming it.
         images = [sample.input_image, sample.output_image] if sample.task == "edit" else [sample.output_image]
-        messages = self.prompts[sample.task].messages(sample.instruction, images)
-        return Request(messages, attempt_seed(self.sampling.seed, sample.sample_id, attempt))
+        try:
+            fitted = [fit_image(image, self.image_max_pixels) for image in images]
+        except Exception as e:  # checked at ingest, so rare: this row, not the batch
+            raise ValueError(f"undecodable_image: {type(e).__name__}: {e}") from None
+        prompt = self.prompts[sample.task]
+        messages = prompt.messages(sample.instruction, [data for data, _, _ in fitted])
+        if self.max_model_len:
+            chars = len(prompt.system) + len(prompt.user) + len(sample.instruction)
+            needed = prompt_tokens(chars, [(w, h) for _, w, h in fitted], self.image_max_pixels)
+            if needed + self.sampling.max_tokens > self.max_model_len:
+                raise ValueError(f"prompt_too_long: ~{needed} prompt tokens + max_tokens {self.sampling.max_tokens} "
+                                 f"> max_model_len {self.max_model_len}")
+        return messages
 
     def annotate(self, samples: list[Sample]) -> list[Annotation]:
         results = {s.sample_id: Annotation(s.sample_id, None, 0, None, {}, []) for s in samples}
-        pending = list(samples)
+        chats, pending = {}, []
+        for sample in samples:
+            try:
+                chats[sample.sample_id] = self._messages(sample)
+                pending.append(sample)
+            except ValueError as e:  # never sent: no attempt spent
+                self._failed(results[sample.sample_id], str(e))
         for attempt in range(self.max_attempts):
             if not pending:
                 break
-            completions = self.backend.generate([self._request(s, attempt) for s in pending], self.sampling)
+            requests = [Request(chats[s.sample_id], attempt_seed(self.sampling.seed, s.sample_id, attempt))
+                        for s in pending]
+            completions = self.backend.generate(requests, self.sampling)
             still_pending = []
             for sample, completion in zip(pending, completions, strict=True):
                 result = results[sample.sample_id]
@@ -107,9 +140,8 @@ class ReasoningAnnotator:
                 result.completion_tokens += completion.completion_tokens
                 result.finish_reason = completion.finish_reason
                 if completion.error is not None:
-                    result.attempt_reasons.append(completion.error.split(":", 1)[0])
-                    result.verdicts = {"backend": completion.error}
-                    still_pending.append(sample)
+                    if not self._failed(result, completion.error):
+                        still_pending.append(sample)
                     continue
                 reason, result.verdicts = validate(self.rules, completion.text, completion.finish_reason)
                 if reason is None:
@@ -119,6 +151,14 @@ class ReasoningAnnotator:
                     still_pending.append(sample)
             pending = still_pending
         return [results[s.sample_id] for s in samples]
+
+    @staticmethod
+    def _failed(result: Annotation, error: str) -> bool:
+        """Record a backend error ("reason: message"); True when no new attempt can fix it."""
+        reason = error.split(":", 1)[0]
+        result.attempt_reasons.append(reason)
+        result.verdicts, result.error = {"backend": error}, error
+        return reason in PERMANENT_ERRORS
 
 
 def to_json(value: Any) -> str:

@@ -8,6 +8,7 @@ from annotators.annotator import Backend, ReasoningAnnotator, SamplingConfig
 from annotators.openai_backend import OpenAIConfig
 from annotators.prompts import DEFAULT_PROMPTS, load_prompts
 from annotators.validators import ValidatorConfig
+from annotators.vision import DEFAULT_IMAGE_MAX_PIXELS, MIN_PIXELS
 from annotators.vllm_backend import VLLMConfig
 
 BACKENDS = ("vllm", "openai", "transformers")
@@ -21,6 +22,8 @@ class AnnotatorConfig:
     prompt_edit: str = DEFAULT_PROMPTS["edit"]  # built-in id or a YAML file
     prompt_generate: str = DEFAULT_PROMPTS["generate"]
     max_attempts: int = 3
+    image_max_pixels: int = DEFAULT_IMAGE_MAX_PIXELS  # each image downscaled to this for the VLM (~1,280 tokens)
+    max_model_len: int | None = None  # prompts must fit it; default: the vLLM engine's, else 32768
     device: str = "auto"  # transformers backend only
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     validators: ValidatorConfig = dataclasses.field(default_factory=ValidatorConfig)
@@ -30,6 +33,15 @@ class AnnotatorConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; choose one of {BACKENDS}")
+        if self.image_max_pixels < MIN_PIXELS:
+            raise ValueError(f"image_max_pixels {self.image_max_pixels} is below the VLM's minimum {MIN_PIXELS}")
+
+    @property
+    def model_len(self) -> int:
+        """The length every prompt plus its completion must fit."""
+        if self.max_model_len:
+            return self.max_model_len
+        return self.vllm.max_model_len if self.backend == "vllm" else 32768  # Qwen2.5-VL's context
 
 
 def build_backend(backend: str, model: str, revision: str | None = None, device: str = "auto",
@@ -54,4 +66,4 @@ def build_backend(backend: str, model: str, revision: str | None = None, device:
 def build_annotator(cfg: AnnotatorConfig) -> ReasoningAnnotator:
     backend = build_backend(cfg.backend, cfg.model, cfg.revision, cfg.device, cfg.openai, cfg.vllm, cfg.sampling.seed)
     return ReasoningAnnotator(backend, load_prompts(cfg.prompt_edit, cfg.prompt_generate), cfg.validators,
-                              cfg.sampling, cfg.max_attempts)
+                              cfg.sampling, cfg.max_attempts, cfg.image_max_pixels, cfg.model_len)

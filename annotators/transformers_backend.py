@@ -47,9 +47,13 @@ class TransformersBackend:
 
         completions = []
         for request in requests:
-            inputs = self.processor.apply_chat_template(
-                _to_pil_parts(request.messages), tokenize=True, add_generation_prompt=True,
-                return_dict=True, return_tensors="pt").to(self.device)
+            try:
+                inputs = self.processor.apply_chat_template(
+                    _to_pil_parts(request.messages), tokenize=True, add_generation_prompt=True,
+                    return_dict=True, return_tensors="pt").to(self.device)
+            except (ValueError, TypeError, OSError) as e:  # this request's inputs, not the batch's
+                completions.append(Completion("", None, error=f"engine_error: {type(e).__name__}: {e}"[:500]))
+                continue
             torch.manual_seed(request.seed)
             sample = sampling.temperature > 0
             with torch.inference_mode():

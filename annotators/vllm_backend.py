@@ -42,6 +42,22 @@ class VLLMBackend:
 
         params = [SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                                  max_tokens=sampling.max_tokens, seed=r.seed) for r in requests]
-        outputs = self.llm.chat([r.messages for r in requests], params, use_tqdm=False)
-        return [Completion(o.outputs[0].text, o.outputs[0].finish_reason, len(o.prompt_token_ids or []),
-                           len(o.outputs[0].token_ids)) for o in outputs]
+        try:
+            outputs = self.llm.chat([r.messages for r in requests], params, use_tqdm=False)
+        except (ValueError, TypeError, RuntimeError):
+            # vLLM validates every prompt before it runs any, and one it refuses aborts the batch:
+            # run them one by one, so only the refused ones fail (as engine errors, not retried).
+            return [self._one(r, p) for r, p in zip(requests, params)]
+        return [_completion(o) for o in outputs]
+
+    def _one(self, request: Request, params) -> Completion:
+        try:
+            [output] = self.llm.chat([request.messages], [params], use_tqdm=False)
+        except (ValueError, TypeError, RuntimeError) as e:
+            return Completion("", None, error=f"engine_error: {type(e).__name__}: {e}"[:500])
+        return _completion(output)
+
+
+def _completion(output) -> Completion:
+    return Completion(output.outputs[0].text, output.outputs[0].finish_reason, len(output.prompt_token_ids or []),
+                      len(output.outputs[0].token_ids))

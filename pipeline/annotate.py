@@ -87,13 +87,20 @@ class AnnotateStage(Stage):
         bad = [r for r in results if not r.accepted]
         rejected = rejected_rows(
             rows.filter(pa.array([not x for x in ok])), [r.attempt_reasons[-1] for r in bad],
-            ["; ".join(f"attempt {i + 1}: {x}" for i, x in enumerate(r.attempt_reasons)) for r in bad],
+            [_why(r) for r in bad],
             [to_json(r.verdicts) for r in bad])
         count = collections.Counter
         stats = {"attempts": {str(k): v for k, v in count(r.attempts for r in results).items()},
                  "rejected_attempts": dict(count(x for r in results for x in r.attempt_reasons)),
                  "generated_tokens": sum(r.completion_tokens for r in results)}
         return Processed(kept, rejected, stats)
+
+
+def _why(result) -> str:
+    """A quarantined sample's message: every attempt's reason, then the last backend error."""
+    attempts = "; ".join(f"attempt {i + 1}: {x}" for i, x in enumerate(result.attempt_reasons[:result.attempts]))
+    error = f"last error: {result.error[:400]}" if result.error else ""
+    return " | ".join(part for part in (attempts, error) if part)
 
 
 def run_key(config: AnnotateConfig, source: VersionManifest) -> str:
@@ -130,6 +137,7 @@ def run_annotate(config: AnnotateConfig, progress: bool = True) -> VersionManife
                   "prompts": {t: {"id": p.id, "sha256": p.sha256} for t, p in prompts.items()},
                   "sampling": dataclasses.asdict(config.sampling),
                   "validators": dataclasses.asdict(config.validators), "max_attempts": config.max_attempts,
+                  "image_max_pixels": config.image_max_pixels, "max_model_len": config.model_len,
                   "run_key": key}
     tokens = stats.get("generated_tokens", 0)
     stats = {"attempts": dict(sorted(stats.get("attempts", {}).items())),

@@ -133,7 +133,10 @@ def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, regist
         options: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}} if env_vars else {}
         ds = ray.data.from_items([{"spec": json.dumps(u)} for u in missing], override_num_blocks=len(missing))
         if res.actors:
-            ds = ds.map_batches(_read_task, batch_size=1, num_cpus=res.prepare_cpus,
+            # The prepare tasks reserve CPUs only where the actors leave some: a reservation nobody
+            # can get would deadlock the job (actors waiting for rows, rows waiting for a CPU).
+            spare = ray.cluster_resources().get("CPU", 0) - res.actors * res.num_cpus
+            ds = ds.map_batches(_read_task, batch_size=1, num_cpus=res.prepare_cpus if spare >= res.prepare_cpus else 0,
                                 fn_kwargs={"stage": stage, "read": read})
             ds = ds.map_batches(_UnitActor, batch_size=1, fn_constructor_kwargs={"stage": stage, **where},
                                 compute=ray.data.ActorPoolStrategy(size=res.actors), num_cpus=res.num_cpus,

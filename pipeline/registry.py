@@ -40,8 +40,12 @@ from schemas import Counts, ShardInfo, VersionManifest, conform, get_schema, sch
 
 DEFAULT_ROOT = "./paraforge-data"
 TARGET_SHARD_BYTES = 256 * 1024 * 1024
+# In every version id: a version of the content-addressed store never takes the id (and so the
+# manifest) of a version written before it with per-version shard folders, which stays readable.
+STORE_LAYOUT = "content-addressed/1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHARD_PATH = re.compile(r"^shards/[0-9a-f]{2}/[0-9a-f]{64}\.arrow$")
+_OLD_SHARD_PATH = re.compile(r"^(shards|quarantine)/part-[0-9]{5}\.arrow$")  # per-version folders, read only
 
 
 def resolve_root(root: str | None = None) -> str:
@@ -152,12 +156,11 @@ class DatasetRegistry:
 
     def shard_paths(self, manifest: VersionManifest, quarantine: bool = False) -> list[str]:
         shards = manifest.quarantine_shards if quarantine else manifest.shards
-        return [self.shard_path(manifest.dataset, s) for s in shards]
+        return [self.shard_path(manifest.dataset, s, manifest.version) for s in shards]
 
-    def shard_path(self, dataset: str, shard: ShardInfo) -> str:
-        if shard.path.startswith(("shards/part-", "quarantine/part-")):  # versions before the store
-            raise ValueError(f"{dataset}: this version predates the content-addressed shard store "
-                             f"({shard.path}); ingest its source again")
+    def shard_path(self, dataset: str, shard: ShardInfo, version: str | None = None) -> str:
+        if _OLD_SHARD_PATH.match(shard.path) and version:  # a version from before the store: its own folder
+            return self._path(dataset, "versions", version, shard.path)
         if not _SHARD_PATH.match(shard.path):  # a manifest names only files of its own store
             raise ValueError(f"{dataset}: shard path {shard.path!r} is not in the shard store")
         return self._path(dataset, shard.path)
@@ -269,7 +272,7 @@ class DatasetRegistry:
             raise AssertionError(f"row accounting does not reconcile: {counts.line()}")
         written, kept = sum(s.rows for s in shards), sum(s.rows for s in quarantine_shards)
         assert (written, kept) == (counts.output, counts.quarantined), (written, kept, counts)
-        identity = {"dataset": dataset, "stage": stage, "schema": schema, "parent": parent,
+        identity = {"store": STORE_LAYOUT, "dataset": dataset, "stage": stage, "schema": schema, "parent": parent,
                     "counts": dataclasses.asdict(counts), "shards": [s.sha256 for s in shards],
                     "quarantine": [s.sha256 for s in quarantine_shards]}
         version = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

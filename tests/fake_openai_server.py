@@ -2,8 +2,9 @@
 
 Behaviour is chosen per sample by a marker in the request's text, `[fault:KIND]` or
 `[fault:KINDxN]` (the first N requests for that sample misbehave, later ones answer well), so a test
-knows exactly what each sample will meet. Kinds: 500, 429 (with Retry-After), timeout, malformed,
-empty, leak, refusal, short, length. Without a marker the server answers at once with a good trace.
+knows exactly what each sample will meet. Kinds: 500, 429 (with Retry-After), 400, timeout,
+malformed, empty, leak, refusal, short, length. Without a marker the server answers at once with a
+good trace. The log keeps each request's image sizes, as decoded from its data URLs.
 
     python tests/fake_openai_server.py --port 8123 [--retry-after 0.2] [--hang-s 5]
 """
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
+import io
 import re
 import time
 
@@ -20,6 +23,14 @@ from aiohttp import web
 
 MARKER = re.compile(r"\[fault:([a-z0-9]+?)(?:x(\d+))?\]")
 INSTRUCTION = re.compile(r'(?:instruction|Prompt): "(.*?)"', re.S)
+
+
+def image_sizes(body: dict) -> list[list[int]]:
+    from PIL import Image
+
+    urls = [p["image_url"]["url"] for m in body["messages"] if isinstance(m["content"], list)
+            for p in m["content"] if p.get("type") == "image_url"]
+    return [list(Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))).size) for u in urls]
 
 
 def good_trace(instruction: str) -> str:
@@ -59,7 +70,9 @@ class Script:
             if limit is None or self.seen[instruction] <= limit:
                 kind = marker.group(1)
         self.log.append({"key": instruction, "kind": kind, "t": time.monotonic(), "seed": body.get("seed"),
-                         "auth": request.headers.get("Authorization")})
+                         "auth": request.headers.get("Authorization"), "images": image_sizes(body)})
+        if kind == "400":
+            return web.json_response({"error": {"message": "injected: this request is invalid"}}, status=400)
         if kind == "500":
             return web.json_response({"error": {"message": "injected"}}, status=500)
         if kind == "429":

@@ -35,6 +35,7 @@ FAULTS = [  # (marker, accepted?, attempts, final reason)
     ("[fault:short]", False, 3, "too_short"),
     ("[fault:length]", False, 3, "truncated"),
     ("[fault:500]", False, 3, "server_error"),
+    ("[fault:400]", False, 1, "client_error"),  # refused: a new seed cannot fix it, so no second attempt
 ]
 
 
@@ -64,7 +65,7 @@ def test_faults_are_retried_validated_and_accounted(fault_dataset, fake_server, 
     accepted = sum(1 for f in FAULTS if f[1])
     assert (m.counts.input, m.counts.output, m.counts.quarantined) == (len(FAULTS), accepted, len(FAULTS) - accepted)
     assert m.counts.reconciles() and m.parent == fault_dataset.ref and m.schema == "annotated/1"
-    assert m.stats["attempts"] == {"1": 4, "2": 3, "3": 7}
+    assert m.stats["attempts"] == {"1": 5, "2": 3, "3": 7}
     assert m.stats["quarantine_reasons"] == {r: 1 for *_x, r in FAULTS if r}
     registry = DatasetRegistry(registry_root)
     rows = {r["instruction"].split(":")[0]: r for r in registry.read_table(m).to_pylist()}
@@ -75,7 +76,11 @@ def test_faults_are_retried_validated_and_accounted(fault_dataset, fake_server, 
             assert row["prompt_id"] == "edit-v1" and len(row["prompt_hash"]) == 64
             assert json.loads(row["verdicts"])["leakage"] == "pass"
     quarantine = {r["sample_id"]: r for r in registry.read_table(m, quarantine=True).to_pylist()}
-    assert all(r["stage"] == "annotate" and r["message"].count("attempt") == 3 for r in quarantine.values())
+    assert all(r["stage"] == "annotate" for r in quarantine.values())
+    by_reason = {r["reason"]: r["message"] for r in quarantine.values()}
+    assert by_reason["client_error"] == ("attempt 1: client_error | last error: client_error: 400 Error code: 400 - "
+                                         "injected: this request is invalid")
+    assert by_reason["server_error"].count("attempt") == 3 and "(after 2 retries)" in by_reason["server_error"]
 
     log = server_log(fake_server)
     per_key = {}
@@ -128,3 +133,38 @@ def test_killed_annotate_resumes_without_redoing_chunks(ray_local, demo_dir, fak
     redone = len(server_log(fake_server)) - requests_before
     assert redone == 24 - 4 * done  # only the missing chunks went to the server again
     assert n_clean == 24
+
+
+def test_images_are_fitted_to_the_budget_and_long_prompts_never_sent(ray_local, fake_server, tmp_path, registry_root):
+    from PIL import Image
+
+    src = tmp_path / "big"
+    src.mkdir()
+    rng = __import__("numpy").random.default_rng(0)
+    lines = []
+    for i, size in enumerate([(2400, 1600), (1600, 2400), (64, 64)]):
+        for side in ("in", "out"):
+            Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype="uint8")).save(src / f"{side}{i}.jpg")
+        lines.append(json.dumps({"task": "edit", "instruction": f"Sample {i}: make it brighter",
+                                 "input_image": f"in{i}.jpg", "output_image": f"out{i}.jpg"}))
+    (src / "data.jsonl").write_text("\n".join(lines))
+    raw = ingest([src / "data.jsonl"], registry_root, dataset="big")
+    assert raw.counts.output == 3
+
+    fitted = run_annotate(annotate_config("big", registry_root, fake_server, image_max_pixels=200_000,
+                                          output="fitted"), progress=False)
+    assert fitted.counts.output == 3 and fitted.lineage["annotate"]["image_max_pixels"] == 200_000
+    sent = {e["key"].split(":")[0]: e["images"] for e in server_log(fake_server)}
+    assert sent["Sample 0"] == [[547, 365]] * 2 and sent["Sample 1"] == [[365, 547]] * 2  # aspect kept
+    assert sent["Sample 2"] == [[64, 64]] * 2  # small images go as they are
+    rows = DatasetRegistry(registry_root).read_table(fitted).to_pylist()
+    assert sorted(r["input_width"] for r in rows) == [64, 1600, 2400]  # the stored images are untouched
+
+    requests = len(server_log(fake_server))
+    short = run_annotate(annotate_config("big", registry_root, fake_server, max_model_len=1200, output="short"),
+                         progress=False)
+    assert (short.counts.output, short.counts.quarantined) == (1, 2)
+    assert short.stats["quarantine_reasons"] == {"prompt_too_long": 2} and short.stats["attempts"]["0"] == 2
+    assert len(server_log(fake_server)) == requests + 1  # only the small one was sent
+    messages = DatasetRegistry(registry_root).read_table(short, quarantine=True)["message"].to_pylist()
+    assert all("> max_model_len 1200" in m for m in messages)

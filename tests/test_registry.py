@@ -1,5 +1,7 @@
+import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -123,3 +125,17 @@ def test_garbage_collection_keeps_what_versions_list(tmp_path):
     assert len(list((tmp_path / "d" / "shards").rglob("*.arrow"))) == 3
     assert registry.read_table(registry.resolve("d"))["sample_id"].to_pylist() == ["a", "b", "c"] == \
         registry.read_table(kept)["sample_id"].to_pylist()
+
+
+def test_versions_written_before_the_shard_store_stay_readable(tmp_path):
+    """Such a version keeps its shards in its own folder (`versions/<id>/shards/part-00000.arrow`)."""
+    registry = DatasetRegistry(str(tmp_path))
+    m = publish(registry, ["a", "b"])
+    folder = tmp_path / "d" / "versions" / "0123456789abcdef"
+    (folder / "shards").mkdir(parents=True)
+    (folder / "shards" / "part-00000.arrow").write_bytes(Path(registry.shard_paths(m)[0]).read_bytes())
+    old = dataclasses.replace(m, version="0123456789abcdef", created_at="2000-01-01",
+                              shards=[dataclasses.replace(m.shards[0], path="shards/part-00000.arrow")])
+    (folder / "manifest.json").write_text(old.to_json())
+    assert registry.read_table(registry.resolve("d@0123")).to_pylist() == registry.read_table(m).to_pylist()
+    assert publish(registry, ["a", "b"]).version == m.version != old.version  # new writes never take its id
