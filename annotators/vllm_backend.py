@@ -44,7 +44,7 @@ class VLLMBackend:
                                  max_tokens=sampling.max_tokens, seed=r.seed) for r in requests]
         try:
             outputs = self.llm.chat([r.messages for r in requests], params, use_tqdm=False)
-        except (ValueError, TypeError, RuntimeError):
+        except _request_errors():
             # vLLM validates every prompt before it runs any, and one it refuses aborts the batch:
             # run them one by one, so only the refused ones fail (as engine errors, not retried).
             return [self._one(r, p) for r, p in zip(requests, params)]
@@ -53,9 +53,19 @@ class VLLMBackend:
     def _one(self, request: Request, params) -> Completion:
         try:
             [output] = self.llm.chat([request.messages], [params], use_tqdm=False)
-        except (ValueError, TypeError, RuntimeError) as e:
+        except _request_errors() as e:
             return Completion("", None, error=f"engine_error: {type(e).__name__}: {e}"[:500])
         return _completion(output)
+
+
+def _request_errors() -> tuple[type[Exception], ...]:
+    """What vLLM raises for a request it refuses (too long, bad image, bad parameters); anything
+    else (a dead engine, CUDA out of memory) still fails the job, to be resumed."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # older vLLM: plain ValueErrors
+        return (ValueError, TypeError)
+    return (ValueError, TypeError, VLLMClientError)
 
 
 def _completion(output) -> Completion:

