@@ -165,6 +165,36 @@ class DatasetRegistry:
             raise ValueError(f"{dataset}: shard path {shard.path!r} is not in the shard store")
         return self._path(dataset, shard.path)
 
+    def local_shard_paths(self, manifest: VersionManifest, cache: str | None = None) -> list[str]:
+        """Paths a trainer can memory-map: the shards themselves on a local disk; from anywhere else
+        copies in a local cache named by their sha256 (checked once, as they arrive), so a cached
+        shard is never stale and is shared by every version, run and rank on the machine. Trainers
+        read rows in a new random order every epoch: one local copy beats re-reading the store."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return self.shard_paths(manifest)
+        folder = os.path.join(cache or os.environ.get("PARAFORGE_CACHE")
+                              or os.path.join(os.path.expanduser("~"), ".cache", "paraforge"), "shards")
+        os.makedirs(folder, exist_ok=True)
+        paths = []
+        for shard, remote in zip(manifest.shards, self.shard_paths(manifest)):
+            local = os.path.join(folder, f"{shard.sha256}.arrow")
+            if not (os.path.exists(local) and os.path.getsize(local) == shard.bytes):
+                self._fetch(remote, local, shard)
+            paths.append(local)
+        return paths
+
+    def _fetch(self, remote: str, local: str, shard: ShardInfo) -> None:
+        digest, tmp = hashlib.sha256(), f"{local}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open_input_stream(remote) as src, open(tmp, "wb") as dst:
+            while chunk := src.read(8 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
+        if digest.hexdigest() != shard.sha256:
+            os.remove(tmp)
+            raise ValueError(f"{remote}: its bytes hash to {digest.hexdigest()[:16]}, the manifest says "
+                             f"{shard.sha256[:16]}: the stored shard is corrupt")
+        os.replace(tmp, local)  # ranks fetching at once: each renames a whole copy, none sees half
+
     def iter_batches(self, manifest: VersionManifest, columns: list[str] | None = None,
                      quarantine: bool = False) -> Iterator[pa.RecordBatch]:
         for path in self.shard_paths(manifest, quarantine):

@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from pipeline.ingest import IngestConfig, IngestStage, plan
 from pipeline.registry import DatasetRegistry
@@ -96,3 +97,18 @@ def test_publishing_on_an_object_store_writes_one_manifest_and_copies_nothing(s3
     shared = {s.path for s in m.shards} & {s.path for s in bigger.shards}
     assert len(shared) == len(m.shards) == len(bigger.shards) - 1  # 40 rows fill 5 shards; the new rows a 6th
     assert registry.resolve("d").version == bigger.version
+
+
+def test_trainers_read_remote_shards_through_a_checked_local_cache(s3_bucket, tmp_path):
+    registry = DatasetRegistry(f"{s3_bucket}/reg")
+    with registry.writer("d", "ingest", RAW, target_shard_bytes=3000) as w:
+        w.write(raw_rows([f"{i:03d}" for i in range(20)]))
+        m = w.publish(Counts(20, 20, 0, 0), {})
+    paths = registry.local_shard_paths(m, cache=str(tmp_path / "cache"))
+    assert [Path(p).name for p in paths] == [f"{s.sha256}.arrow" for s in m.shards]
+    assert [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths] == [s.sha256 for s in m.shards]
+    assert registry.local_shard_paths(m, cache=str(tmp_path / "cache")) == paths  # cached: no second fetch
+    # a shard whose stored bytes changed is refused on its way in, never trained on
+    registry.write_atomic(registry.shard_paths(m)[0], b"\0" * m.shards[0].bytes)
+    with pytest.raises(ValueError, match="corrupt"):
+        registry.local_shard_paths(m, cache=str(tmp_path / "fresh"))

@@ -31,7 +31,8 @@ class ShardLoader:
                  seed: int = 0, builder: SequenceBuilder | None = None):
         reg = DatasetRegistry(registry)
         self.manifest = reg.resolve(ref, schema="tokenized/1")
-        tables = [ipc.open_file(pa.memory_map(p)).read_all().select(COLUMNS) for p in reg.shard_paths(self.manifest)]
+        tables = [ipc.open_file(pa.memory_map(p)).read_all().select(COLUMNS)
+                  for p in reg.local_shard_paths(self.manifest)]
         self.table = pa.concat_tables(tables)
         self.rows = self.table.num_rows
         self.per_rank = self.rows // world_size

@@ -117,7 +117,7 @@ class PromptSource:
         import pyarrow.ipc as ipc
 
         self.table = pa.concat_tables([ipc.open_file(pa.memory_map(p)).read_all().select(PROMPT_COLUMNS)
-                                       for p in reg.shard_paths(self.manifest)])
+                                       for p in reg.local_shard_paths(self.manifest)])
         if limit is not None:
             self.table = self.table.slice(0, limit)
         self.seed, self.epoch, self.position = seed, 0, 0
