@@ -3,7 +3,7 @@ and batch, in one run.
 
 Full-size MAGVIT-v2 with random weights in the published layout. Three rows: the baseline is only
 `encoder -> quantizer` on pre-made pixel batches; the stage is `TokenizeStage` on the same rows
-(PNG decoding, resizing, the forward, text tokenization, building the Arrow batch), model loaded
+(`prepare`: PNG decoding and resizing; `process`: the forward, text tokenization, the Arrow batch), model loaded
 beforehand; the pipeline is `run_tokenize` end to end (Ray Data job, actor start, weight loading,
 shard writing), whose fixed start-up cost shows at small n. Goal: stage ratio >= 0.9 at 256 px on
 CPU (on a GPU also 512 px in bf16).
@@ -90,18 +90,19 @@ def main() -> None:
                          text_tokenizer=str(tokenizer_dir), resolution=args.resolution, batch_size=args.batch_size,
                          device=args.device, dtype=args.dtype, cpus_per_actor=args.threads)
 
-    # the stage transform, as the actor runs it, on the same rows and batch size
-    stage_fn = TokenizeStage(cfg)
+    # the stage as the workers run it, on the same rows and batch size: prepare (decode + resize, a
+    # CPU worker's half) then process (encode + text, the actor's half), one process here
+    tokenize_stage = TokenizeStage(cfg)
+    tokenize_stage.setup()
     rows = registry.read_table(registry.resolve(source), ["sample_id", "task", "instruction", "reasoning",
-                                                          "input_image", "output_image"])
-    rows = rows.append_column("chunk", pa.array([0] * rows.num_rows, pa.int64()))
+                                                          "input_image", "output_image", "source", "source_ref"])
     start = time.perf_counter()
     for i in range(0, rows.num_rows, args.batch_size):
-        stage_fn(rows.slice(i, args.batch_size))
+        tokenize_stage.process(tokenize_stage.prepare(rows.slice(i, args.batch_size)))
     if args.device == "cuda":
         torch.cuda.synchronize()
     stage = len(images) / (time.perf_counter() - start)
-    del stage_fn
+    del tokenize_stage
 
     start = time.perf_counter()
     m = run_tokenize(cfg, progress=False)
