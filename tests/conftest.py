@@ -15,8 +15,10 @@ from tests.servers import SERVER, free_port, wait_http  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One embedded local Ray for the whole test session (starting one costs ~5 s)."""
+def ray_local(s3_server):
+    """One embedded local Ray for the whole test session (starting one costs ~5 s). It starts after
+    the S3-compatible server, so its workers inherit AWS_ENDPOINT_URL, as a cluster's workers
+    inherit their nodes' storage settings."""
     import ray
 
     from pipeline.ray_runtime import init_ray

@@ -113,3 +113,19 @@ def test_killed_tokenize_resumes(annotated, magvit_dir, llada_tokenizer_dir, reg
     assert f"{done} of 6 units already done" in rerun.stdout
     clean = tokenize(clean_root, magvit_dir, llada_tokenizer_dir, batch_size=2, chunk_rows=4)
     assert rerun.stdout.split()[-1] == clean.version
+
+
+def test_ingest_annotate_tokenize_on_an_object_store_registry(ray_local, demo_dir, fake_server, s3_bucket,
+                                                              magvit_dir, llada_tokenizer_dir):
+    """Workers read their units from, and write shards and markers to, an `s3://` registry."""
+    root = f"{s3_bucket}/registry"
+    raw = ingest([demo_dir / "data.jsonl"], root, dataset="demo", rows_per_unit=10)
+    annotated = run_annotate(AnnotateConfig(dataset="demo", registry=root, backend="openai", model="fake",
+                                            chunk_rows=10, openai=OpenAIConfig(base_url=f"{fake_server}/v1")),
+                             progress=False)
+    m = tokenize(root, magvit_dir, llada_tokenizer_dir, chunk_rows=10)
+    assert raw.counts.output == annotated.counts.output == m.counts.output == 24 and m.stats["resumed_chunks"] == 0
+    registry = DatasetRegistry(root)
+    assert registry.resolve("demo").ref == m.ref and len(m.shards) == 3  # one shard per unit of 10 rows
+    assert registry.read_table(m)["sample_id"].to_pylist() == registry.read_table(raw)["sample_id"].to_pylist()
+    assert tokenize(root, magvit_dir, llada_tokenizer_dir, chunk_rows=10).version == m.version  # resumed: same
