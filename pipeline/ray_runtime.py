@@ -110,7 +110,7 @@ def done_units(registry: DatasetRegistry, work: str) -> dict[int, UnitResult]:
         return {}
     paths = [i.path for i in registry.fs.get_file_info(pafs.FileSelector(folder)) if i.path.endswith(".json")]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:  # thousands of small GETs on an object store
-        results = list(pool.map(lambda p: UnitResult.from_json(registry._read_text(p)), paths))
+        results = list(pool.map(lambda p: UnitResult.from_json(registry.read_text(p)), paths))
     return {r.unit: r for r in results}
 
 

@@ -252,8 +252,8 @@ class DatasetRegistry:
         self._write_bytes(tmp, data)
         os.replace(tmp, path)
 
-    def read_json(self, path: str) -> Any:
-        return json.loads(self._read_text(path))
+    def read_text(self, path: str) -> str:
+        return self._read_text(path)
 
     def work_dir(self, dataset: str, run_key: str) -> str:
         """A durable scratch folder for resumable stages (completed chunks live here)."""
