@@ -1,11 +1,12 @@
 """`ReasoningAnnotator`: one interface over the generation backends, with validation and retries.
 
-A backend only turns chat requests into completions (`generate`), one completion per request: a
-request the backend cannot serve comes back with an `error`, never as an exception for the batch.
-The annotator downscales the images to the VLM's pixel budget, refuses a prompt that cannot fit the
-model length before sending it, renders the prompts, validates every completion, and retries
-rejected samples with a new seed up to `max_attempts`; an error that a retry cannot fix (a refused
-request) ends the sample's attempts at once. A sample that never passes comes back with every
+A backend only turns chat requests into completions (`run`), one completion per request, handed
+to a callback as each finishes: a request the backend cannot serve comes back with an `error`,
+never as an exception for the batch. The annotator downscales the images to the VLM's pixel
+budget, refuses a prompt that cannot fit the model length before sending it, renders the prompts,
+validates every completion as it arrives, and answers a rejected one with a new request (the next
+seed) at once, up to `max_attempts`, so retries never wait for the rest of the batch; an error that
+a retry cannot fix (a refused request) ends the sample's attempts at once. A sample that never passes comes back with every
 attempt's reason and the last error's message.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from annotators.prompts import PromptTemplate, load_prompts
@@ -36,6 +38,7 @@ class SamplingConfig:
 class Request:
     messages: list[dict[str, Any]]
     seed: int
+    key: str = ""  # whose request it is (the sample id), for the caller's `on_done`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +50,37 @@ class Completion:
     error: str | None = None  # set when the backend failed for good (after its own retries)
 
 
+# Called by a backend as each request completes; may return a follow-up request (a retry), which
+# the backend sends at once, as a new request. Always called from one thread at a time.
+OnDone = Callable[[Request, Completion], "Request | None"]
+
+
 class Backend(Protocol):
     name: str
 
-    def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Completion]: ...
+    def run(self, requests: list[Request], sampling: SamplingConfig, on_done: OnDone) -> None:
+        """Serve `requests` and every follow-up, keeping as many in flight as the backend can."""
+
+
+def generate(backend: Backend, requests: list[Request], sampling: SamplingConfig) -> list[Completion]:
+    """One completion per request, in order, without follow-ups (the judge's batch calls)."""
+    keyed = [dataclasses.replace(r, key=str(i)) for i, r in enumerate(requests)]
+    completions: list[Completion | None] = [None] * len(keyed)
+
+    def on_done(request: Request, completion: Completion) -> None:
+        completions[int(request.key)] = completion
+
+    backend.run(keyed, sampling, on_done)
+    return completions
+
+
+def run_in_rounds(generate_batch: Callable[[list[Request]], list[Completion]], requests: list[Request],
+                  on_done: OnDone) -> None:
+    """`run` for a backend that can only serve a whole batch at a time: follow-ups make the next batch."""
+    while requests:
+        completions = generate_batch(requests)
+        requests = [follow for request, completion in zip(requests, completions, strict=True)
+                    if (follow := on_done(request, completion)) is not None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,38 +148,37 @@ class ReasoningAnnotator:
         return messages
 
     def annotate(self, samples: list[Sample]) -> list[Annotation]:
+        """Every sample's first attempt goes to the backend at once; a rejected attempt comes back
+        through `on_done` and is sent again at once, with the next seed, as a new request."""
         results = {s.sample_id: Annotation(s.sample_id, None, 0, None, {}, []) for s in samples}
-        chats, pending = {}, []
+        first = []
         for sample in samples:
             try:
-                chats[sample.sample_id] = self._messages(sample)
-                pending.append(sample)
+                first.append(Request(self._messages(sample), attempt_seed(self.sampling.seed, sample.sample_id, 0),
+                                     sample.sample_id))
             except ValueError as e:  # never sent: no attempt spent
                 self._failed(results[sample.sample_id], str(e))
-        for attempt in range(self.max_attempts):
-            if not pending:
-                break
-            requests = [Request(chats[s.sample_id], attempt_seed(self.sampling.seed, s.sample_id, attempt))
-                        for s in pending]
-            completions = self.backend.generate(requests, self.sampling)
-            still_pending = []
-            for sample, completion in zip(pending, completions, strict=True):
-                result = results[sample.sample_id]
-                result.attempts = attempt + 1
-                result.prompt_tokens += completion.prompt_tokens
-                result.completion_tokens += completion.completion_tokens
-                result.finish_reason = completion.finish_reason
-                if completion.error is not None:
-                    if not self._failed(result, completion.error):
-                        still_pending.append(sample)
-                    continue
+
+        def on_done(request: Request, completion: Completion) -> Request | None:
+            result = results[request.key]
+            result.attempts += 1
+            result.prompt_tokens += completion.prompt_tokens
+            result.completion_tokens += completion.completion_tokens
+            result.finish_reason = completion.finish_reason
+            if completion.error is not None:
+                if self._failed(result, completion.error):
+                    return None
+            else:
                 reason, result.verdicts = validate(self.rules, completion.text, completion.finish_reason)
                 if reason is None:
                     result.reasoning = completion.text.strip()
-                else:
-                    result.attempt_reasons.append(reason)
-                    still_pending.append(sample)
-            pending = still_pending
+                    return None
+                result.attempt_reasons.append(reason)
+            if result.attempts == self.max_attempts:
+                return None
+            return dataclasses.replace(request, seed=attempt_seed(self.sampling.seed, request.key, result.attempts))
+
+        self.backend.run(first, self.sampling, on_done)
         return [results[s.sample_id] for s in samples]
 
     @staticmethod

@@ -21,7 +21,7 @@ import zlib
 
 import yaml
 
-from annotators.annotator import Backend, Request, SamplingConfig
+from annotators.annotator import Backend, Request, SamplingConfig, generate
 from annotators.config import BACKENDS, build_backend
 from annotators.openai_backend import OpenAIConfig
 from annotators.prompts import builtin_or_file, data_url
@@ -155,7 +155,7 @@ class Judge:
         """Per item, a judgement per applicable dimension (a dimension that does not apply to the
         item's task, like image consistency for a generation, is absent: not failed)."""
         keys = [(i, d) for i, item in enumerate(items) for d in DIMENSIONS if self.applies(d, item.task)]
-        completions = self.backend.generate([self.request(items[i], d) for i, d in keys], self.sampling)
+        completions = generate(self.backend, [self.request(items[i], d) for i, d in keys], self.sampling)
         results: list[dict[str, Judgement]] = [{} for _ in items]
         for (i, dimension), completion in zip(keys, completions, strict=True):
             if completion.error is not None:

@@ -20,7 +20,7 @@ import time
 
 import openai
 
-from annotators.annotator import Completion, Request, SamplingConfig
+from annotators.annotator import Completion, OnDone, Request, SamplingConfig
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -52,20 +52,22 @@ class OpenAIBackend:
         self.config = config or OpenAIConfig()
         self.retries: collections.Counter[str] = collections.Counter()  # why requests were retried
 
-    def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Completion]:
-        return asyncio.run(self._generate_all(requests, sampling))
+    def run(self, requests: list[Request], sampling: SamplingConfig, on_done: OnDone) -> None:
+        asyncio.run(self._run(requests, sampling, on_done))
 
-    async def _generate_all(self, requests: list[Request], sampling: SamplingConfig) -> list[Completion]:
+    async def _run(self, requests: list[Request], sampling: SamplingConfig, on_done: OnDone) -> None:
         client = openai.AsyncOpenAI(base_url=self.config.base_url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
                                     timeout=self.config.timeout_s, max_retries=0)
         limit = asyncio.Semaphore(self.config.concurrency)
 
-        async def one(request: Request) -> Completion:
-            async with limit:
-                return await self._complete(client, request, sampling)
+        async def serve(request: Request | None) -> None:
+            while request is not None:  # a follow-up (a retry) goes out as soon as its answer is judged
+                async with limit:
+                    completion = await self._complete(client, request, sampling)
+                request = on_done(request, completion)
 
         try:
-            return list(await asyncio.gather(*(one(r) for r in requests)))
+            await asyncio.gather(*(serve(r) for r in requests))
         finally:
             await client.close()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 
-from annotators.annotator import Completion, Request, SamplingConfig
+from annotators.annotator import Completion, OnDone, Request, SamplingConfig, run_in_rounds
 
 
 def _to_pil_parts(messages: list[dict]) -> list[dict]:
@@ -41,6 +41,9 @@ class TransformersBackend:
         self.processor = AutoProcessor.from_pretrained(model, revision=revision)
         self.model = AutoModelForImageTextToText.from_pretrained(model, revision=revision, dtype=dtype)
         self.model.to(self.device).eval()
+
+    def run(self, requests: list[Request], sampling: SamplingConfig, on_done: OnDone) -> None:
+        run_in_rounds(lambda batch: self.generate(batch, sampling), requests, on_done)
 
     def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Completion]:
         import torch

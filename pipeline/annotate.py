@@ -35,7 +35,7 @@ class AnnotateConfig(AnnotatorConfig):
     dataset: str  # NAME[@VERSION|@TAG] of a raw version
     output: str | None = None  # dataset name of the result; default: the input's name
     concurrency: int = 1  # annotator actors; with vllm, one per GPU
-    batch_size: int = 64  # samples per actor call
+    batch_size: int = 64  # samples per call of the transformers backend (the others take whole units)
     chunk_rows: int = 256  # unit of durable progress
     registry: str | None = None
     ray_address: str | None = None
@@ -53,14 +53,26 @@ class AnnotateStage(Stage):
 
     def __init__(self, config: AnnotateConfig, on_gpu: bool = False):
         self.config = config.annotator_config()
-        self.batch_size = config.batch_size
+        # vllm and openai keep their own number of requests in flight: they take a whole unit at once
+        self.batch_size = config.batch_size if config.backend == "transformers" else config.chunk_rows
         if config.backend == "openai":
             # Nothing to load: plain tasks run on Ray's warm worker pool, where an actor would start a
             # fresh process per run (seconds of imports).
             self.resources = Resources(num_cpus=1, max_tasks=config.concurrency)
+        elif config.backend == "transformers":  # one request at a time: one unit at a time
+            self.resources = Resources(num_cpus=1, actors=config.concurrency, num_gpus=1 if on_gpu else 0)
         else:
-            self.resources = Resources(num_cpus=1, actors=config.concurrency,
-                                       num_gpus=config.vllm.tensor_parallel_size if on_gpu else 0)
+            # The engine keeps up to max_in_flight requests from several units at once, and one more
+            # unit waits, so the engine never drains between units.
+            units = -(-config.vllm.max_in_flight // config.chunk_rows) + 1
+            tp = config.vllm.tensor_parallel_size
+            if on_gpu and tp > 1:  # the engine's GPUs on one node; vLLM's Ray workers take them from the group
+                self.config.vllm = dataclasses.replace(config.vllm, distributed_executor_backend="ray")
+                self.resources = Resources(num_cpus=1, actors=config.concurrency, units_per_actor=units,
+                                           placement=({"CPU": 1, "GPU": 1},) + ({"GPU": 1},) * (tp - 1))
+            else:
+                self.resources = Resources(num_cpus=1, actors=config.concurrency, units_per_actor=units,
+                                           num_gpus=1 if on_gpu else 0)
 
     def setup(self) -> None:
         self.annotator = build_annotator(self.config)
@@ -93,6 +105,8 @@ class AnnotateStage(Stage):
         stats = {"attempts": {str(k): v for k, v in count(r.attempts for r in results).items()},
                  "rejected_attempts": dict(count(x for r in results for x in r.attempt_reasons)),
                  "generated_tokens": sum(r.completion_tokens for r in results)}
+        if hasattr(self.annotator.backend, "peak_in_flight"):
+            stats["max_requests_in_flight"] = self.annotator.backend.peak_in_flight
         return Processed(kept, rejected, stats)
 
 
@@ -143,6 +157,7 @@ def run_annotate(config: AnnotateConfig, progress: bool = True) -> VersionManife
     stats = {"attempts": dict(sorted(stats.get("attempts", {}).items())),
              "rejected_attempts": dict(sorted(stats.get("rejected_attempts", {}).items())),
              "quarantine_reasons": reasons, "generated_tokens": tokens, "seconds": round(seconds, 3),
+             **({"max_requests_in_flight": stats["max_requests_in_flight"]} if "max_requests_in_flight" in stats else {}),
              "resumed_chunks": resumed,
              "traces_per_s": round(counts.input / seconds, 2) if seconds else None,
              "generated_tokens_per_s": round(tokens / seconds, 1) if seconds else None}

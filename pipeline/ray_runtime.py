@@ -103,6 +103,17 @@ def _where(registry: str, dataset: str, work: str, target_bytes: int, keys: bool
             "target_bytes": target_bytes, "keys": keys}
 
 
+def _placement(bundles: tuple[dict[str, float], ...], groups: list[Any]) -> Any:
+    """A placement group of `bundles` packed on one node, for one actor and what it starts."""
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = placement_group(list(bundles), strategy="STRICT_PACK")
+    groups.append(group)
+    return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0,
+                                            placement_group_capture_child_tasks=True)
+
+
 def done_units(registry: DatasetRegistry, work: str) -> dict[int, UnitResult]:
     """The completion markers a previous run of the same work left."""
     folder = f"{work}/units"
@@ -130,6 +141,7 @@ def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, regist
         where = {"registry": registry.root, "dataset": dataset, "work": work, "target_bytes": target_bytes,
                  "keys": keys}
         res = stage.resources
+        groups: list[Any] = []  # placement groups made for the actors, removed at the end
         options: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}} if env_vars else {}
         ds = ray.data.from_items([{"spec": json.dumps(u)} for u in missing], override_num_blocks=len(missing))
         if res.actors:
@@ -138,18 +150,26 @@ def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, regist
             spare = ray.cluster_resources().get("CPU", 0) - res.actors * res.num_cpus
             ds = ds.map_batches(_read_task, batch_size=1, num_cpus=res.prepare_cpus if spare >= res.prepare_cpus else 0,
                                 fn_kwargs={"stage": stage, "read": read})
+            threaded = {"max_concurrent_calls_per_actor": res.units_per_actor, "enable_true_multi_threading": True,
+                        "max_tasks_in_flight_per_actor": res.units_per_actor + 1}  # one more, read and waiting
+            pool = ray.data.ActorPoolStrategy(size=res.actors, **(threaded if res.units_per_actor > 1 else {}))
+            if res.placement:  # a group per actor, made as Ray starts it (ray.data.llm places TP engines so too)
+                options["ray_remote_args_fn"] = lambda: {"scheduling_strategy": _placement(res.placement, groups)}
             ds = ds.map_batches(_UnitActor, batch_size=1, fn_constructor_kwargs={"stage": stage, **where},
-                                compute=ray.data.ActorPoolStrategy(size=res.actors), num_cpus=res.num_cpus,
-                                num_gpus=res.num_gpus, **options)
+                                compute=pool, num_cpus=res.num_cpus, num_gpus=res.num_gpus, **options)
         else:
             ds = ds.map_batches(_run_task, batch_size=1, num_cpus=res.num_cpus, concurrency=res.max_tasks,
                                 fn_kwargs={"stage": stage, "read": read, **where}, **options)
         bar = tqdm(total=len(missing), unit="unit", disable=not progress, desc=stage.name)
-        for row in ds.iter_rows():
-            result = UnitResult.from_json(row["result"])
-            done[result.unit] = result
-            bar.update(1)
-        bar.close()
+        try:
+            for row in ds.iter_rows():
+                result = UnitResult.from_json(row["result"])
+                done[result.unit] = result
+                bar.update(1)
+        finally:
+            bar.close()
+            for group in groups:  # the actors are gone; their reservations must go too
+                ray.util.remove_placement_group(group)
     assert all(u["unit"] in done for u in units), "units left without a result"
     return [done[u["unit"]] for u in units], resumed, time.perf_counter() - started
 

@@ -47,6 +47,13 @@ class Resources:
     actors: int = 0  # 0: stateless tasks; N > 0: N long-lived actors, each holding the model
     max_tasks: int | None = None  # a cap on parallel tasks (e.g. requests against one server)
     prepare_cpus: float = 0.0  # CPUs of each read/prepare task ahead of the actors (0: I/O only)
+    # Units an actor works on at once, in threads: for a model that serves many requests at once
+    # (an engine with its own scheduler), so it never drains between units. `process` must then be
+    # safe to call from several threads.
+    units_per_actor: int = 1
+    # Resource bundles that must sit on one node (a tensor-parallel engine's GPUs): each actor gets
+    # a placement group of them and runs in the first; what it starts (the engine's workers) fills the rest.
+    placement: tuple[dict[str, float], ...] = ()
 
 
 class Stage:

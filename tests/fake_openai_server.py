@@ -3,8 +3,9 @@
 Behaviour is chosen per sample by a marker in the request's text, `[fault:KIND]` or
 `[fault:KINDxN]` (the first N requests for that sample misbehave, later ones answer well), so a test
 knows exactly what each sample will meet. Kinds: 500, 429 (with Retry-After), 400, timeout,
-malformed, empty, leak, refusal, short, length. Without a marker the server answers at once with a
-good trace. The log keeps each request's image sizes, as decoded from its data URLs.
+malformed, empty, leak, refusal, short, length. Without a marker the server answers with a good
+trace, at once or after `--delay-s` (a model's time to write it). The log keeps each request's
+image sizes, as decoded from its data URLs.
 
     python tests/fake_openai_server.py --port 8123 [--retry-after 0.2] [--hang-s 5]
 """
@@ -51,8 +52,8 @@ ANSWERS = {
 
 
 class Script:
-    def __init__(self, retry_after: float, hang_s: float):
-        self.retry_after, self.hang_s = retry_after, hang_s
+    def __init__(self, retry_after: float, hang_s: float, delay_s: float = 0.0):
+        self.retry_after, self.hang_s, self.delay_s = retry_after, hang_s, delay_s
         self.seen: collections.Counter[str] = collections.Counter()
         self.log: list[dict] = []  # one entry per request: key, kind, time
 
@@ -80,6 +81,8 @@ class Script:
                                      headers={"Retry-After": str(self.retry_after)})
         if kind == "timeout":
             await asyncio.sleep(self.hang_s)
+        elif self.delay_s:  # a model's time to write the answer
+            await asyncio.sleep(self.delay_s)
         if kind == "malformed":
             return web.Response(text='{"id": "x", "choices": [', content_type="application/json")
         content, finish = ANSWERS.get(kind) or (good_trace(instruction), "stop")
@@ -95,8 +98,8 @@ class Script:
         return web.json_response({"requests": len(self.log), "log": self.log})
 
 
-def make_app(retry_after: float = 0.2, hang_s: float = 5.0) -> web.Application:
-    return chat_app(Script(retry_after, hang_s))
+def make_app(retry_after: float = 0.2, hang_s: float = 5.0, delay_s: float = 0.0) -> web.Application:
+    return chat_app(Script(retry_after, hang_s, delay_s))
 
 
 def chat_app(script) -> web.Application:
@@ -113,6 +116,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--retry-after", type=float, default=0.2)
     parser.add_argument("--hang-s", type=float, default=5.0)
+    parser.add_argument("--delay-s", type=float, default=0.0, help="seconds before every answer, like a model's")
     args = parser.parse_args()
-    web.run_app(make_app(args.retry_after, args.hang_s), host="127.0.0.1", port=args.port, print=None,
+    web.run_app(make_app(args.retry_after, args.hang_s, args.delay_s), host="127.0.0.1", port=args.port, print=None,
                 access_log=None)

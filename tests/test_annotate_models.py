@@ -75,6 +75,7 @@ def test_vllm_engine_backend_in_a_ray_actor(ray_local, demo_dir, tiny_qwen, regi
     m = run_annotate(cfg, progress=False)
     assert (m.counts.input, m.counts.output, m.counts.quarantined) == (5, 4, 1), m.stats
     assert m.stats["quarantine_reasons"] == {"engine_error": 1} and m.stats["attempts"] == {"1": 5}
+    assert m.stats["max_requests_in_flight"] == 4  # the whole unit at once, less the refused one
     [refused] = DatasetRegistry(registry_root).read_table(m, quarantine=True).to_pylist()
     assert "1024" in refused["message"], refused["message"]  # vLLM's own words about the length
     rows = DatasetRegistry(registry_root).read_table(m).to_pylist()

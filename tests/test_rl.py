@@ -4,6 +4,7 @@ and `trainer rl` end to end (2 rollout actors, a tiny CLIP, resume)."""
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -127,34 +128,52 @@ def rl_args(registry, ref, model, out, clip, magvit, tokenizer, **overrides):
             *(f"{k}={v}" for k, v in values.items())]
 
 
+def remote_text(uri: str) -> str:
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
 def test_trainer_rl_end_to_end_with_two_rollout_actors_and_resume(tokenized_demo, trained_tiny_run, magvit_dir,
-                                                                 llada_tokenizer_dir, tmp_path):
+                                                                 llada_tokenizer_dir, s3_bucket, tmp_path, monkeypatch):
+    """The run folder is on an object store; the resume runs on an empty cache (another machine),
+    so its checkpoint, frozen reference, reward statistics and metrics come from there."""
     from jobs.tiny_models import build_tiny_clip
+    from trainer.rundir import RunDir
 
     registry, ref = tokenized_demo
     clip = build_tiny_clip(tmp_path / "clip")
-    run = tmp_path / "rl"
-    args = rl_args(registry, ref, str(trained_tiny_run), str(run), clip, str(magvit_dir), str(llada_tokenizer_dir))
-    r = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    run = f"{s3_bucket}/runs/rl"
+    args = rl_args(registry, ref, str(trained_tiny_run), run, clip, str(magvit_dir), str(llada_tokenizer_dir))
+    r = subprocess.run(args, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "PARAFORGE_CACHE": str(tmp_path / "cache-a")})
     assert r.returncode == 0, r.stderr[-4000:]
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in remote_text(f"{run}/metrics.jsonl").splitlines()]
     assert [x["step"] for x in records] == [1, 2]
     for x in records:
         assert x["first_ratio_max"] == 1.0 and x["first_clip_fraction"] == 0.0  # old policy = the rollouts' policy
         assert x["ratio_max"] != 1.0  # the second inner update sees moved weights
         assert {"reward_early", "reward_middle", "reward_final", "kl", "rollout_s", "reward_s", "learner_s"} <= set(x)
         assert 0.0 <= x["reward_mean"] <= 1.0
-    stats = json.loads((run / "reward_stats.json").read_text())
+    stats = json.loads(remote_text(f"{run}/reward_stats.json"))
     assert stats["samples"] == 8 and stats["source"] == ref
-    assert (run / "reference" / "config.json").exists() and (run / "checkpoints" / "step-2" / "done").exists()
+    assert json.loads(remote_text(f"{run}/reference/config.json"))
+    assert sorted(RunDir(run).checkpoint_tags())[-1] == "step-2"
 
-    # resume: only step 3 runs, and the prompt cursor continues where step 2 left it
-    r = subprocess.run(rl_args(registry, ref, str(trained_tiny_run), str(run), clip, str(magvit_dir),
-                               str(llada_tokenizer_dir), steps=3), capture_output=True, text=True, timeout=900)
+    # resume elsewhere: only step 3 runs, and the prompt cursor continues where step 2 left it
+    cache = tmp_path / "cache-b"
+    r = subprocess.run(rl_args(registry, ref, str(trained_tiny_run), run, clip, str(magvit_dir),
+                               str(llada_tokenizer_dir), steps=3), capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "PARAFORGE_CACHE": str(cache)})
     assert r.returncode == 0, r.stderr[-4000:]
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in remote_text(f"{run}/metrics.jsonl").splitlines()]
     assert steps == [1, 2, 3]
-    client = torch.load(run / "checkpoints" / "step-3" / "mp_rank_00_model_states.pt", weights_only=False)
+    monkeypatch.setenv("PARAFORGE_CACHE", str(cache))
+    mirror = RunDir(run).local  # where the resumed run worked
+    assert (mirror / "reference" / "config.json").exists()
+    client = torch.load(mirror / "checkpoints" / "step-3" / "mp_rank_00_model_states.pt", weights_only=False)
     from pipeline.registry import DatasetRegistry
 
     rows = DatasetRegistry(registry).resolve(ref).counts.output

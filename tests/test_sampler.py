@@ -1,6 +1,7 @@
 """The parallel sampler: schedules, invariants of the decoding loop, batching, CFG, modes, the CLI."""
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -242,14 +243,20 @@ def test_bf16_and_fp32_sampling_draw_from_the_same_distribution():
 
 
 def test_trainer_sample_cli_writes_reasoning_image_and_trajectory(trained_tiny_run, magvit_dir, llada_tokenizer_dir,
-                                                                 demo_dir, tmp_path):
+                                                                 demo_dir, s3_bucket, tmp_path):
+    """From a run folder on an object store (fetched to the cache: its newest checkpoint and files)."""
+    import pyarrow.fs as pafs
+
+    fs, bucket = pafs.FileSystem.from_uri(s3_bucket)
+    pafs.copy_files(str(trained_tiny_run), f"{bucket}/runs/learn", destination_filesystem=fs)
     out = tmp_path / "sample"
     image = sorted((demo_dir / "images").glob("*"))[0]
-    r = subprocess.run([str(BIN / "trainer"), "sample", "--model", str(trained_tiny_run),
+    r = subprocess.run([str(BIN / "trainer"), "sample", "--model", f"{s3_bucket}/runs/learn",
                         "--image-tokenizer", str(magvit_dir), "--text-tokenizer", str(llada_tokenizer_dir),
                         "--input", str(image), "--instruction", "make the circle blue", "--resolution", "64",
                         "--out", str(out), "--trajectory", "sampler.steps=16", "sampler.block_length=64",
-                        "trajectory_frames=4"], capture_output=True, text=True, timeout=600)
+                        "trajectory_frames=4"], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PARAFORGE_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr[-3000:]
     from PIL import Image
 

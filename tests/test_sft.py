@@ -154,17 +154,3 @@ def test_ray_train_torchtrainer_with_two_workers(tokenized_demo, tmp_path, ray_l
     files = {p.name for p in (run / "checkpoints" / "step-3").iterdir()}
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= files
     assert sorted(metrics(run)) == [1, 2, 3]
-
-
-def test_sft_trains_on_a_version_in_an_object_store(tokenized_demo, s3_bucket, tmp_path):
-    """An `s3://` registry: the shards reach the trainer through the local cache, named by hash."""
-    root, ref = tokenized_demo
-    local, remote = DatasetRegistry(root), DatasetRegistry(f"{s3_bucket}/registry")
-    m = local.resolve(ref)
-    for shard, path in zip(m.shards, local.shard_paths(m)):
-        remote.write_atomic(remote._path(m.dataset, shard.path), Path(path).read_bytes())
-    remote.write_atomic(remote._path(m.dataset, "versions", m.version, "manifest.json"), m.to_json().encode())
-    cache, run = tmp_path / "cache", tmp_path / "run"
-    run_trainer(sft_args(remote.root, ref, run, steps=2, save_every=2), env={"PARAFORGE_CACHE": str(cache)})
-    assert sorted(p.name for p in (cache / "shards").iterdir()) == sorted(f"{s.sha256}.arrow" for s in m.shards)
-    assert sorted(metrics(run)) == [1, 2]

@@ -112,3 +112,41 @@ def test_trainers_read_remote_shards_through_a_checked_local_cache(s3_bucket, tm
     registry.write_atomic(registry.shard_paths(m)[0], b"\0" * m.shards[0].bytes)
     with pytest.raises(ValueError, match="corrupt"):
         registry.local_shard_paths(m, cache=str(tmp_path / "fresh"))
+
+
+def test_an_actor_runs_units_side_by_side_inside_its_placement_group(ray_local, tmp_path):
+    """`units_per_actor=2`: two units are inside one actor's `process` at once (a barrier only two
+    concurrent calls can pass); `placement`: the actor runs in a one-node group of those bundles,
+    which is removed when the job ends. On a GPU cluster the bundles are a tensor-parallel engine's GPUs."""
+    import threading
+
+    import ray
+
+    from pipeline.ray_runtime import run_units
+    from pipeline.stage import Processed, Resources, Stage, rejected_rows
+
+    class Together(Stage):
+        name = "together"
+        output_schema = pa.schema([("sample_id", pa.string())])
+        resources = Resources(num_cpus=1, actors=1, units_per_actor=2, placement=({"CPU": 1},))
+
+        def setup(self):
+            self.barrier = threading.Barrier(2, timeout=60)
+
+        def process(self, rows):
+            self.barrier.wait()  # raises BrokenBarrierError if the other unit is not running too
+            group = ray.util.get_current_placement_group()
+            placed = json.dumps({"strategy": ray.util.placement_group_table(group)["strategy"],
+                                 "bundles": group.bundle_specs})
+            return Processed(rows, rejected_rows(rows.slice(0, 0), [], []), {placed: 1})
+
+    def read(spec):
+        yield pa.table({"sample_id": [f"u{spec['unit']}-{i}" for i in range(3)]})
+
+    registry = DatasetRegistry(str(tmp_path / "reg"))
+    results, _, _ = run_units(Together(), [{"unit": 0}, {"unit": 1}], read, registry=registry, dataset="t",
+                              work=registry.work_dir("t", "w"), target_bytes=1 << 20, progress=False)
+    assert [r.output for r in results] == [3, 3]
+    [placed] = set().union(*(r.stats for r in results))
+    assert json.loads(placed) == {"strategy": "STRICT_PACK", "bundles": [{"CPU": 1.0}]}
+    assert all(g["state"] == "REMOVED" for g in ray.util.placement_group_table().values())

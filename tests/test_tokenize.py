@@ -6,8 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import json
+
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from annotators.openai_backend import OpenAIConfig
@@ -18,6 +22,9 @@ from pipeline.tokenize import TokenizeConfig, run_tokenize
 from schemas import SequenceConfig
 from tests.servers import kill_when
 from tests.test_ingest import ingest
+from tests.test_sft import run_trainer, sft_args
+from trainer.export import export, load_model
+from trainer.rundir import RunDir
 
 
 @pytest.fixture
@@ -115,9 +122,11 @@ def test_killed_tokenize_resumes(annotated, magvit_dir, llada_tokenizer_dir, reg
     assert rerun.stdout.split()[-1] == clean.version
 
 
-def test_ingest_annotate_tokenize_on_an_object_store_registry(ray_local, demo_dir, fake_server, s3_bucket,
-                                                              magvit_dir, llada_tokenizer_dir):
-    """Workers read their units from, and write shards and markers to, an `s3://` registry."""
+def test_from_ingest_to_a_resumed_sft_run_on_an_object_store(ray_local, demo_dir, fake_server, s3_bucket, magvit_dir,
+                                                             llada_tokenizer_dir, tmp_path):
+    """An `s3://` registry and an `s3://` run folder, with nothing else shared: Ray workers read
+    their units from and write shards and markers to the registry; SFT reads it, checkpoints to the
+    run folder and resumes from it on an empty cache; export, load and `pipeline report` read both."""
     root = f"{s3_bucket}/registry"
     raw = ingest([demo_dir / "data.jsonl"], root, dataset="demo", rows_per_unit=10)
     annotated = run_annotate(AnnotateConfig(dataset="demo", registry=root, backend="openai", model="fake",
@@ -129,3 +138,28 @@ def test_ingest_annotate_tokenize_on_an_object_store_registry(ray_local, demo_di
     assert registry.resolve("demo").ref == m.ref and len(m.shards) == 3  # one shard per unit of 10 rows
     assert registry.read_table(m)["sample_id"].to_pylist() == registry.read_table(raw)["sample_id"].to_pylist()
     assert tokenize(root, magvit_dir, llada_tokenizer_dir, chunk_rows=10).version == m.version  # resumed: same
+
+    # The same registry feeds the trainer, whose run folder is on the object store too: two steps, then
+    # a run on a "new machine" (an empty cache) that resumes from the s3:// checkpoint to step 3.
+    run = f"{s3_bucket}/runs/sft"
+    for steps, cache in ((2, tmp_path / "cache-a"), (3, tmp_path / "cache-b")):
+        run_trainer(sft_args(root, m.ref, run, steps=steps, save_every=2), env={"PARAFORGE_CACHE": str(cache)})
+        # shards reach the trainer through the local cache, named by their hash
+        assert sorted(p.name for p in (cache / "shards").iterdir()) == sorted(f"{s.sha256}.arrow" for s in m.shards)
+    fs, base = pafs.FileSystem.from_uri(run)
+    with fs.open_input_stream(f"{base}/metrics.jsonl") as f:
+        steps = [json.loads(line)["step"] for line in f.read().decode().splitlines()]
+    assert steps == [1, 2, 3]  # resumed at 3, not restarted at 1
+    assert RunDir(run).checkpoint_tags() and sorted(RunDir(run).checkpoint_tags()) == ["step-2", "step-3"]
+    mirror = next((tmp_path / "cache-b" / "runs").iterdir()) / "checkpoints"
+    assert sorted(p.name for p in mirror.iterdir() if p.is_dir()) == ["step-3"]  # one local copy, the newest
+
+    exported = export(run, f"{s3_bucket}/models/sft-step3")  # a run on s3 -> a model folder on s3
+    trained, loaded = load_model(run), load_model(exported)
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))
+
+    out = tmp_path / "report.html"
+    done = subprocess.run([str(Path(sys.executable).parent / "pipeline"), "report", m.ref, "--registry", root, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert m.version in out.read_text() and raw.version in out.read_text()

@@ -1,51 +1,89 @@
-"""Checkpoints: every N steps and at the end, keep the last K, resume from the newest."""
+"""Checkpoints: every N steps and at the end, keep the last K, resume from the newest; in a run
+folder on any filesystem (see trainer.rundir)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
+
+from trainer.rundir import DONE, RunDir
 
 _TAG = re.compile(r"^step-(\d+)$")
 
 
+def newest(tags: list[str]) -> str:
+    return sort_tags(tags)[-1]
+
+
+def sort_tags(tags: list[str]) -> list[str]:
+    """`step-N` tags, oldest first; anything else in the folder is not ours."""
+    return sorted((t for t in tags if _TAG.match(t)), key=lambda t: int(_TAG.match(t).group(1)))
+
+
 class Checkpointer:
-    def __init__(self, run_dir: str | Path, keep_last: int, rank: int):
-        self.directory = Path(run_dir) / "checkpoints"
+    def __init__(self, run: RunDir | str | Path, keep_last: int, rank: int):
+        self.run = run if isinstance(run, RunDir) else RunDir(run)
+        self.directory = self.run.local / "checkpoints"  # where DeepSpeed writes and reads
         self.keep_last, self.rank = keep_last, rank
+        # One process per node copies the node's files: all of them share its local folder.
+        self.node_leader = int(os.environ.get("LOCAL_RANK", "0")) == 0
 
     def tags(self) -> list[str]:
-        """Complete checkpoints, oldest first (DeepSpeed writes `latest` only after a save)."""
-        if not self.directory.is_dir():
-            return []
-        done = [p.name for p in self.directory.iterdir() if _TAG.match(p.name) and (p / "done").exists()]
-        return sorted(done, key=lambda t: int(_TAG.match(t).group(1)))
+        """Complete checkpoints, oldest first: those marked done where the run lives."""
+        return sort_tags(self.run.checkpoint_tags())
 
     def save(self, engine, step: int, client_state: dict[str, Any], model_config: dict[str, Any]) -> str:
-        import json
-
         import torch.distributed as dist
 
         tag = f"step-{step}"
         engine.save(self.directory, tag, client_state)
-        dist.barrier()
         if self.rank == 0:
             (self.directory / tag / "model_config.json").write_text(json.dumps(model_config))  # for export
-            (self.directory / tag / "done").touch()  # a save killed half-way is never resumed from
+        dist.barrier()
+        if self.node_leader:
+            self.run.upload(f"checkpoints/{tag}")  # each node its own ranks' shards
+        dist.barrier()
+        if self.rank == 0:
+            self.run.write_marker(f"checkpoints/{tag}/{DONE}")  # a save killed half-way is never resumed from
+            self.run.push_files()
             for old in self.tags()[: -self.keep_last]:
-                shutil.rmtree(self.directory / old, ignore_errors=True)
+                self.run.delete(f"checkpoints/{old}")
+        if self.run.remote and self.node_leader:  # the run holds them all: one local copy is enough
+            for old in sort_tags([p.name for p in self.directory.iterdir()])[:-1]:
+                self.run.delete_local(f"checkpoints/{old}")
         dist.barrier()
         return tag
 
     def resume(self, engine, resume: str) -> dict[str, Any] | None:
-        """`auto`: the newest complete checkpoint if any; `none`; or a tag / checkpoint path."""
+        """`auto`: the newest complete checkpoint if any; `none`; or a tag / local checkpoint path."""
         if resume == "none":
             return None
         if resume == "auto":
             tags = self.tags()
             if not tags:
                 return None
-            return engine.load(self.directory, tags[-1])
+            return self._load(engine, tags[-1])
         path = Path(resume)
-        return engine.load(path.parent if path.is_dir() else self.directory, path.name)
+        if path.is_dir():
+            return engine.load(path.parent, path.name)
+        return self._load(engine, resume)
+
+    def _load(self, engine, tag: str) -> dict[str, Any]:
+        import torch.distributed as dist
+
+        if self.node_leader and not (self.directory / tag / DONE).exists():
+            self.run.download(f"checkpoints/{tag}")  # from the run, onto this node
+        dist.barrier()
+        return engine.load(self.directory, tag)
+
+    def prepare(self) -> None:
+        """Before anything is written: the mirror becomes the run's copy (a no-op for local runs)."""
+        import torch.distributed as dist
+
+        if self.node_leader:
+            tags = self.tags()
+            self.run.pull(keep_checkpoint=tags[-1] if tags else None)
+        dist.barrier()

@@ -31,10 +31,10 @@ def sft(overrides: Overrides = None,
     if ray_workers:
         from trainer.ray_train import train_on_ray
 
-        run_dir = train_on_ray(cfg, ray_workers, ray_gpu, ray_address)
+        train_on_ray(cfg, ray_workers, ray_gpu, ray_address)
     else:
-        run_dir = train(cfg, progress=progress)
-    print(f"checkpoints in {run_dir / 'checkpoints'}; metrics in {run_dir / 'metrics.jsonl'}")
+        train(cfg, progress=progress)
+    print(f"run {cfg.out_dir}: checkpoints/ and metrics.jsonl")
 
 
 @app.command()
@@ -50,8 +50,8 @@ def rl(overrides: Overrides = None,
     from trainer.rl.pararl import train as train_rl
 
     cfg = load_config(RLConfig, config, overrides, rollout_workers=rollout_workers, ray_address=ray_address)
-    run_dir = train_rl(cfg, progress=progress)
-    print(f"checkpoints in {run_dir / 'checkpoints'}; metrics in {run_dir / 'metrics.jsonl'}")
+    train_rl(cfg, progress=progress)
+    print(f"run {cfg.out_dir}: checkpoints/ and metrics.jsonl")
 
 
 @app.command()

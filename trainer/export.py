@@ -5,12 +5,14 @@ so `trainer sample` and `trainer rl` start from an exported model or straight fr
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 
 from schemas import SequenceConfig, TokenLayout
 from trainer.model import MMaDAConfig, MMaDAModel, resolve_folder
+from trainer.rundir import RunDir, model_folder
 from trainer.sequence import SEQUENCE_FILE, SequenceBuilder
 
 TRAINING_FILE = "paraforge_export.json"  # written beside exported weights: the run and how it was trained
@@ -47,7 +49,9 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu", tag: str | None = None) -> MMaDAModel:
-    """An exported / published model folder (or hub id), or a run folder (its newest checkpoint)."""
+    """An exported / published model folder (or hub id), or a run folder (its newest checkpoint);
+    either may be a URI (fetched to the local cache)."""
+    path = model_folder(path, tag)
     if is_run_dir(path):
         state, model_config, _ = _checkpoint_state(Path(path), tag)
         return _from_state(state, model_config, dtype).to(device).eval()
@@ -56,7 +60,7 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu
 
 def training_config(path: str | Path) -> dict:
     """The config a model was trained with (a run's config.json, or what export copied), else {}."""
-    path = Path(path)
+    path = Path(model_folder(str(path)))
     if is_run_dir(path) and (path / "config.json").is_file():
         return json.loads((path / "config.json").read_text())
     if (path / TRAINING_FILE).is_file():
@@ -68,6 +72,7 @@ def sequence_builder(path: str, text_tokenizer: str | None = None) -> SequenceBu
     """How a model reads sequences: what its run or export saved (`paraforge_sequence.json`), else,
     for a published checkpoint, the layout of its own tokenizer and embedding with the
     mmada-parallel-m preset it was trained with."""
+    path = model_folder(path)
     saved = Path(path) / SEQUENCE_FILE
     if saved.is_file():
         return SequenceBuilder.from_dict(json.loads(saved.read_text()))
@@ -84,11 +89,18 @@ def sequence_builder(path: str, text_tokenizer: str | None = None) -> SequenceBu
     return SequenceBuilder(TokenLayout.from_tokenizer(tokenizer, config.embedding_size), SequenceConfig())
 
 
-def export(run_dir: str | Path, out: str | Path, tag: str | None = None, dtype: str = "float32") -> Path:
-    run_dir = Path(run_dir)
-    state, model_config, tag = _checkpoint_state(run_dir, tag)
-    path = _from_state(state, model_config, getattr(torch, dtype)).save_pretrained(out)
-    (Path(out) / TRAINING_FILE).write_text(json.dumps({"run": str(run_dir), "tag": tag,
-                                                       "training": training_config(run_dir)}, indent=2))
-    sequence_builder(str(run_dir)).save(out)  # the layout and sequences it was trained with travel along
-    return path
+def export(run_dir: str | Path, out: str | Path, tag: str | None = None, dtype: str = "float32") -> str:
+    """A run's checkpoint as a model folder; either may be a URI (the export is written locally,
+    then uploaded whole)."""
+    run, target = str(run_dir), RunDir(out, mirror="exports")
+    if target.remote:
+        shutil.rmtree(target.local, ignore_errors=True)  # an earlier export to the same URI
+    local_run = Path(model_folder(run, tag))
+    state, model_config, tag = _checkpoint_state(local_run, tag)
+    _from_state(state, model_config, getattr(torch, dtype)).save_pretrained(target.local)
+    (target.local / TRAINING_FILE).write_text(json.dumps({"run": run, "tag": tag,
+                                                          "training": training_config(local_run)}, indent=2))
+    sequence_builder(str(local_run)).save(target.local)  # the layout and sequences it was trained with travel along
+    for path in target.local.iterdir():
+        target.upload(path.name)
+    return str(target)

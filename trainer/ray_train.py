@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 
 def _worker(config: dict) -> None:
@@ -17,7 +16,7 @@ def _worker(config: dict) -> None:
     train(load_config(SFTConfig, None, None, **config), progress=False)
 
 
-def train_on_ray(cfg, num_workers: int, use_gpu: bool, ray_address: str | None = None) -> Path:
+def train_on_ray(cfg, num_workers: int, use_gpu: bool, ray_address: str | None = None) -> str:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -25,13 +24,14 @@ def train_on_ray(cfg, num_workers: int, use_gpu: bool, ray_address: str | None =
 
     init_ray(ray_address)
     # Workers do not run in this folder: give them absolute paths (or URIs) to data and outputs.
-    cfg = dataclasses.replace(cfg, out_dir=os.path.abspath(cfg.out_dir),
-                              registry=cfg.registry if cfg.registry is None or "://" in cfg.registry
-                              else os.path.abspath(cfg.registry))
+    def absolute(path: str | None) -> str | None:
+        return path if path is None or "://" in path else os.path.abspath(path)
+
+    cfg = dataclasses.replace(cfg, out_dir=absolute(cfg.out_dir), registry=absolute(cfg.registry))
     trainer = TorchTrainer(
         _worker, train_loop_config=dataclasses.asdict(cfg),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name="paraforge-sft", storage_path=os.path.join(cfg.out_dir, "ray")))
+        run_config=RunConfig(name="paraforge-sft", storage_path=f"{cfg.out_dir.rstrip('/')}/ray"))
     trainer.fit()
-    return Path(cfg.out_dir)
+    return cfg.out_dir

@@ -13,6 +13,7 @@ import torch
 
 from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2
 from trainer.export import load_model, sequence_builder
+from trainer.rundir import model_folder
 from trainer.sampling import ParallelSampler, Prompt, SampleResult, SamplerConfig, filled
 
 
@@ -68,6 +69,7 @@ def load_sampling(model: str, sampler: SamplerConfig, *, image_tokenizer: str, t
                   resolution: int, device: str, dtype: str) -> SamplingStack:
     from pipeline.tokenize import encode_blank_image, load_text_tokenizer
 
+    model = model_folder(model)  # a run or export given by URI: its local copy
     builder = sequence_builder(model, text_tokenizer)  # the layout and sequences the model was trained with
     policy = load_model(model, dtype=getattr(torch, dtype), device=device)
     magvit = MagvitV2.from_pretrained(image_tokenizer, device=device)

@@ -19,6 +19,7 @@ from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distribut
 from trainer.loss import apply_noise, diffusion_loss
 from trainer.metrics import MetricsLogger
 from trainer.model import MMaDAConfig, MMaDAModel
+from trainer.rundir import RunDir
 from trainer.sequence import SequenceBuilder, recorded_blank_codes
 
 TINY_MODEL = {"d_model": 128, "n_heads": 4, "n_layers": 2, "mlp_hidden_size": 256, "max_sequence_length": 1024}
@@ -95,6 +96,7 @@ def train_step(engine: Engine, rows: list[dict], cfg: SFTConfig, builder: Sequen
 
 
 def train(cfg: SFTConfig, progress: bool = True) -> Path:
+    """Trains, and returns the local run folder (for a URI `out_dir`, its mirror)."""
     rank, world = init_distributed()
     manifest = DatasetRegistry(cfg.registry).resolve(cfg.dataset, schema="tokenized/1")
     model, layout = build_model(cfg, manifest.lineage.get("tokenize", {}).get("text_tokenizer"))
@@ -102,8 +104,10 @@ def train(cfg: SFTConfig, progress: bool = True) -> Path:
     loader = ShardLoader(cfg.dataset, cfg.registry, cfg.micro_batch_size, rank, world, cfg.seed, builder)
     engine = Engine(model, deepspeed_config(cfg.deepspeed, cfg.optim, micro_batch_size=cfg.micro_batch_size,
                                             grad_accum=cfg.grad_accum, total_steps=cfg.steps, bf16=cfg.bf16))
-    run_dir = Path(cfg.out_dir)
-    checkpoints = Checkpointer(run_dir, cfg.keep_last, rank)
+    run = RunDir(cfg.out_dir)  # a local folder, or a URI with a local mirror
+    run_dir = run.local
+    checkpoints = Checkpointer(run, cfg.keep_last, rank)
+    checkpoints.prepare()
     state = checkpoints.resume(engine, cfg.resume)
     step = 0
     if state:
@@ -114,6 +118,7 @@ def train(cfg: SFTConfig, progress: bool = True) -> Path:
     if rank == 0:
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         builder.save(run_dir)  # the layout and sequences this model learns: sample, rl, eval, export reuse them
+        run.push_files()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, desc="sft")
     while step < cfg.steps:
         started = time.perf_counter()
@@ -131,4 +136,6 @@ def train(cfg: SFTConfig, progress: bool = True) -> Path:
                                             "config": dataclasses.asdict(cfg)}, model.config.to_dict())
     bar.close()
     metrics.close()
+    if rank == 0:
+        run.push_files()
     return run_dir

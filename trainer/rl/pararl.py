@@ -25,6 +25,7 @@ from tqdm import tqdm
 from pipeline.image_tokenizer import DEFAULT_ID
 from pipeline.registry import DatasetRegistry
 from trainer.checkpoint import Checkpointer
+from trainer.rundir import RunDir, model_folder
 from trainer.data import check_compatible
 from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distributed
 from trainer.export import load_model, sequence_builder
@@ -177,9 +178,13 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
     from pipeline.ray_runtime import init_ray
 
     rank, world = init_distributed()
-    run_dir = Path(cfg.out_dir)
+    run = RunDir(cfg.out_dir)  # a local folder, or a URI with a local mirror
+    run_dir = run.local
     run_dir.mkdir(parents=True, exist_ok=True)
-    builder = sequence_builder(cfg.model, cfg.text_tokenizer)  # as the policy was trained
+    checkpoints = Checkpointer(run, cfg.keep_last, rank)
+    checkpoints.prepare()
+    model = model_folder(cfg.model)  # a run or export given by URI: its local copy
+    builder = sequence_builder(model, cfg.text_tokenizer)  # as the policy was trained
     prompts = PromptSource(cfg.dataset, cfg.registry, cfg.seed, cfg.max_prompts)
     if builder.published and builder.blank_image_codes is None:  # a published checkpoint: the version's black image
         builder.blank_image_codes = recorded_blank_codes(prompts.manifest)
@@ -191,11 +196,13 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
     slots = OutputSlots(sampler_cfg.image_tokens, builder.config.reasoning_len)
 
     reference_dir = run_dir / "reference"
+    if not (reference_dir / "config.json").exists():  # frozen for the whole run, resumes included
+        run.download("reference")
     if not (reference_dir / "config.json").exists():
-        load_model(cfg.model).save_pretrained(reference_dir)  # frozen for the whole run, resumes included
+        load_model(model).save_pretrained(reference_dir)
+        run.upload("reference")
     engine, reference = build_learner(cfg, reference_dir)
     policy, layout = engine.module, builder.layout
-    checkpoints = Checkpointer(run_dir, cfg.keep_last, rank)
     state = checkpoints.resume(engine, cfg.resume)
     step = 0
     if state:
@@ -206,7 +213,7 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
         torch.manual_seed(cfg.seed)
 
     init_ray(cfg.ray_address)
-    text_tokenizer = cfg.text_tokenizer or cfg.model
+    text_tokenizer = cfg.text_tokenizer or model
     check_resources(cfg)
     rollout_actor = ray.remote(RolloutWorker).options(num_cpus=cfg.rollout_cpus, num_gpus=cfg.rollout_gpus)
     reward_actor = ray.remote(RewardWorker).options(num_cpus=cfg.reward_cpus, num_gpus=cfg.reward_gpus)
@@ -231,6 +238,7 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
     if rank == 0:
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         builder.save(run_dir)
+        run.push_files()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="pararl")
     while step < cfg.steps:
         started = time.perf_counter()
@@ -270,6 +278,8 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
                              policy.config.to_dict())
     bar.close()
     metrics.close()
+    if rank == 0:
+        run.push_files()
     for actor in rollouts + rewarders:
         ray.kill(actor)
     return run_dir
