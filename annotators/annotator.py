@@ -24,6 +24,8 @@ from annotators.vision import DEFAULT_IMAGE_MAX_PIXELS, fit_image, prompt_tokens
 # Errors a new attempt cannot fix: the request itself was refused (HTTP 4xx, a vLLM per-request
 # error) or cannot fit the model. Transport errors (5xx, timeouts) are retried by the backends.
 PERMANENT_ERRORS = ("client_error", "engine_error", "prompt_too_long", "undecodable_image")
+# Errors of the server, not the row, that outlasted the backend's retries: they may pass later.
+TRANSIENT_ERRORS = ("rate_limited", "server_error", "timeout", "connection_error")
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import dataclasses
 import email.utils
+import math
 import os
 import random
 import time
@@ -31,17 +32,52 @@ class OpenAIConfig:
     max_retries: int = 6  # transport retries per request, before the attempt counts as failed
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
+    retry_after_max_s: float = 60.0  # a server's Retry-After beyond this is cut to it
 
 
-def _retry_after(error: openai.APIStatusError) -> float | None:
-    value = error.response.headers.get("retry-after")
-    if value is None:
-        return None
+def _retry_after(error: openai.APIStatusError, cap_s: float) -> float | None:
+    """The server's wait in seconds, capped at `cap_s`: a non-negative finite number or an HTTP date;
+    anything else (`inf`, `soon`, a date without a zone) is ignored, and our own backoff applies."""
+    value = error.response.headers.get("retry-after", "").strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)  # an HTTP date
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if parsed is None or parsed.tzinfo is None:
+            return None
+        seconds = parsed.timestamp() - time.time()
+    if not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), cap_s)
+
+
+class BackendUnavailable(ValueError):
+    """The server refuses the whole run (a rejected key, a model it does not serve) or cannot be
+    reached: a job error, never a row's. Nothing is published; fix it and rerun."""
+
+
+def check_server(model: str, config: OpenAIConfig) -> None:
+    """Before any work: the server answers, accepts the key and serves `model` (GET /models)."""
+    client = openai.OpenAI(base_url=config.base_url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
+                           timeout=min(config.timeout_s, 30.0), max_retries=2)
+    try:
+        served = [m.id for m in client.models.list()]
+    except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+        raise BackendUnavailable(f"{config.base_url} refused the API key (HTTP {e.status_code}): set "
+                                 "OPENAI_API_KEY to a key it accepts") from None
+    except openai.APIConnectionError as e:
+        raise BackendUnavailable(f"cannot reach {config.base_url}: {e}") from None
+    except openai.APIStatusError as e:
+        if e.status_code == 404:  # a server without the models route: the first request will tell
+            return
+        raise BackendUnavailable(f"{config.base_url} answered GET /models with HTTP {e.status_code}") from None
+    finally:
+        client.close()
+    if served and model not in served:
+        raise BackendUnavailable(f"{config.base_url} does not serve model {model!r}; it serves {served[:10]}")
 
 
 class OpenAIBackend:
@@ -76,20 +112,26 @@ class OpenAIBackend:
         for retry in range(cfg.max_retries + 1):
             wait = None
             try:
-                response = await client.chat.completions.create(
+                # One deadline for the whole request: the client's own timeout restarts with every
+                # byte, so a server trickling its answer would hold the request for ever.
+                response = await asyncio.wait_for(client.chat.completions.create(
                     model=self.model, messages=request.messages, temperature=sampling.temperature,
-                    top_p=sampling.top_p, max_tokens=sampling.max_tokens, seed=request.seed)
+                    top_p=sampling.top_p, max_tokens=sampling.max_tokens, seed=request.seed), cfg.timeout_s)
                 choice = response.choices[0]
                 usage = response.usage
                 return Completion(choice.message.content or "", choice.finish_reason,
                                   usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
             except openai.RateLimitError as e:
                 self.retries["429"] += 1
-                wait, last = _retry_after(e), f"rate_limited: {e.status_code}"
+                wait, last = _retry_after(e, cfg.retry_after_max_s), f"rate_limited: {e.status_code}"
             except openai.InternalServerError as e:
                 self.retries["5xx"] += 1
-                wait, last = _retry_after(e), f"server_error: {e.status_code}"
-            except openai.APITimeoutError:
+                wait, last = _retry_after(e, cfg.retry_after_max_s), f"server_error: {e.status_code}"
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:  # the run's, not the row's
+                raise BackendUnavailable(f"{cfg.base_url} refused the API key (HTTP {e.status_code})") from None
+            except openai.NotFoundError as e:
+                raise BackendUnavailable(f"{cfg.base_url}: HTTP 404 for model {self.model!r}: {e.message}"[:500]) from None
+            except (openai.APITimeoutError, asyncio.TimeoutError):
                 self.retries["timeout"] += 1
                 last = f"timeout: no answer in {cfg.timeout_s}s"
             except openai.APIConnectionError as e:

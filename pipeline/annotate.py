@@ -19,7 +19,8 @@ import os
 import pyarrow as pa
 
 from annotators import AnnotatorConfig, Sample, build_annotator
-from annotators.annotator import to_json
+from annotators.annotator import TRANSIENT_ERRORS, to_json
+from annotators.openai_backend import check_server
 from annotators.prompts import load_prompts
 from pipeline import ray_runtime
 from pipeline.lineage import lineage
@@ -50,6 +51,7 @@ class AnnotateStage(Stage):
 
     name = STAGE
     output_schema = ANNOTATED
+    transient_reasons = TRANSIENT_ERRORS  # a server outage: the unit is redone on a rerun
 
     def __init__(self, config: AnnotateConfig, on_gpu: bool = False):
         self.config = config.annotator_config()
@@ -137,14 +139,16 @@ def run_annotate(config: AnnotateConfig, progress: bool = True) -> VersionManife
     output = config.output or split_ref(config.dataset)[0]
     key = run_key(config, source)
     units = plan_row_ranges(source, registry.root, config.chunk_rows, RAW.names)
+    if config.backend == "openai":  # a rejected key, an unknown model, no server: stop before any work
+        check_server(config.model, config.openai)
     ray_runtime.init_ray(config.ray_address)
     on_gpu = config.backend in ("vllm", "transformers") and ray_runtime.cluster_has_gpus()
-    # The key travels as an environment variable of the workers, never inside the config.
+    # The key travels to the workers' environment beside the config, never inside it.
     api_key = os.environ.get("OPENAI_API_KEY") if config.backend == "openai" else None
     results, resumed, seconds = ray_runtime.run_units(
         AnnotateStage(config, on_gpu), units, read_row_range, registry=registry, dataset=output,
         work=registry.work_dir(output, key), target_bytes=TARGET_SHARD_BYTES, progress=progress,
-        env_vars={"OPENAI_API_KEY": api_key} if api_key else None)
+        secrets={"OPENAI_API_KEY": api_key} if api_key else None)
     counts, reasons, stats = totals(results)
     prompts = load_prompts(config.prompt_edit, config.prompt_generate)
     provenance = {"backend": config.backend, "model": config.model, "revision": config.revision,

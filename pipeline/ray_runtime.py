@@ -75,8 +75,9 @@ def _read_task(batch: dict, stage: Stage, read: Reader) -> dict:
     return {"spec": [batch["spec"][0]], "rows": [ipc_bytes(rows[0]) if rows else b""]}
 
 
-def _run_task(batch: dict, stage: Stage, read: Reader, **where: Any) -> dict:
+def _run_task(batch: dict, stage: Stage, read: Reader, secrets: dict[str, str], **where: Any) -> dict:
     """A stateless stage: read, prepare, process and write one unit in one task."""
+    os.environ.update(secrets)
     stage.setup()
     spec = json.loads(batch["spec"][0])
     tables = read(spec) if type(stage).prepare is Stage.prepare else _unit_rows(spec, stage, read)
@@ -87,8 +88,9 @@ def _run_task(batch: dict, stage: Stage, read: Reader, **where: Any) -> dict:
 class _UnitActor:
     """A stage that holds a model: set up once, then process and write whole units."""
 
-    def __init__(self, stage: Stage, **where: Any):
+    def __init__(self, stage: Stage, secrets: dict[str, str], **where: Any):
         self.stage, self.where = stage, where
+        os.environ.update(secrets)
         stage.setup()
 
     def __call__(self, batch: dict) -> dict:
@@ -114,23 +116,24 @@ def _placement(bundles: tuple[dict[str, float], ...], groups: list[Any]) -> Any:
                                             placement_group_capture_child_tasks=True)
 
 
-def done_units(registry: DatasetRegistry, work: str) -> dict[int, UnitResult]:
-    """The completion markers a previous run of the same work left."""
+def done_units(registry: DatasetRegistry, work: str, transient: tuple[str, ...] = ()) -> dict[int, UnitResult]:
+    """The completion markers a previous run of the same work left, less the units that
+    quarantined rows for a `transient` reason (those are redone)."""
     folder = f"{work}/units"
     if not registry.exists(folder):
         return {}
     paths = [i.path for i in registry.fs.get_file_info(pafs.FileSelector(folder)) if i.path.endswith(".json")]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:  # thousands of small GETs on an object store
         results = list(pool.map(lambda p: UnitResult.from_json(registry.read_text(p)), paths))
-    return {r.unit: r for r in results}
+    return {r.unit: r for r in results if not set(r.reasons) & set(transient)}
 
 
 def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, registry: DatasetRegistry,
               dataset: str, work: str, target_bytes: int, keys: bool = False, progress: bool = True,
-              env_vars: dict[str, str] | None = None) -> tuple[list[UnitResult], int, float]:
+              secrets: dict[str, str] | None = None) -> tuple[list[UnitResult], int, float]:
     """Run `stage` over the units with no completion marker yet. Returns (every unit's result in unit
     order, units resumed from an earlier run, seconds spent)."""
-    done = done_units(registry, work)
+    done = done_units(registry, work, stage.transient_reasons)
     missing = [u for u in units if u["unit"] not in done]
     resumed = len(units) - len(missing)
     if resumed:
@@ -142,7 +145,10 @@ def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, regist
                  "keys": keys}
         res = stage.resources
         groups: list[Any] = []  # placement groups made for the actors, removed at the end
-        options: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}} if env_vars else {}
+        # Secrets travel as task arguments, set in the worker's environment before `setup`: never in
+        # a runtime env, which Ray writes to its logs and returns from its job API.
+        secrets = secrets or {}
+        options: dict[str, Any] = {}
         ds = ray.data.from_items([{"spec": json.dumps(u)} for u in missing], override_num_blocks=len(missing))
         if res.actors:
             # The prepare tasks reserve CPUs only where the actors leave some: a reservation nobody
@@ -155,11 +161,12 @@ def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, regist
             pool = ray.data.ActorPoolStrategy(size=res.actors, **(threaded if res.units_per_actor > 1 else {}))
             if res.placement:  # a group per actor, made as Ray starts it (ray.data.llm places TP engines so too)
                 options["ray_remote_args_fn"] = lambda: {"scheduling_strategy": _placement(res.placement, groups)}
-            ds = ds.map_batches(_UnitActor, batch_size=1, fn_constructor_kwargs={"stage": stage, **where},
+            ds = ds.map_batches(_UnitActor, batch_size=1,
+                                fn_constructor_kwargs={"stage": stage, "secrets": secrets, **where},
                                 compute=pool, num_cpus=res.num_cpus, num_gpus=res.num_gpus, **options)
         else:
             ds = ds.map_batches(_run_task, batch_size=1, num_cpus=res.num_cpus, concurrency=res.max_tasks,
-                                fn_kwargs={"stage": stage, "read": read, **where}, **options)
+                                fn_kwargs={"stage": stage, "read": read, "secrets": secrets, **where}, **options)
         bar = tqdm(total=len(missing), unit="unit", disable=not progress, desc=stage.name)
         try:
             for row in ds.iter_rows():

@@ -19,6 +19,7 @@ shards (never a half version), and versions whose shards have equal bytes share 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import hashlib
@@ -194,6 +195,35 @@ class DatasetRegistry:
             raise ValueError(f"{remote}: its bytes hash to {digest.hexdigest()[:16]}, the manifest says "
                              f"{shard.sha256[:16]}: the stored shard is corrupt")
         os.replace(tmp, local)  # ranks fetching at once: each renames a whole copy, none sees half
+
+    def verify(self, manifest: VersionManifest, paths: list[str] | None = None) -> list[str]:
+        """Every shard of the version (rows and quarantine) re-read and hashed against its manifest
+        entry; the problems found, empty when all hold. `paths`: local copies of the row shards to
+        check instead (what a trainer memory-maps)."""
+        if paths is not None:
+            fs, pairs = pafs.LocalFileSystem(), list(zip(manifest.shards, paths))
+        else:
+            fs = self.fs
+            pairs = [*zip(manifest.shards, self.shard_paths(manifest)),
+                     *zip(manifest.quarantine_shards, self.shard_paths(manifest, quarantine=True))]
+
+        def check(pair: tuple[ShardInfo, str]) -> str | None:
+            shard, path = pair
+            digest, size = hashlib.sha256(), 0
+            try:
+                with fs.open_input_stream(path) as f:
+                    while chunk := f.read(8 << 20):
+                        digest.update(chunk)
+                        size += len(chunk)
+            except (OSError, FileNotFoundError) as e:
+                return f"{path}: unreadable: {e}"
+            if size != shard.bytes or digest.hexdigest() != shard.sha256:
+                return (f"{path}: {size} bytes hashing to {digest.hexdigest()[:16]}, the manifest says "
+                        f"{shard.bytes} bytes, {shard.sha256[:16]}: the shard is corrupt")
+            return None
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # hashlib releases the GIL on large reads
+            return [problem for problem in pool.map(check, pairs) if problem]
 
     def iter_batches(self, manifest: VersionManifest, columns: list[str] | None = None,
                      quarantine: bool = False) -> Iterator[pa.RecordBatch]:

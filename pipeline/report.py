@@ -56,8 +56,12 @@ class ReportData:
 
 
 def ancestry(registry: DatasetRegistry, manifest: VersionManifest) -> list[VersionManifest]:
+    """The version's parents, oldest first; a manifest whose parents loop is refused."""
     chain = [manifest]
     while chain[0].parent:
+        if chain[0].parent in {m.ref for m in chain}:
+            raise ValueError(f"{chain[0].ref} names {chain[0].parent} as its parent, which descends from it: "
+                             "the registry's manifests were edited by hand or are corrupt")
         chain.insert(0, registry.resolve(chain[0].parent))
     return chain
 

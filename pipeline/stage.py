@@ -63,6 +63,9 @@ class Stage:
     output_schema: pa.Schema
     batch_size: int = 256
     resources: Resources = Resources()
+    # Quarantine reasons that may pass on a rerun (a server outage): a unit with such rows is
+    # published as it is, but never taken as done, so a rerun with the same arguments redoes it.
+    transient_reasons: ClassVar[tuple[str, ...]] = ()
 
     def setup(self) -> None:
         """Load models and clients; called once per worker before the first batch."""

@@ -1,5 +1,6 @@
 """`pipeline annotate` against a scripted OpenAI-compatible server: faults, validation, resume."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -94,6 +95,32 @@ def test_faults_are_retried_validated_and_accounted(fault_dataset, fake_server, 
     assert {e["auth"] for e in log} == {"Bearer sk-test-sentinel-123"}  # the key reached the workers...
     stored = (Path(registry_root) / "faults" / "versions" / m.version / "manifest.json").read_text()
     assert "sk-test-sentinel" not in stored and "sk-test-sentinel" not in capsys.readouterr().out  # ...and no record
+    assert files_holding(b"sk-test-sentinel", ray_session_dir()) == []  # nor any file of Ray's: logs, job tables
+
+    # The 500-forever row outlasted every retry: published as quarantined, but its unit is not taken
+    # as done, so the same command after the outage asks the server again.
+    before = len(per_key["Sample 13"])
+    again = run_annotate(annotate_config("faults", registry_root, fake_server, batch_size=32), progress=False)
+    assert again.stats["resumed_chunks"] == 0  # redone, not resumed
+    assert len([e for e in server_log(fake_server) if e["key"].startswith("Sample 13")]) == 2 * before
+
+
+def ray_session_dir() -> Path:
+    import ray
+
+    return Path(ray._private.worker._global_node.get_session_dir_path())
+
+
+def files_holding(secret: bytes, folder: Path) -> list[str]:
+    hits = []
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size < 200 * 1024 * 1024:
+            try:
+                if secret in path.read_bytes():
+                    hits.append(str(path))
+            except OSError:  # sockets, files Ray is rotating
+                pass
+    return hits
 
 
 def test_validator_thresholds_are_configurable(fault_dataset, fake_server, registry_root):
@@ -168,3 +195,76 @@ def test_images_are_fitted_to_the_budget_and_long_prompts_never_sent(ray_local, 
     assert len(server_log(fake_server)) == requests + 1  # only the small one was sent
     messages = DatasetRegistry(registry_root).read_table(short, quarantine=True)["message"].to_pylist()
     assert all("> max_model_len 1200" in m for m in messages)
+
+
+def test_retry_after_is_parsed_strictly_and_capped():
+    import httpx
+    import openai
+
+    from annotators.openai_backend import _retry_after
+
+    def wait(value):
+        response = httpx.Response(429, headers={} if value is None else {"Retry-After": value},
+                                  request=httpx.Request("POST", "http://x/v1/chat/completions"))
+        return _retry_after(openai.RateLimitError("slow down", response=response, body=None), cap_s=60.0)
+
+    assert wait("2.5") == 2.5 and wait("0") == 0.0 and wait("-3") == 0.0
+    assert wait("86400") == 60.0  # a day's wait, capped
+    assert wait("inf") is None and wait("nan") is None and wait("soon") is None and wait(None) is None
+    assert wait("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # an HTTP date in the past
+    assert wait("Wed, 21 Oct 2015 07:28:00") is None  # no zone: not a valid HTTP date
+
+
+def test_a_trickling_answer_and_junk_retry_after_stay_bounded(fake_server):
+    """A server that sends its body a byte at a time gets one deadline for the whole request, and
+    Retry-After headers of `inf`, `soon` or a day never stall the run."""
+    from annotators.annotator import Request, SamplingConfig, generate
+    from annotators.openai_backend import OpenAIBackend
+
+    cfg = OpenAIConfig(base_url=f"{fake_server}/v1", timeout_s=1.0, max_retries=1, backoff_base_s=0.01,
+                       backoff_max_s=0.05, retry_after_max_s=0.5)
+    requests = [Request([{"role": "user", "content": f'instruction: "{i} {m}"'}], 0)
+                for i, m in enumerate(["[fault:tricklex1]", "[fault:retryinfx1]", "[fault:retrysoonx1]",
+                                       "[fault:retrylongx1]"])]
+    completions = generate(OpenAIBackend("fake", cfg), requests, SamplingConfig())
+    assert all(c.error is None and c.text for c in completions), completions
+    log = server_log(fake_server)
+    # one retry each: the trickle (3 s, the server's hang_s) was cut at the 1 s deadline, not awaited
+    assert [sum(e["key"].startswith(f"{i} ") for e in log) for i in range(4)] == [2, 2, 2, 2]
+
+
+@pytest.fixture
+def keyed_server():
+    """The scripted server demanding one API key."""
+    from tests.servers import free_port, wait_http
+
+    port = free_port()
+    server = Path(__file__).parent / "fake_openai_server.py"
+    proc = subprocess.Popen([sys.executable, str(server), "--port", str(port), "--api-key", "sk-right"])
+    wait_http(f"http://127.0.0.1:{port}/health", 30, proc)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait()
+
+
+def test_job_errors_stop_the_run_and_publish_nothing(fault_dataset, keyed_server, registry_root, monkeypatch):
+    """A rejected key, a model the server does not serve and an unreachable server are the run's
+    errors, not 15 rows' errors: one clear error before any work, and no version."""
+    from annotators.openai_backend import BackendUnavailable
+    from tests.servers import free_port
+
+    registry = DatasetRegistry(registry_root)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
+    with pytest.raises(BackendUnavailable, match="refused the API key"):
+        run_annotate(annotate_config("faults", registry_root, keyed_server, output="keyed"), progress=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-right")
+    with pytest.raises(BackendUnavailable, match="does not serve model 'gpt-7'"):
+        run_annotate(dataclasses.replace(annotate_config("faults", registry_root, keyed_server, output="keyed"),
+                                         model="gpt-7"), progress=False)
+    with pytest.raises(BackendUnavailable, match="cannot reach"):
+        run_annotate(annotate_config("faults", registry_root, f"http://127.0.0.1:{free_port()}", output="keyed"),
+                     progress=False)
+    assert registry.versions("keyed") == []
+    m = run_annotate(annotate_config("faults", registry_root, keyed_server, output="keyed", max_attempts=1),
+                     progress=False)
+    assert m.counts.input == len(FAULTS) and registry.versions("keyed") != []

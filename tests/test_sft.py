@@ -129,6 +129,20 @@ def test_a_version_the_sequences_cannot_hold_is_refused_before_the_first_step(to
         ShardLoader(ref, registry, 2, builder=SequenceBuilder(other, SequenceConfig(), blank))
     with pytest.raises(ValueError, match="no blank image codes"):
         ShardLoader(ref, registry, 2, builder=SequenceBuilder(layout, SequenceConfig(), None))
+    # the ids themselves are checked, not only what the manifest says of them
+    import pyarrow as pa
+
+    from trainer.data import check_ranges
+
+    builder = SequenceBuilder(layout, SequenceConfig(), blank)
+    check_ranges(fits.table, builder, ref)
+    codes = fits.table["output_image_codes"].combine_chunks()
+    flat = codes.values.to_numpy().copy()
+    flat[5] = 8192  # one code past the codebook
+    bad = fits.table.set_column(fits.table.schema.get_field_index("output_image_codes"), "output_image_codes",
+                                pa.FixedSizeListArray.from_arrays(pa.array(flat), codes.type.list_size))
+    with pytest.raises(ValueError, match=r"output_image_codes holds ids in \[\d+, 8192\], outside \[0, 8192\)"):
+        check_ranges(bad, builder, ref)
 
 
 def test_two_process_gloo_run(tokenized_demo, tmp_path):

@@ -31,9 +31,12 @@ class ShardLoader:
                  seed: int = 0, builder: SequenceBuilder | None = None):
         reg = DatasetRegistry(registry)
         self.manifest = reg.resolve(ref, schema="tokenized/1")
-        tables = [ipc.open_file(pa.memory_map(p)).read_all().select(COLUMNS)
-                  for p in reg.local_shard_paths(self.manifest)]
-        self.table = pa.concat_tables(tables)
+        paths = reg.local_shard_paths(self.manifest)
+        # One read of every byte before training on them: a flipped bit fails here, naming its shard.
+        problems = reg.verify(self.manifest, paths)
+        if problems:
+            raise ValueError(f"{self.manifest.ref}: " + "; ".join(problems[:3]))
+        self.table = pa.concat_tables([ipc.open_file(pa.memory_map(p)).read_all().select(COLUMNS) for p in paths])
         self.rows = self.table.num_rows
         self.per_rank = self.rows // world_size
         if self.per_rank < batch_size:
@@ -43,6 +46,7 @@ class ShardLoader:
         self.state = LoaderState()
         if builder is not None:
             check_compatible(self.manifest, builder, reg)
+            check_ranges(self.table, builder, self.manifest.ref)
 
     def _epoch_indices(self, epoch: int) -> np.ndarray:
         order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
@@ -101,3 +105,22 @@ def check_compatible(manifest, builder: SequenceBuilder, registry: DatasetRegist
     if builder.published and builder.blank_image_codes is None and facts["tasks"].get("generate"):
         raise ValueError(f"{manifest.ref} has generation rows but records no blank image codes, which the "
                          "mmada-parallel-m preset needs: tokenize it again with this paraforge")
+
+
+def check_ranges(table: pa.Table, builder: SequenceBuilder, ref: str) -> None:
+    """The ids themselves, not what the manifest says of them: every image code inside the codebook
+    and every text id below the image offset, or a ValueError now instead of an index error deep
+    inside the first forward."""
+    import pyarrow.compute as pc
+
+    layout = builder.layout
+    for column, limit in (("input_image_codes", layout.image_codebook_size),
+                          ("output_image_codes", layout.image_codebook_size),
+                          ("instruction_ids", layout.image_token_offset), ("reasoning_ids", layout.image_token_offset)):
+        values = pc.list_flatten(table[column])
+        if len(values) == 0:
+            continue
+        low, high = pc.min_max(values).values()
+        if low.as_py() < 0 or high.as_py() >= limit:
+            raise ValueError(f"{ref}: {column} holds ids in [{low.as_py()}, {high.as_py()}], outside [0, {limit}): "
+                             "the version is corrupt or was made for another model")

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from annotators.judge import DIMENSIONS, JudgeConfig, JudgeItem, Rubrics, build_judge
+from annotators.openai_backend import check_server
 from pipeline.image_tokenizer import DEFAULT_ID
 from trainer.rl.reward import ClipConfig, ClipScorer
 from trainer.sample import load_sampling
@@ -269,6 +270,8 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     items = load_benchmark(cfg.benchmark)[:cfg.limit]
     rubrics = Rubrics.load(cfg.judge.rubrics)  # a bad rubric file should fail now, not after all the sampling
+    if cfg.judge.backend == "openai":  # and so should a rejected key or a judge model the server lacks
+        check_server(cfg.judge.model, cfg.judge.openai)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     reasonings = generate(cfg, items, out)

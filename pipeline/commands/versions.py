@@ -8,7 +8,7 @@ import typer
 from pipeline.commands.options import Registry
 from pipeline.registry import DatasetRegistry
 
-app = typer.Typer(no_args_is_help=True, help="Dataset versions: list, show, diff, tag.")
+app = typer.Typer(no_args_is_help=True, help="Dataset versions: list, show, diff, tag, verify, gc.")
 Json = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
@@ -59,6 +59,20 @@ def diff(a: str, b: str, registry: Registry = None, json_: Json = False) -> None
     for kind in ("added", "removed", "changed"):
         for sid in d["examples"][kind]:
             print(f"  {kind:<8} {sid}")
+
+
+@app.command()
+def verify(ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@TAG")],
+           registry: Registry = None) -> None:
+    """Re-hash every shard of a version against its manifest; exit 1 on any corrupt or missing shard."""
+    reg = DatasetRegistry(registry)
+    m = reg.resolve(ref)
+    problems = reg.verify(m)
+    for problem in problems:
+        print(problem)
+    print(f"{m.ref}: {len(m.shards) + len(m.quarantine_shards)} shard(s) checked, {len(problems)} problem(s)")
+    if problems:
+        raise typer.Exit(1)
 
 
 @app.command()
