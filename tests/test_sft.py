@@ -168,3 +168,35 @@ def test_ray_train_torchtrainer_with_two_workers(tokenized_demo, tmp_path, ray_l
     files = {p.name for p in (run / "checkpoints" / "step-3").iterdir()}
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= files
     assert sorted(metrics(run)) == [1, 2, 3]
+
+
+class _Payload:
+    """A pickle that, when loaded, touches a file: what a crafted run folder would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_reading_a_run_folder_never_unpickles_it(trained_tiny_run, tmp_path):
+    """export / sample / eval / rl read a run's `model.safetensors` and JSON only: a run folder whose
+    DeepSpeed files are booby-trapped pickles exports fine and runs nothing; one without the
+    safetensors file is refused by name."""
+    import shutil
+
+    from trainer.export import export, load_model
+
+    run = tmp_path / "crafted"
+    shutil.copytree(trained_tiny_run, run)
+    marker = tmp_path / "pwned"
+    [tag] = [p for p in (run / "checkpoints").iterdir() if p.is_dir()]
+    for pickle_file in tag.glob("*.pt"):
+        torch.save({"module": _Payload(marker)}, pickle_file)
+    export(str(run), str(tmp_path / "out"))
+    assert not marker.exists() and load_model(str(tmp_path / "out")) is not None
+    (tag / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="has no model.safetensors"):
+        load_model(str(run))
+    assert not marker.exists()

@@ -12,6 +12,7 @@ from typing import Any
 from trainer.rundir import DONE, RunDir
 
 _TAG = re.compile(r"^step-(\d+)$")
+WEIGHTS = "model.safetensors"  # each checkpoint's whole module, in the training dtype
 
 
 def newest(tags: list[str]) -> str:
@@ -40,8 +41,14 @@ class Checkpointer:
 
         tag = f"step-{step}"
         engine.save(self.directory, tag, client_state)
+        weights = engine.full_state_dict()  # a collective under ZeRO-3
         if self.rank == 0:
-            (self.directory / tag / "model_config.json").write_text(json.dumps(model_config))  # for export
+            # What export, sample, eval and rl read: safetensors and JSON. DeepSpeed's own files are
+            # pickles, which only the resume of this run (its own trusted output) ever loads.
+            from safetensors.torch import save_file
+
+            save_file(weights, str(self.directory / tag / WEIGHTS), metadata={"format": "pt"})
+            (self.directory / tag / "model_config.json").write_text(json.dumps(model_config))
         dist.barrier()
         if self.node_leader:
             self.run.upload(f"checkpoints/{tag}")  # each node its own ranks' shards

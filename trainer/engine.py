@@ -104,6 +104,15 @@ class Engine:
     def lr(self) -> float:
         return self.ds.get_lr()[0]
 
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole module's weights in the training dtype, on rank 0 (None on other ranks). Under
+        ZeRO-3 the parameters are gathered, so every rank must call it."""
+        if self.ds.zero_optimization_partition_weights():
+            return self.ds._zero3_consolidated_16bit_state_dict()  # what DeepSpeed's save_16bit_model uses
+        if torch.distributed.get_rank() != 0:
+            return None
+        return {k: v.detach().to("cpu").contiguous() for k, v in self.ds.module.state_dict().items()}
+
     def save(self, directory: str | Path, tag: str, client_state: dict[str, Any]) -> None:
         self.ds.save_checkpoint(str(directory), tag=tag, client_state=client_state)
 

@@ -19,21 +19,22 @@ TRAINING_FILE = "paraforge_export.json"  # written beside exported weights: the 
 
 
 def _checkpoint_state(run_dir: Path, tag: str | None) -> tuple[dict, dict, str]:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    """A checkpoint's weights (its `model.safetensors`) and model config; nothing is unpickled, so a
+    run folder from anywhere cannot run code here."""
+    from safetensors.torch import load_file
 
-    from trainer.checkpoint import Checkpointer
+    from trainer.checkpoint import WEIGHTS, Checkpointer
 
     checkpoints = Checkpointer(run_dir, keep_last=0, rank=0)
     tag = tag or (checkpoints.tags() or [None])[-1]
     if tag is None:
         raise ValueError(f"{run_dir} has no complete checkpoint")
     folder = checkpoints.directory / tag
-    if any(folder.glob("*zero_pp_rank_*")):  # ZeRO 1-3: gather the partitioned fp32 master weights
-        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints.directory), tag=tag)
-    else:  # ZeRO-0 keeps the whole module in one file
-        state = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
-        state = {k: v.float() for k, v in state.items()}
-    model_config = json.loads((checkpoints.directory / tag / "model_config.json").read_text())
+    if not (folder / WEIGHTS).is_file():
+        raise ValueError(f"{folder} has no {WEIGHTS}: it was saved by an older paraforge, whose checkpoints only "
+                         "DeepSpeed's pickles hold; resume the run for one step to write one")
+    state = load_file(str(folder / WEIGHTS))
+    model_config = json.loads((folder / "model_config.json").read_text())
     return state, model_config, tag
 
 
