@@ -76,11 +76,16 @@ def check_image(data: bytes, rules: ImageRules) -> CheckedImage:
     except Exception as e:
         raise Rejected("undecodable_image", f"decoding failed: {stable_message(e)}") from None
 
-    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    plain = image.mode == "RGB" and orientation == 1 and image.format in _KEEP_FORMATS
-    if not plain:
-        image = to_rgb(ImageOps.exif_transpose(image) if orientation != 1 else image)
-        width, height = image.size
+    try:  # the metadata is parsed lazily, and a junk EXIF block fails here, after the pixels decoded
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            plain = image.mode == "RGB" and orientation == 1 and image.format in _KEEP_FORMATS
+            if not plain:
+                image = to_rgb(ImageOps.exif_transpose(image) if orientation != 1 else image)
+                width, height = image.size
+    except Exception as e:
+        raise Rejected("bad_image_metadata", f"EXIF or colour conversion failed: {stable_message(e)}") from None
     if min(width, height) < rules.min_side:
         raise Rejected("image_too_small", f"{width}x{height}: shorter side < min_side {rules.min_side}")
     aspect = max(width, height) / min(width, height)

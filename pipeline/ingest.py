@@ -16,6 +16,7 @@ import json
 import os
 import posixpath
 import time
+import unicodedata
 import urllib.request
 from typing import Any
 
@@ -43,6 +44,7 @@ class IngestConfig:
     columns: dict[str, str] = dataclasses.field(default_factory=dict)  # canonical -> source column
     allow_remote: bool = False  # fetch image URLs; never done unless asked
     max_pixels: int = 40_000_000
+    max_image_bytes: int = 64 * 1024 * 1024  # checked before a file is read or while a URL is fetched
     min_side: int = 32
     max_aspect_ratio: float = 4.0
     max_instruction_chars: int = 4000
@@ -61,18 +63,19 @@ class IngestConfig:
 KEPT_SCHEMA = pa.schema(list(RAW) + [pa.field("converted", pa.int32())])  # + images re-encoded, for stats
 
 
-def _load_image(inline: bytes | None, path: str | None, base: str, allow_remote: bool) -> bytes:
+def _load_image(inline: bytes | None, path: str | None, base: str, allow_remote: bool, max_bytes: int) -> bytes:
     if inline is not None:
         return inline
     assert path is not None
+    if "\x00" in path:  # no filesystem accepts it, and os calls raise on it
+        raise Rejected("bad_path", f"{path!r} holds a NUL character")
     if path.startswith(_REMOTE_PREFIXES):
         if not allow_remote:
             raise Rejected("remote_not_allowed", f"{path}: remote images are fetched only with --allow-remote")
         if path.startswith(("http://", "https://")):
-            with urllib.request.urlopen(path, timeout=30) as response:
-                return response.read()
+            return _fetch(path, max_bytes)
         fs, inner = filesystem(path)
-        return read_bytes(fs, inner)
+        return _read_file(fs, inner, path, max_bytes, "")
     fs, base_path = filesystem(base)
     # Resolve against the source's own folder and refuse anything that escapes it, by `..`, an
     # absolute path or a symlink.
@@ -82,12 +85,42 @@ def _load_image(inline: bytes | None, path: str | None, base: str, allow_remote:
         inside = (os.path.realpath(target) + "/").startswith(os.path.realpath(base_path) + "/")
     if not inside:
         raise Rejected("path_outside_source", f"{path!r} resolves outside the source folder")
+    return _read_file(fs, target, path, max_bytes, base_path)
+
+
+def _read_file(fs: pafs.FileSystem, target: str, path: str, max_bytes: int, base_path: str) -> bytes:
+    """The file's bytes, once it is known to be a regular file of at most `max_bytes`: a FIFO, a
+    device or a folder where an image belongs is refused without being opened."""
     try:
+        info = fs.get_file_info(target)
+        if info.type == pafs.FileType.NotFound:
+            raise Rejected("file_not_found", f"{path!r} does not exist in the source folder")
+        if info.type != pafs.FileType.File:
+            raise Rejected("not_a_file", f"{path!r} is a {info.type.name.lower()}, not a regular file")
+        if info.size is not None and info.size > max_bytes:
+            raise Rejected("file_too_large", f"{path!r}: {info.size} bytes > max_image_bytes {max_bytes}")
         return read_bytes(fs, target)
-    except FileNotFoundError:
-        raise Rejected("file_not_found", f"{path!r} does not exist in the source folder") from None
-    except OSError as e:
+    except (OSError, ValueError) as e:  # a NUL in the name, a permission, a vanished file
         raise Rejected("unreadable_file", f"{path!r}: {stable_message(e, base_path)}") from None
+
+
+def _fetch(url: str, max_bytes: int, deadline_s: float = 60.0) -> bytes:
+    """An image URL, with one deadline for the whole transfer (a socket timeout alone lets a server
+    trickle for ever) and a size cap."""
+    stop = time.monotonic() + deadline_s
+    chunks, size = [], 0
+    try:
+        with urllib.request.urlopen(url, timeout=min(30.0, deadline_s)) as response:
+            while chunk := response.read(1 << 16):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise Rejected("file_too_large", f"{url}: more than max_image_bytes {max_bytes}")
+                if time.monotonic() > stop:
+                    raise Rejected("fetch_failed", f"{url}: not received within {deadline_s:.0f} s")
+                chunks.append(chunk)
+    except (OSError, ValueError) as e:  # refused, DNS, HTTP errors, timeouts, malformed URLs
+        raise Rejected("fetch_failed", f"{url}: {stable_message(e)}") from None
+    return b"".join(chunks)
 
 
 def _ingest_row(ref: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
@@ -100,8 +133,11 @@ def _ingest_row(ref: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
         raise Rejected("unknown_task", f"task {task!r} is not one of {TASKS}")
     if instruction is None:
         raise Rejected("missing_field", "no instruction")
-    if not instruction.strip():
-        raise Rejected("empty_instruction", "instruction is empty or whitespace")
+    instruction = normalise_text(instruction)
+    if not any(ch.isprintable() and not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in instruction):
+        raise Rejected("empty_instruction", "instruction has no visible character")
+    if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in instruction):
+        raise Rejected("control_characters", f"instruction holds control characters: {instruction[:80]!r}")
     if len(instruction) > config.max_instruction_chars:
         raise Rejected("instruction_too_long",
                        f"{len(instruction)} characters > max_instruction_chars {config.max_instruction_chars}")
@@ -117,7 +153,7 @@ def _ingest_row(ref: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
     images = {}
     for side in ("input", "output") if has_input else ("output",):
         data = _load_image(ref[f"{side}_image_bytes"], ref[f"{side}_image_path"], ref["base"],
-                           config.allow_remote)
+                           config.allow_remote, config.max_image_bytes)
         try:
             images[side] = check_image(data, rules)
         except Rejected as e:
@@ -133,6 +169,12 @@ def _ingest_row(ref: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
         "category": ref["category"], "meta": ref["meta"],
         "converted": sum(int(i.converted) for i in images.values()),
     }
+
+
+def normalise_text(text: str) -> str:
+    """Once, before the sample_id is hashed: no byte-order mark, Unix line ends, no surrounding
+    whitespace, so the same instruction saved by another editor is the same sample."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
 class IngestStage(Stage):
@@ -151,10 +193,13 @@ class IngestStage(Stage):
         for i, ref in enumerate(refs.to_pylist()):
             try:
                 kept.append(_ingest_row(ref, self.config))
-            except Rejected as e:
+            except Exception as e:
+                # A Rejected is a known refusal; anything else is an input nobody foresaw (or a bug):
+                # this row's problem, kept with its type and message, never the job's.
+                reason, message = (e.reason, str(e)) if isinstance(e, Rejected) else ("row_error", stable_message(e))
                 bad.append(i)
-                reasons.append(e.reason)
-                messages.append(str(e))
+                reasons.append(reason)
+                messages.append(message)
                 records.append(ref["record"])
         rejected = rejected_rows(refs.take(pa.array(bad, pa.int64())), reasons, messages, records)
         kept = pa.Table.from_pylist(kept, schema=KEPT_SCHEMA)
@@ -168,12 +213,22 @@ def ingest_batch(refs: pa.Table, config: IngestConfig) -> Processed:
 
 def plan(config: IngestConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(units of every source, numbered in source order; the sources with their formats)."""
-    formats = [detect_format(s) if config.format == "auto" else config.format for s in config.sources]
-    units = [u for src, fmt in zip(config.sources, formats)
+    sources = [canonical_source(s) for s in config.sources]
+    formats = [detect_format(s) if config.format == "auto" else config.format for s in sources]
+    units = [u for src, fmt in zip(sources, formats)
              for u in plan_source(src, fmt, config.columns, config.rows_per_unit)]
     for i, unit in enumerate(units):
         unit["unit"] = i
-    return units, [{"uri": s, "format": f} for s, f in zip(config.sources, formats)]
+    return units, [{"uri": s, "format": f} for s, f in zip(sources, formats)]
+
+
+def canonical_source(source: str) -> str:
+    """One spelling per source (`./data//x.jsonl` is `data/x.jsonl`): the rows' `source` column, and
+    so the version id, must not depend on how the path was typed."""
+    scheme, sep, rest = source.partition("://")
+    if not sep:
+        return posixpath.normpath(source)
+    return f"{scheme}://{posixpath.normpath(rest)}"
 
 
 def run_key(config: IngestConfig, units: list[dict[str, Any]]) -> str:
@@ -194,6 +249,8 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> VersionManifest:
         target_bytes=config.shard_bytes, keys=True, progress=progress)
     results, duplicates = deduplicate(registry, config, results)
     counts, reasons, stats = totals(results, duplicates)
+    if counts.input == 0:  # an empty or mistaken source: an error, not an empty version
+        raise ValueError(f"no rows found in {', '.join(s['uri'] for s in sources)}: nothing to publish")
     stats = {"quarantine_reasons": reasons, **stats, "units": len(units), "resumed_units": resumed,
              "seconds": round(time.perf_counter() - started, 3)}
     return registry.publish(config.dataset, STAGE, "raw/1", None, counts,

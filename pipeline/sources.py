@@ -201,11 +201,12 @@ def read_jsonl(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
             continue
         ref = f"{name}:{lineno}"
         try:
-            obj = json.loads(raw.decode("utf-8"))
+            obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
         except UnicodeDecodeError as e:
             row = {"source_ref": ref, "error_reason": "invalid_utf8", "error_message": stable_message(e)}
-        except json.JSONDecodeError as e:
-            row = {"source_ref": ref, "error_reason": "bad_json", "error_message": stable_message(e),
+        except (json.JSONDecodeError, RecursionError, _DuplicateKey) as e:  # RecursionError: nesting too deep
+            reason = "duplicate_key" if isinstance(e, _DuplicateKey) else "bad_json"
+            row = {"source_ref": ref, "error_reason": reason, "error_message": stable_message(e)[:500],
                    "record": raw[:2000].decode("utf-8", "replace")}
         else:
             if isinstance(obj, dict):
@@ -217,6 +218,20 @@ def read_jsonl(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
             yield table
     if (table := batcher.flush()) is not None:
         yield table
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose key appears twice is ambiguous (parsers keep either value): refused."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        twice = sorted({k for k, _ in pairs if k in seen or seen.add(k)})
+        raise _DuplicateKey(f"key(s) {twice} appear more than once in one object")
+    return obj
 
 
 def _rename(table: pa.Table, columns: dict[str, str]) -> pa.Table:

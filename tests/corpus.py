@@ -61,6 +61,9 @@ def build(root: Path) -> tuple[Path, dict]:
     Image.new("RGB", (64, 128), (0, 128, 0)).save(rotated, format="JPEG", exif=exif.tobytes())
     (img / "rotated.jpg").write_bytes(rotated.getvalue())
     Image.new("L", (64, 64), 77).save(img / "grey.png")
+    os.mkfifo(img / "fifo.png")
+    with open(img / "sparse.png", "wb") as f:  # no disk used: a size, not bytes
+        f.truncate(65 * 1024 * 1024)
     Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(img / "rgba.png")
 
     def edit(instruction="Make it blue.", inp="img/in.png", out="img/out.png", **kw):
@@ -78,7 +81,10 @@ def build(root: Path) -> tuple[Path, dict]:
         (edit(inp="/etc/hostname"), "path_outside_source"),
         (edit(inp="img/link.png"), "path_outside_source"),
         (edit(inp="img/missing.png"), "file_not_found"),
-        (edit(inp="img"), "unreadable_file"),  # a folder: the reader's error names its absolute path
+        (edit(inp="img"), "not_a_file"),  # a folder where a file belongs: refused without opening
+        (edit(inp="img/fifo.png"), "not_a_file"),  # a FIFO: opening it would block for ever
+        (edit(inp="img/sparse.png"), "file_too_large"),  # 65 MB by its size, refused before reading
+        (edit(inp="img/in\u0000.png"), "bad_path"),  # a NUL in the path
         (edit(inp="https://example.com/a.png"), "remote_not_allowed"),
         (b'{"task": "edit", "instruction": "broken', "bad_json"),
         (b'[1, 2, 3]', "bad_json"),
@@ -89,6 +95,13 @@ def build(root: Path) -> tuple[Path, dict]:
                      "output_image": "img/out.png"}).encode(), "unexpected_input_image"),
         (json.dumps({"task": "generate", "instruction": "x"}).encode(), "missing_output_image"),
         (edit(instruction=""), "empty_instruction"),
+        (edit(instruction="\u200b\u200d\ufeff\u2060"), "empty_instruction"),  # invisible characters only
+        (edit(instruction="make it\u0000 blue"), "control_characters"),
+        (edit(instruction="make it\u001b[31m red"), "control_characters"),  # a terminal escape
+        (edit(instruction="\ufeffMake it blue.\r\n  "), "duplicate"),  # BOM, CRLF, trailing space: the same text
+        (b'{"task": "edit", "instruction": "a", "instruction": "b", "input_image": "img/in.png", '
+         b'"output_image": "img/out.png"}', "duplicate_key"),
+        (b"[" * 100_000 + b"]" * 100_000, "bad_json"),  # nesting too deep for the parser
         (edit(instruction=" \t\n "), "empty_instruction"),
         (edit(instruction="word " * 2000), "instruction_too_long"),
         (edit(instruction=17), "bad_field_type"),

@@ -66,7 +66,7 @@ def test_quarantine_messages_are_the_same_on_a_rerun_and_from_another_folder(ray
     assert rerun.version == first.version
     quarantine = DatasetRegistry(str(tmp_path / "registry-1")).read_table(first, quarantine=True)
     messages = dict(zip(quarantine["source_ref"].to_pylist(), quarantine["message"].to_pylist()))
-    assert {"undecodable_image", "unreadable_file", "path_outside_source"} <= set(quarantine["reason"].to_pylist())
+    assert {"undecodable_image", "not_a_file", "path_outside_source"} <= set(quarantine["reason"].to_pylist())
     for message in messages.values():  # "0xff" (a byte the UTF-8 decoder refused) is content, not an address
         assert not re.search(r"object at| at 0x|0x[0-9a-fA-F]{8,}|" + re.escape(str(tmp_path)), message), message
 
@@ -148,3 +148,15 @@ def test_versions_that_share_units_share_shard_files(ray_local, demo_dir, regist
     assert b.counts.duplicates == 24 and [s.path for s in b.shards] == [s.path for s in a.shards]
     store = list((Path(registry_root) / "s" / "shards").rglob("*.arrow"))
     assert len(store) == len(a.shards)  # one file per distinct shard: nothing copied per version
+
+
+def test_a_source_spelled_two_ways_is_one_version_and_an_empty_one_is_an_error(ray_local, demo_dir, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.chdir(demo_dir.parent)
+    plain = ingest([f"{demo_dir.name}/data.jsonl"], str(tmp_path / "reg"))
+    dotted = ingest([f"./{demo_dir.name}//data.jsonl"], str(tmp_path / "reg"))
+    assert dotted.version == plain.version
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(ValueError, match="no rows found in .*empty.jsonl: nothing to publish"):
+        ingest([tmp_path / "empty.jsonl"], str(tmp_path / "reg"), dataset="e")
+    assert DatasetRegistry(str(tmp_path / "reg")).versions("e") == []
