@@ -346,9 +346,26 @@ def read_hf_saved(source: str, unit: dict[str, Any], columns: dict[str, str]) ->
         yield from _table_rows(source, _folder(source), unit["name"], 0, batches, columns)
 
 
+class _Ambiguous(ValueError):
+    pass
+
+
 def _find(names: set[str], stem: str) -> str | None:
+    """The one file named `stem.<ext>`; two candidates (`input.png` and `input.jpg`, or a
+    `.bak`) are ambiguous: refused, never a silent pick."""
     found = sorted(n for n in names if n.split(".", 1)[0] == stem and n != f"{stem}.txt")
+    if len(found) > 1:
+        raise _Ambiguous(f"{len(found)} candidate {stem} files: {found}")
     return found[0] if found else None
+
+
+def _files_row(names: set[str], key: str, path_of) -> dict[str, Any]:
+    """The image fields of a folder or tar sample from its file names: paths or bytes via `path_of`."""
+    try:
+        inp, out = _find(names, "input"), _find(names, "output")
+    except _Ambiguous as e:
+        return {"error_reason": "ambiguous_files", "error_message": f"{key}: {e}"}
+    return {**path_of("input", inp), **path_of("output", out), "task": "edit" if inp else "generate"}
 
 
 def plan_folder(source: str, rows_per_unit: int) -> list[dict[str, Any]]:
@@ -364,24 +381,48 @@ def read_folder(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
     batcher = _Batcher(source, _folder(source))
     for key in unit["samples"]:
         sample = f"{path}/{key}"
-        names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(sample))}
-        row: dict[str, Any] = {"source_ref": key, "record": json.dumps({"id": key, "files": sorted(names)})}
-        files = {"input": _find(names, "input"), "output": _find(names, "output")}
-        row["input_image_path"] = f"{key}/{files['input']}" if files["input"] else None
-        row["output_image_path"] = f"{key}/{files['output']}" if files["output"] else None
-        row["task"] = "edit" if files["input"] else "generate"
-        row["meta"] = json.dumps({"source_id": key})
-        if "category.txt" in names:
-            row["category"] = read_bytes(fs, f"{sample}/category.txt").decode("utf-8", "replace").strip()
-        if "instruction.txt" in names:
+        infos = fs.get_file_info(pafs.FileSelector(sample))
+        names = {i.base_name for i in infos}
+        kinds = {i.base_name: i.type for i in infos}
+        row: dict[str, Any] = {"source_ref": key, "record": json.dumps({"id": key, "files": sorted(names)}),
+                               "meta": json.dumps({"source_id": key})}
+        row.update(_files_row(names, key, lambda side, name: {f"{side}_image_path": f"{key}/{name}" if name else None}))
+        for text in ("category.txt", "instruction.txt"):
+            if text not in names or row.get("error_reason"):
+                continue
             try:
-                row["instruction"] = read_bytes(fs, f"{sample}/instruction.txt").decode("utf-8")
-            except UnicodeDecodeError as e:
-                row.update(error_reason="invalid_utf8", error_message=f"instruction.txt: {stable_message(e)}")
+                value = _read_text(fs, sample, text, kinds[text])
+            except _TextError as e:
+                row.update(error_reason=e.reason, error_message=f"{key}/{text}: {e}")
+                continue
+            row[text.removesuffix(".txt")] = value.strip() if text == "category.txt" else value
         if (table := batcher.add(**row)) is not None:
             yield table
     if (table := batcher.flush()) is not None:
         yield table
+
+
+class _TextError(ValueError):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _read_text(fs: pafs.FileSystem, sample: str, name: str, kind: pafs.FileType, max_bytes: int = 1 << 20) -> str:
+    """A sample's small text file: a regular file inside the sample's folder (a symlink out of it,
+    a FIFO or a folder is refused without reading), at most `max_bytes`, valid UTF-8."""
+    path = f"{sample}/{name}"
+    if kind != pafs.FileType.File:
+        raise _TextError("not_a_file", f"is a {kind.name.lower()}, not a regular file")
+    if isinstance(fs, pafs.LocalFileSystem) and not os.path.realpath(path).startswith(os.path.realpath(sample) + "/"):
+        raise _TextError("path_outside_source", "is a link to a file outside the sample's folder")
+    data = read_bytes(fs, path)
+    if len(data) > max_bytes:
+        raise _TextError("file_too_large", f"{len(data)} bytes > {max_bytes}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _TextError("invalid_utf8", stable_message(e)) from None
 
 
 def plan_webdataset(source: str) -> list[dict[str, Any]]:
@@ -397,15 +438,16 @@ def read_webdataset(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
     batcher = _Batcher(source, _parent(source))
     tar_name = posixpath.basename(unit["path"])
 
-    def sample_row(key: str, members: dict[str, bytes]) -> dict[str, Any]:
+    def sample_row(key: str, members: dict[str, bytes], trouble: tuple[str, str] | None) -> dict[str, Any]:
         names = set(members)
         row: dict[str, Any] = {"source_ref": f"{tar_name}:{key}",
-                               "record": json.dumps({"key": key, "members": sorted(names)})}
-        inp, out = _find(names, "input"), _find(names, "output")
-        row["input_image_bytes"] = members[inp] if inp else None
-        row["output_image_bytes"] = members[out] if out else None
-        row["task"] = "edit" if inp else "generate"
-        row["meta"] = json.dumps({"source_id": key})
+                               "record": json.dumps({"key": key, "members": sorted(names)}),
+                               "meta": json.dumps({"source_id": key})}
+        if trouble:
+            return {**row, "error_reason": trouble[0], "error_message": trouble[1]}
+        row.update(_files_row(names, key, lambda side, name: {f"{side}_image_bytes": members[name] if name else None}))
+        if row.get("error_reason"):
+            return row
         if "category.txt" in names:
             row["category"] = members["category.txt"].decode("utf-8", "replace").strip()
         if "instruction.txt" in names:
@@ -417,8 +459,10 @@ def read_webdataset(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
 
     # WebDataset keeps a sample's members adjacent: stream the tar, emit a sample when its key
     # changes, so memory holds one sample at a time.
+    # A sample whose members are not adjacent (a tar not written in key order) or that holds one
+    # member twice is refused with its reason: a silent pick would turn an edit into a generation.
     with fs.open_input_stream(unit["path"]) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        key, members = None, {}
+        key, members, trouble, closed = None, {}, None, set()
         for member in tar:
             if not member.isfile():
                 continue
@@ -426,12 +470,18 @@ def read_webdataset(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
             sample_key, _, suffix = base.partition(".")
             sample_key = posixpath.join(dirname, sample_key)
             if sample_key != key and key is not None:
-                if (table := batcher.add(**sample_row(key, members))) is not None:
+                if (table := batcher.add(**sample_row(key, members, trouble))) is not None:
                     yield table
-                members = {}
+                closed.add(key)
+                members, trouble = {}, None
+            if sample_key != key and sample_key in closed:
+                trouble = ("split_sample", f"members of {sample_key!r} are not adjacent in {tar_name}: write "
+                                           "WebDataset tars in key order (this fragment and the earlier one differ)")
+            if suffix in members:
+                trouble = ("duplicate_member", f"{member.name!r} appears twice in {tar_name}")
             key = sample_key
             members[suffix] = tar.extractfile(member).read()
-        if key is not None and (table := batcher.add(**sample_row(key, members))) is not None:
+        if key is not None and (table := batcher.add(**sample_row(key, members, trouble))) is not None:
             yield table
     if (table := batcher.flush()) is not None:
         yield table

@@ -105,3 +105,52 @@ def test_webdataset_tars(records, jsonl_ids, tmp_path, registry_root):
     assert ids_of(ingest([shards], registry_root)) == jsonl_ids
     single = ingest([shards / "shard-0000.tar"], registry_root, dataset="one")
     assert single.counts.output == 15
+
+
+def test_folder_and_tar_ambiguity_special_files_and_split_samples_are_quarantined(records, tmp_path, registry_root):
+    """Never a silent pick: two candidate images, a duplicated or non-adjacent tar member, a text
+    file that is a folder, a FIFO or a link out of the sample each get their own reason."""
+    import io
+    import os
+
+    edit = next(r for r in records if r["input_bytes"])
+    folder = tmp_path / "hostile"
+    for key in "abcdef":
+        d = folder / key
+        d.mkdir(parents=True)
+        (d / "output.png").write_bytes(edit["output_bytes"])
+        (d / "input.png").write_bytes(edit["input_bytes"])
+        if key != "c" and key != "d" and key != "e":
+            (d / "instruction.txt").write_text(f"{key}: {edit['instruction']}")
+    (folder / "b" / "input.jpg").write_bytes(edit["input_bytes"])  # which input?
+    (folder / "c" / "instruction.txt").mkdir()
+    (tmp_path / "secret.txt").write_text("not yours")
+    os.symlink(tmp_path / "secret.txt", folder / "d" / "instruction.txt")
+    os.mkfifo(folder / "e" / "instruction.txt")
+    (folder / "f" / "output.png.bak").write_bytes(edit["output_bytes"])
+    m = ingest([folder], registry_root, dataset="hostile-folder")
+    reasons = {r["source_ref"]: r["reason"] for r in
+               DatasetRegistry(registry_root).read_table(m, quarantine=True).to_pylist()}
+    assert reasons == {"b": "ambiguous_files", "c": "not_a_file", "d": "path_outside_source", "e": "not_a_file",
+                       "f": "ambiguous_files"}
+    assert (m.counts.input, m.counts.output) == (6, 1)
+
+    members = [("k1.instruction.txt", b"k1: make it blue"), ("k1.input.png", edit["input_bytes"]),
+               ("k1.output.png", edit["output_bytes"]),
+               ("k2.instruction.txt", b"k2: make it blue"), ("k2.input.png", edit["input_bytes"]),
+               ("k2.input.png", edit["input_bytes"]), ("k2.output.png", edit["output_bytes"]),
+               ("k3.instruction.txt", b"k3: make it blue"), ("k3.input.png", edit["input_bytes"]),
+               ("k4.instruction.txt", b"k4: make it blue"), ("k4.input.png", edit["input_bytes"]),
+               ("k4.output.png", edit["output_bytes"]),
+               ("k3.output.png", edit["output_bytes"])]  # k3's target, after k4: not adjacent
+    with tarfile.open(tmp_path / "hostile.tar", "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    m = ingest([tmp_path / "hostile.tar"], registry_root, dataset="hostile-tar")
+    quarantine = DatasetRegistry(registry_root).read_table(m, quarantine=True).to_pylist()
+    assert sorted((r["source_ref"], r["reason"]) for r in quarantine) == [
+        ("hostile.tar:k2", "duplicate_member"), ("hostile.tar:k3", "missing_output_image"),
+        ("hostile.tar:k3", "split_sample")]
+    assert (m.counts.input, m.counts.output) == (5, 2)
