@@ -322,9 +322,29 @@ def _hf_files(source: str) -> list[tuple[str, str]]:
         folders = [("", path)]
     files = []
     for split, folder in folders:
-        for entry in json.loads(read_bytes(fs, f"{folder}/state.json"))["_data_files"]:
-            files.append((f"{folder}/{entry['filename']}", posixpath.join(split, entry["filename"])))
+        if not _inside(fs, folder, path):
+            raise ValueError(f"{source}: split {split!r} of dataset_dict.json lies outside the dataset folder")
+        try:
+            entries = json.loads(read_bytes(fs, f"{folder}/state.json"))["_data_files"]
+            names = [entry["filename"] for entry in entries]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{source}: {split or '.'}/state.json is not a `save_to_disk` state: "
+                             f"{stable_message(e)}") from None
+        for name in names:
+            # state.json names the files to read: a name that leaves the dataset folder (`../`, an
+            # absolute path, a link) would make ingest read any file the worker can.
+            if not isinstance(name, str) or not _inside(fs, f"{folder}/{name}", path):
+                raise ValueError(f"{source}: state.json names {name!r}, outside the dataset folder")
+            files.append((f"{folder}/{name}", posixpath.join(split, name)))
     return files
+
+
+def _inside(fs: pafs.FileSystem, target: str, root: str) -> bool:
+    """`target` stays under `root` once `..` and (on a local disk) symbolic links are resolved."""
+    resolved = posixpath.normpath(target)
+    if isinstance(fs, pafs.LocalFileSystem):
+        resolved, root = os.path.realpath(resolved), os.path.realpath(root)
+    return (resolved + "/").startswith(root.rstrip("/") + "/")
 
 
 def plan_hf_saved(source: str, columns: dict[str, str]) -> list[dict[str, Any]]:

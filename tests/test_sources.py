@@ -73,6 +73,14 @@ def test_huggingface_dataset_saved_to_disk(records, jsonl_ids, tmp_path, registr
     refs = DatasetRegistry(registry_root).read_table(m)["source_ref"].to_pylist()
     assert refs[0].startswith("train/") and refs[-1].startswith("test/")
 
+    # a state.json that names a file outside the dataset is refused, naming it, before any read
+    state = tmp_path / "hf" / "train" / "state.json"
+    content = json.loads(state.read_text())
+    content["_data_files"][0]["filename"] = "../../secret.arrow"
+    state.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=r"state.json names '../../secret.arrow', outside the dataset folder"):
+        ingest([tmp_path / "hf"], registry_root, dataset="escape")
+
 
 def test_folder_layout(records, jsonl_ids, tmp_path, registry_root):
     for r in records:
