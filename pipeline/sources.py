@@ -17,11 +17,13 @@ sample folders, a tar.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
 import posixpath
 import tarfile
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -262,6 +264,13 @@ def _table_rows(source: str, base: str, name: str, first_row: int, batches: Iter
     batcher = _Batcher(source, base)
     row = first_row
     for batch in batches:
+        if isinstance(batch, _LostRows):
+            for _ in range(batch.rows if batch.rows is not None else 1):
+                ref = f"{name}:{row}" if batch.rows is not None else f"{name}:{row}-end"
+                if (out := batcher.add(source_ref=ref, error_reason=batch.reason, error_message=batch.message)):
+                    yield out
+                row += 1
+            continue
         table = _rename(pa.Table.from_batches([batch]), columns)
         keep = [c for c in CANONICAL_COLUMNS if c in table.column_names]
         for obj in table.select(keep).to_pylist():
@@ -307,8 +316,29 @@ def plan_parquet(source: str, columns: dict[str, str], rows_per_unit: int) -> li
 def read_parquet(source: str, unit: dict[str, Any], columns: dict[str, str]) -> Iterator[pa.Table]:
     fs, _, base = _parquet_files(source)
     parquet = pq.ParquetFile(fs.open_input_file(unit["path"]))
-    batches = parquet.iter_batches(READ_BATCH_ROWS, row_groups=unit["row_groups"], columns=unit["columns"])
-    return _table_rows(source, base, unit["name"], unit["first_row"], batches, columns)
+
+    def batches() -> Iterator[pa.RecordBatch | _LostRows]:
+        # A row group at a time, whole: one that cannot be read (a corrupt page) loses its rows
+        # alone, each quarantined under its own reference; the file's other groups are kept.
+        for group in unit["row_groups"]:
+            try:
+                table = parquet.read_row_group(group, columns=unit["columns"])
+            except (OSError, pa.ArrowException) as e:
+                yield _LostRows(parquet.metadata.row_group(group).num_rows, "unreadable_row_group",
+                                f"row group {group}: {stable_message(e)}")
+                continue
+            yield from table.to_batches(READ_BATCH_ROWS)
+
+    return _table_rows(source, base, unit["name"], unit["first_row"], batches(), columns)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LostRows:
+    """Rows a reader knows exist but could not read (`rows` of them, or None: the rest of a file)."""
+
+    rows: int | None
+    reason: str
+    message: str
 
 
 def _hf_files(source: str) -> list[tuple[str, str]]:
@@ -361,9 +391,15 @@ def plan_hf_saved(source: str, columns: dict[str, str]) -> list[dict[str, Any]]:
 
 def read_hf_saved(source: str, unit: dict[str, Any], columns: dict[str, str]) -> Iterator[pa.Table]:
     fs, _ = filesystem(source)
-    with fs.open_input_stream(unit["path"]) as f:
-        batches = (b.select(unit["columns"]) for b in ipc.open_stream(f))
-        yield from _table_rows(source, _folder(source), unit["name"], 0, batches, columns)
+    def batches() -> Iterator[pa.RecordBatch | _LostRows]:
+        with fs.open_input_stream(unit["path"]) as f:
+            try:
+                for batch in ipc.open_stream(f):
+                    yield batch.select(unit["columns"])
+            except (OSError, pa.ArrowException) as e:  # a cut or corrupt file: what was read stays
+                yield _LostRows(None, "truncated_file", f"the rest of {unit['name']} is unreadable: {stable_message(e)}")
+
+    yield from _table_rows(source, _folder(source), unit["name"], 0, batches(), columns)
 
 
 class _Ambiguous(ValueError):
@@ -445,6 +481,30 @@ def _read_text(fs: pafs.FileSystem, sample: str, name: str, kind: pafs.FileType,
         raise _TextError("invalid_utf8", stable_message(e)) from None
 
 
+def _members(tar: tarfile.TarFile) -> Iterator[tuple[str, bytes] | _LostRows]:
+    """(name, bytes) of the archive's files in order; where it breaks off (cut, corrupt), one
+    _LostRows, then nothing."""
+    try:
+        for member in tar:
+            if member.isfile():
+                data = tar.extractfile(member).read()
+                if len(data) != member.size:  # a streamed archive that ends early reads short, silently
+                    raise tarfile.ReadError(f"{member.name}: {len(data)} of {member.size} bytes")
+                yield member.name, data
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        yield _LostRows(None, "truncated_archive", f"the archive breaks off here: {stable_message(e)}")
+
+
+def _ends_cleanly(fs: pafs.FileSystem, path: str) -> bool:
+    """A whole tar ends with two zero blocks; one cut at a member boundary streams as if it ended
+    there, so the end is read too (one small ranged read)."""
+    size = fs.get_file_info(path).size or 0
+    if size < 1024 or size % 512:
+        return False
+    with fs.open_input_file(path) as f:
+        return f.read_at(1024, size - 1024) == bytes(1024)
+
+
 def plan_webdataset(source: str) -> list[dict[str, Any]]:
     fs, path = filesystem(source)
     if fs.get_file_info(path).type == pafs.FileType.File:
@@ -483,10 +543,20 @@ def read_webdataset(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
     # member twice is refused with its reason: a silent pick would turn an edit into a generation.
     with fs.open_input_stream(unit["path"]) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         key, members, trouble, closed = None, {}, None, set()
-        for member in tar:
-            if not member.isfile():
-                continue
-            dirname, base = posixpath.split(member.name)
+        for member in _members(tar):
+            if isinstance(member, _LostRows):  # a cut archive: the samples read stay, the rest is one row
+                # the sample being read may have lost members: quarantined too, never guessed complete
+                lost = (member.reason, member.message)
+                if key is not None and (table := batcher.add(**sample_row(key, members, lost))) is not None:
+                    yield table
+                rest = {"source_ref": f"{tar_name}:after:{key or ''}", "error_reason": member.reason,
+                        "error_message": member.message}
+                if (table := batcher.add(**rest)) is not None:
+                    yield table
+                key = None
+                break
+            name, data = member
+            dirname, base = posixpath.split(name)
             sample_key, _, suffix = base.partition(".")
             sample_key = posixpath.join(dirname, sample_key)
             if sample_key != key and key is not None:
@@ -498,11 +568,20 @@ def read_webdataset(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
                 trouble = ("split_sample", f"members of {sample_key!r} are not adjacent in {tar_name}: write "
                                            "WebDataset tars in key order (this fragment and the earlier one differ)")
             if suffix in members:
-                trouble = ("duplicate_member", f"{member.name!r} appears twice in {tar_name}")
+                trouble = ("duplicate_member", f"{name!r} appears twice in {tar_name}")
             key = sample_key
-            members[suffix] = tar.extractfile(member).read()
-        if key is not None and (table := batcher.add(**sample_row(key, members, trouble))) is not None:
-            yield table
+            members[suffix] = data
+        if key is not None:
+            ended = _ends_cleanly(fs, unit["path"])
+            if not ended:  # the last sample read may have lost members: quarantined, never guessed complete
+                trouble = ("truncated_archive", f"{tar_name} does not end with the tar end-of-archive blocks")
+            if (table := batcher.add(**sample_row(key, members, trouble))) is not None:
+                yield table
+            if not ended:  # and what followed it is lost: one row stands for the rest
+                rest = {"source_ref": f"{tar_name}:after:{key}", "error_reason": "truncated_archive",
+                        "error_message": f"{tar_name} breaks off after {key!r}"}
+                if (table := batcher.add(**rest)) is not None:
+                    yield table
     if (table := batcher.flush()) is not None:
         yield table
 

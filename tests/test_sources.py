@@ -162,3 +162,40 @@ def test_folder_and_tar_ambiguity_special_files_and_split_samples_are_quarantine
         ("hostile.tar:k2", "duplicate_member"), ("hostile.tar:k3", "missing_output_image"),
         ("hostile.tar:k3", "split_sample")]
     assert (m.counts.input, m.counts.output) == (5, 2)
+
+
+def test_a_cut_tar_and_a_corrupt_parquet_row_group_keep_the_rows_read(records, tmp_path, registry_root):
+    """A partly unreadable file keeps every row read before the damage; what is lost is quarantined
+    under its reference (each row of a Parquet row group; the rest of a tar as one row)."""
+    import io
+
+    edits = [r for r in records if r["input_bytes"]][:6]
+    with tarfile.open(tmp_path / "whole.tar", "w") as tar:
+        for r in edits:
+            for suffix, data in (("instruction.txt", r["instruction"].encode()), ("input.png", r["input_bytes"]),
+                                 ("output.png", r["output_bytes"])):
+                info = tarfile.TarInfo(f"{r['id']}.{suffix}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    data = (tmp_path / "whole.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[: len(data) * 2 // 3])
+    m = ingest([tmp_path / "cut.tar"], registry_root, dataset="cut")
+    quarantine = DatasetRegistry(registry_root).read_table(m, quarantine=True).to_pylist()
+    assert m.counts.output >= 2 and m.counts.reconciles()
+    assert {r["reason"] for r in quarantine} == {"truncated_archive"}
+    assert any(r["source_ref"].startswith("cut.tar:after:") for r in quarantine)
+
+    table = pa.table({"instruction": [r["instruction"] for r in edits],
+                      "input_image": [r["input_bytes"] for r in edits],
+                      "output_image": [r["output_bytes"] for r in edits]})
+    pq.write_table(table, tmp_path / "three.parquet", row_group_size=2, compression="snappy")
+    meta = pq.ParquetFile(tmp_path / "three.parquet").metadata.row_group(1).column(2)
+    raw = bytearray((tmp_path / "three.parquet").read_bytes())
+    start = meta.dictionary_page_offset if meta.has_dictionary_page else meta.data_page_offset
+    raw[start + 40: start + meta.total_compressed_size - 40] = bytes(meta.total_compressed_size - 80)
+    (tmp_path / "three.parquet").write_bytes(bytes(raw))
+    m = ingest([tmp_path / "three.parquet"], registry_root, dataset="corrupt")
+    quarantine = DatasetRegistry(registry_root).read_table(m, quarantine=True).to_pylist()
+    assert sorted((r["source_ref"], r["reason"]) for r in quarantine) == [
+        ("three.parquet:2", "unreadable_row_group"), ("three.parquet:3", "unreadable_row_group")]
+    assert (m.counts.input, m.counts.output) == (6, 4)
