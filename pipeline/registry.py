@@ -112,7 +112,7 @@ class DatasetRegistry:
         for vid in self._children(self._path(dataset, "versions")):
             path = self._path(dataset, "versions", vid, "manifest.json")
             if self.exists(path):
-                manifests.append(VersionManifest.from_json(self._read_text(path)))
+                manifests.append(self.manifest(f"{dataset}@{vid}"))  # a broken one is named, not a traceback
         tags = self.tags(dataset)
         manifests = [dataclasses.replace(m, tags=sorted(t for t, v in tags.items() if v == m.version))
                      for m in manifests]
@@ -143,8 +143,11 @@ class DatasetRegistry:
     def manifest(self, ref: str) -> VersionManifest:
         """The manifest of an exact NAME@VERSION: one read, no listing (what workers use)."""
         dataset, version = split_ref(ref)
-        return VersionManifest.from_json(self._read_text(self._path(dataset, "versions", str(version),
-                                                                    "manifest.json")))
+        path = self._path(dataset, "versions", _check_name("version", str(version)), "manifest.json")
+        try:
+            return VersionManifest.from_json(self._read_text(path))
+        except ValueError as e:  # also a file that is not JSON at all
+            raise ValueError(f"{path}: {e}") from None
 
     def _select(self, ref: str, dataset: str, selector: str, versions: list[VersionManifest]) -> VersionManifest:
         selector = self.tags(dataset).get(selector, selector)

@@ -212,6 +212,9 @@ def read_jsonl(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
                    "record": raw[:2000].decode("utf-8", "replace")}
         else:
             if isinstance(obj, dict):
+                for canonical, field in unit.get("mapping", {}).items():  # --columns, as for tables
+                    if field in obj:
+                        obj[canonical] = obj.pop(field)
                 row = _record_row(obj, ref)
             else:
                 row = {"source_ref": ref, "error_reason": "bad_json",
@@ -595,6 +598,9 @@ def plan_source(source: str, fmt: str = "auto", columns: dict[str, str] | None =
     unknown = sorted(set(columns) - set(CANONICAL_COLUMNS))
     if unknown:
         raise ValueError(f"--columns maps unknown field(s) {unknown}; fields: {CANONICAL_COLUMNS}")
+    if columns and fmt in ("folder", "webdataset"):
+        raise ValueError(f"--columns does not apply to {fmt} sources: their samples are files named "
+                         "input.*, output.*, instruction.txt and category.txt")
     if fmt == "jsonl":
         units = plan_jsonl(source, rows_per_unit)
     elif fmt == "parquet":

@@ -60,11 +60,16 @@ class VersionManifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VersionManifest":
-        d = dict(d)
-        d["counts"] = Counts(**d["counts"])
-        d["shards"] = [ShardInfo(**s) for s in d["shards"]]
-        d["quarantine_shards"] = [ShardInfo(**s) for s in d["quarantine_shards"]]
-        return cls(**d)
+        """A manifest as written by `to_json`; a field missing or of the wrong shape (a truncated or
+        hand-edited file) is a ValueError naming it, not a TypeError deep inside."""
+        try:
+            d = dict(d)
+            d["counts"] = Counts(**d["counts"])
+            d["shards"] = [ShardInfo(**s) for s in d["shards"]]
+            d["quarantine_shards"] = [ShardInfo(**s) for s in d["quarantine_shards"]]
+            return cls(**d)
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a valid version manifest ({type(e).__name__}: {e})") from None
 
     @classmethod
     def from_json(cls, text: str) -> "VersionManifest":

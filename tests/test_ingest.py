@@ -120,7 +120,14 @@ def test_unknown_column_mapping_is_a_clear_error(ray_local, demo_dir, registry_r
         ingest([demo_dir / "data.jsonl"], registry_root, columns={"picture": "x"})
     with pytest.raises(ValueError, match="does not exist"):
         ingest([demo_dir / "nope.jsonl"], registry_root)
-    assert pa  # noqa
+    with pytest.raises(ValueError, match="--columns does not apply to folder sources"):
+        ingest([demo_dir / "images"], registry_root, format="folder", columns={"instruction": "prompt"})
+    # JSONL honours --columns as the table formats do
+    lines = [json.loads(line) for line in (demo_dir / "data.jsonl").read_text().splitlines()[:3]]
+    renamed = [{("prompt" if k == "instruction" else k): v for k, v in r.items()} for r in lines]
+    (demo_dir / "renamed.jsonl").write_text("\n".join(json.dumps(r) for r in renamed))
+    m = ingest([demo_dir / "renamed.jsonl"], registry_root, dataset="renamed", columns={"instruction": "prompt"})
+    assert (m.counts.input, m.counts.output) == (3, 3)
 
 
 def test_dedup_keeps_the_first_occurrence_in_source_order_across_units(ray_local, demo_dir, tmp_path):

@@ -192,3 +192,17 @@ def test_racing_identical_publishes_leave_one_readable_version(tmp_path):
 def _publish_in_a_process(args):
     root, ids = args
     return publish(DatasetRegistry(root), ids, shard_bytes=4000).version
+
+
+def test_a_broken_manifest_is_named_not_a_traceback(tmp_path):
+    registry = DatasetRegistry(str(tmp_path))
+    m = publish(registry, ["a"])
+    path = tmp_path / "d" / "versions" / m.version / "manifest.json"
+    broken = json.loads(path.read_text())
+    del broken["counts"]
+    path.write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match=rf"{m.version}/manifest.json: not a valid version manifest \(KeyError"):
+        registry.versions("d")
+    path.write_text('{"dataset": "d", "vers')  # cut mid-write by hand
+    with pytest.raises(ValueError, match="manifest.json: Unterminated string"):
+        registry.resolve(m.ref)
