@@ -24,7 +24,7 @@ from tests.servers import kill_when
 from tests.test_ingest import ingest
 from tests.test_sft import run_trainer, sft_args
 from trainer.export import export, load_model
-from trainer.rundir import RunDir
+from trainer.rundir import RunDir, model_folder
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_killed_tokenize_resumes(annotated, magvit_dir, llada_tokenizer_dir, reg
 
 
 def test_from_ingest_to_a_resumed_sft_run_on_an_object_store(ray_local, demo_dir, fake_server, s3_bucket, magvit_dir,
-                                                             llada_tokenizer_dir, tmp_path):
+                                                             llada_tokenizer_dir, tmp_path, monkeypatch):
     """An `s3://` registry and an `s3://` run folder, with nothing else shared: Ray workers read
     their units from and write shards and markers to the registry; SFT reads it, checkpoints to the
     run folder and resumes from it on an empty cache; export, load and `pipeline report` read both."""
@@ -154,9 +154,16 @@ def test_from_ingest_to_a_resumed_sft_run_on_an_object_store(ray_local, demo_dir
     mirror = next((tmp_path / "cache-b" / "runs").iterdir()) / "checkpoints"
     assert sorted(p.name for p in mirror.iterdir() if p.is_dir()) == ["step-3"]  # one local copy, the newest
 
+    monkeypatch.setenv("PARAFORGE_CACHE", str(tmp_path / "cache-c"))  # this process: a third machine
     exported = export(run, f"{s3_bucket}/models/sft-step3")  # a run on s3 -> a model folder on s3
     trained, loaded = load_model(run), load_model(exported)
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))
+    # a cached copy is the run's only while its done marker matches the run's: a stale one (from a
+    # deleted run of the same URI, here faked) is fetched again, never trusted by its name
+    local = Path(model_folder(run)) / "checkpoints" / "step-3"
+    (local / "done").write_bytes(b"from an older run")
+    (local / "model.safetensors").unlink()
+    assert (Path(model_folder(run)) / "checkpoints" / "step-3" / "model.safetensors").exists()
 
     out = tmp_path / "report.html"
     done = subprocess.run([str(Path(sys.executable).parent / "pipeline"), "report", m.ref, "--registry", root, "--out", str(out)],

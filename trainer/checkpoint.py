@@ -54,7 +54,7 @@ class Checkpointer:
             self.run.upload(f"checkpoints/{tag}")  # each node its own ranks' shards
         dist.barrier()
         if self.rank == 0:
-            self.run.write_marker(f"checkpoints/{tag}/{DONE}")  # a save killed half-way is never resumed from
+            self.run.mark_done(tag)  # a save killed half-way is never resumed from
             self.run.push_files()
             for old in self.tags()[: -self.keep_last]:
                 self.run.delete(f"checkpoints/{old}")
@@ -81,7 +81,7 @@ class Checkpointer:
     def _load(self, engine, tag: str) -> dict[str, Any]:
         import torch.distributed as dist
 
-        if self.node_leader and not (self.directory / tag / DONE).exists():
+        if self.node_leader and not self.run.has_local_copy(tag):
             self.run.download(f"checkpoints/{tag}")  # from the run, onto this node
         dist.barrier()
         return engine.load(self.directory, tag)

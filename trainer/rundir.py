@@ -18,6 +18,7 @@ import concurrent.futures
 import hashlib
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -95,12 +96,29 @@ class RunDir:
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         _download(self.fs, self._remote(relative), target, info.type == pafs.FileType.Directory)
 
-    def write_marker(self, relative: str) -> None:
-        (self.local / relative).parent.mkdir(parents=True, exist_ok=True)
-        (self.local / relative).touch()
+    def mark_done(self, tag: str) -> None:
+        """The checkpoint's `done` marker, holding a random id: a local copy counts as the run's
+        only while its marker holds the same id (a run deleted and started again under the same
+        URI writes new ids, so a stale copy in the cache is never taken for it)."""
+        marker = uuid.uuid4().hex.encode()
+        (self.local / "checkpoints" / tag).mkdir(parents=True, exist_ok=True)
+        (self.local / "checkpoints" / tag / DONE).write_bytes(marker)
         if self.remote:
-            with self.fs.open_output_stream(self._remote(relative)) as f:
-                f.write(b"")
+            with self.fs.open_output_stream(self._remote(f"checkpoints/{tag}/{DONE}")) as f:
+                f.write(marker)
+
+    def has_local_copy(self, tag: str) -> bool:
+        """The mirror holds this checkpoint of the run, whole (its marker matches the run's)."""
+        local = self.local / "checkpoints" / tag / DONE
+        if not local.exists():
+            return False
+        if not self.remote:
+            return True
+        try:
+            with self.fs.open_input_stream(self._remote(f"checkpoints/{tag}/{DONE}")) as f:
+                return f.read() == local.read_bytes()
+        except FileNotFoundError:
+            return False
 
     def delete_local(self, relative: str) -> None:
         shutil.rmtree(self.local / relative, ignore_errors=True)
@@ -129,7 +147,7 @@ class RunDir:
         for path in self.local.iterdir():
             if path.name == "checkpoints":
                 for tag in path.iterdir():
-                    if tag.name != keep_checkpoint or not (tag / DONE).exists():
+                    if tag.name != keep_checkpoint or not self.has_local_copy(tag.name):
                         shutil.rmtree(tag, ignore_errors=True) if tag.is_dir() else tag.unlink()
             elif path.name != "reference":
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -167,18 +185,23 @@ def model_folder(path: str, tag: str | None = None) -> str:
         return path
     run = RunDir(path, mirror="models")  # never the mirror of a run training on this machine
     tags = run.checkpoint_tags()
-    if not tags:  # an exported or published folder: fetched whole, once
+    if not tags:  # an exported or published folder: fetched whole, again only when it changed
+        listing = run.fs.get_file_info(pafs.FileSelector(run.base, recursive=True))
+        files = sorted((i.path, i.size, i.mtime_ns) for i in listing if i.type == pafs.FileType.File)
+        if not files:
+            raise ValueError(f"{path} holds no files")
+        fingerprint = hashlib.sha256(repr(files).encode()).hexdigest().encode()
         local = run.local
-        if not (local / DONE).exists():
+        if not (local / DONE).exists() or (local / DONE).read_bytes() != fingerprint:
             shutil.rmtree(local, ignore_errors=True)
             local.parent.mkdir(parents=True, exist_ok=True)
             _download(run.fs, run.base, local, folder=True)
-            (local / DONE).touch()
+            (local / DONE).write_bytes(fingerprint)
         return str(local)
     from trainer.checkpoint import newest
 
     wanted = tag or newest(tags)
     run.pull(keep_checkpoint=wanted)
-    if not (run.local / "checkpoints" / wanted / DONE).exists():
+    if not run.has_local_copy(wanted):
         run.download(f"checkpoints/{wanted}")
     return str(run.local)
