@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import posixpath
 import time
 import unicodedata
@@ -22,13 +21,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 
 from pipeline import dedup, ray_runtime
 from pipeline.images import ImageRules, Rejected, check_image, stable_message
 from pipeline.lineage import lineage
 from pipeline.registry import DatasetRegistry
-from pipeline.sources import ROWS_PER_UNIT, detect_format, filesystem, plan_source, read_bytes, read_unit
+from pipeline.sources import ROWS_PER_UNIT, detect_format, filesystem, inside, plan_source, read_file, read_unit
 from pipeline.stage import Processed, Resources, Stage, UnitResult, rejected_rows, totals
 from schemas import RAW, TASKS, VersionManifest, sample_id
 
@@ -75,33 +73,14 @@ def _load_image(inline: bytes | None, path: str | None, base: str, allow_remote:
         if path.startswith(("http://", "https://")):
             return _fetch(path, max_bytes)
         fs, inner = filesystem(path)
-        return _read_file(fs, inner, path, max_bytes, "")
+        return read_file(fs, inner, path, max_bytes)
     fs, base_path = filesystem(base)
     # Resolve against the source's own folder and refuse anything that escapes it, by `..`, an
     # absolute path or a symlink.
     target = posixpath.normpath(posixpath.join(base_path, path))
-    inside = (target + "/").startswith(base_path.rstrip("/") + "/")
-    if inside and isinstance(fs, pafs.LocalFileSystem):
-        inside = (os.path.realpath(target) + "/").startswith(os.path.realpath(base_path) + "/")
-    if not inside:
+    if not inside(fs, target, base_path):
         raise Rejected("path_outside_source", f"{path!r} resolves outside the source folder")
-    return _read_file(fs, target, path, max_bytes, base_path)
-
-
-def _read_file(fs: pafs.FileSystem, target: str, path: str, max_bytes: int, base_path: str) -> bytes:
-    """The file's bytes, once it is known to be a regular file of at most `max_bytes`: a FIFO, a
-    device or a folder where an image belongs is refused without being opened."""
-    try:
-        info = fs.get_file_info(target)
-        if info.type == pafs.FileType.NotFound:
-            raise Rejected("file_not_found", f"{path!r} does not exist in the source folder")
-        if info.type != pafs.FileType.File:
-            raise Rejected("not_a_file", f"{path!r} is a {info.type.name.lower()}, not a regular file")
-        if info.size is not None and info.size > max_bytes:
-            raise Rejected("file_too_large", f"{path!r}: {info.size} bytes > max_image_bytes {max_bytes}")
-        return read_bytes(fs, target)
-    except (OSError, ValueError) as e:  # a NUL in the name, a permission, a vanished file
-        raise Rejected("unreadable_file", f"{path!r}: {stable_message(e, base_path)}") from None
+    return read_file(fs, target, path, max_bytes, base_path)
 
 
 def _fetch(url: str, max_bytes: int, deadline_s: float = 60.0) -> bytes:

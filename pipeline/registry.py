@@ -169,64 +169,55 @@ class DatasetRegistry:
             raise ValueError(f"{dataset}: shard path {shard.path!r} is not in the shard store")
         return self._path(dataset, shard.path)
 
-    def local_shard_paths(self, manifest: VersionManifest, cache: str | None = None) -> list[str]:
+    def local_shard_paths(self, manifest: VersionManifest, cache: str | None = None, verify: bool = False) -> list[str]:
         """Paths a trainer can memory-map: the shards themselves on a local disk; from anywhere else
         copies in a local cache named by their sha256 (checked once, as they arrive), so a cached
         shard is never stale and is shared by every version, run and rank on the machine. Trainers
-        read rows in a new random order every epoch: one local copy beats re-reading the store."""
+        read rows in a new random order every epoch: one local copy beats re-reading the store.
+        `verify`: also re-hash the copies not fetched just now (a fetch hashes as it copies), so
+        every byte is checked once."""
         if isinstance(self.fs, pafs.LocalFileSystem):
-            return self.shard_paths(manifest)
-        folder = os.path.join(cache or os.environ.get("PARAFORGE_CACHE")
-                              or os.path.join(os.path.expanduser("~"), ".cache", "paraforge"), "shards")
-        os.makedirs(folder, exist_ok=True)
-        paths = []
-        for shard, remote in zip(manifest.shards, self.shard_paths(manifest)):
-            local = os.path.join(folder, f"{shard.sha256}.arrow")
-            if not (os.path.exists(local) and os.path.getsize(local) == shard.bytes):
-                self._fetch(remote, local, shard)
-            paths.append(local)
+            paths = self.shard_paths(manifest)
+            problems = self.verify(manifest, paths) if verify else []
+        else:
+            folder = os.path.join(cache or os.environ.get("PARAFORGE_CACHE")
+                                  or os.path.join(os.path.expanduser("~"), ".cache", "paraforge"), "shards")
+            os.makedirs(folder, exist_ok=True)
+            paths, cached = [], []
+            for shard, remote in zip(manifest.shards, self.shard_paths(manifest)):
+                local = os.path.join(folder, f"{shard.sha256}.arrow")
+                if os.path.exists(local) and os.path.getsize(local) == shard.bytes:
+                    cached.append((shard, local))
+                else:
+                    self._fetch(remote, local, shard)
+                paths.append(local)
+            problems = self._check(cached, pafs.LocalFileSystem()) if verify else []
+        if problems:
+            raise ValueError(f"{manifest.ref}: " + "; ".join(problems[:3]))
         return paths
 
     def _fetch(self, remote: str, local: str, shard: ShardInfo) -> None:
-        digest, tmp = hashlib.sha256(), f"{local}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open_input_stream(remote) as src, open(tmp, "wb") as dst:
-            while chunk := src.read(8 << 20):
-                digest.update(chunk)
-                dst.write(chunk)
-        if digest.hexdigest() != shard.sha256:
+        tmp = f"{local}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as dst:
+            problem = _hash_stream(self.fs, remote, shard, dst)
+        if problem:
             os.remove(tmp)
-            raise ValueError(f"{remote}: its bytes hash to {digest.hexdigest()[:16]}, the manifest says "
-                             f"{shard.sha256[:16]}: the stored shard is corrupt")
+            raise ValueError(problem)
         os.replace(tmp, local)  # ranks fetching at once: each renames a whole copy, none sees half
 
     def verify(self, manifest: VersionManifest, paths: list[str] | None = None) -> list[str]:
         """Every shard of the version (rows and quarantine) re-read and hashed against its manifest
         entry; the problems found, empty when all hold. `paths`: local copies of the row shards to
-        check instead (what a trainer memory-maps)."""
+        check instead."""
         if paths is not None:
-            fs, pairs = pafs.LocalFileSystem(), list(zip(manifest.shards, paths))
-        else:
-            fs = self.fs
-            pairs = [*zip(manifest.shards, self.shard_paths(manifest)),
-                     *zip(manifest.quarantine_shards, self.shard_paths(manifest, quarantine=True))]
+            return self._check(list(zip(manifest.shards, paths)), pafs.LocalFileSystem())
+        return self._check([*zip(manifest.shards, self.shard_paths(manifest)),
+                            *zip(manifest.quarantine_shards, self.shard_paths(manifest, quarantine=True))], self.fs)
 
-        def check(pair: tuple[ShardInfo, str]) -> str | None:
-            shard, path = pair
-            digest, size = hashlib.sha256(), 0
-            try:
-                with fs.open_input_stream(path) as f:
-                    while chunk := f.read(8 << 20):
-                        digest.update(chunk)
-                        size += len(chunk)
-            except (OSError, FileNotFoundError) as e:
-                return f"{path}: unreadable: {e}"
-            if size != shard.bytes or digest.hexdigest() != shard.sha256:
-                return (f"{path}: {size} bytes hashing to {digest.hexdigest()[:16]}, the manifest says "
-                        f"{shard.bytes} bytes, {shard.sha256[:16]}: the shard is corrupt")
-            return None
-
+    @staticmethod
+    def _check(pairs: list[tuple[ShardInfo, str]], fs: pafs.FileSystem) -> list[str]:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:  # hashlib releases the GIL on large reads
-            return [problem for problem in pool.map(check, pairs) if problem]
+            return [p for p in pool.map(lambda pair: _hash_stream(fs, pair[1], pair[0]), pairs) if p]
 
     def iter_batches(self, manifest: VersionManifest, columns: list[str] | None = None,
                      quarantine: bool = False) -> Iterator[pa.RecordBatch]:
@@ -400,6 +391,25 @@ class DatasetRegistry:
                          "removed": sorted(removed.to_list())[:examples],
                          "changed": sorted(changed.to_list())[:examples]},
         }
+
+
+def _hash_stream(fs: pafs.FileSystem, path: str, shard: ShardInfo, copy_to=None) -> str | None:
+    """Read `path` once (copying it to `copy_to` if given) and compare size and sha256 with the
+    manifest's entry: None when they hold, else what is wrong."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        with fs.open_input_stream(path) as f:
+            while chunk := f.read(8 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                if copy_to is not None:
+                    copy_to.write(chunk)
+    except OSError as e:
+        return f"{path}: unreadable: {e}"
+    if size != shard.bytes or digest.hexdigest() != shard.sha256:
+        return (f"{path}: {size} bytes hashing to {digest.hexdigest()[:16]}, the manifest says "
+                f"{shard.bytes} bytes, {shard.sha256[:16]}: the shard is corrupt")
+    return None
 
 
 def _row_hashes(table: pa.Table) -> pl.DataFrame:

@@ -33,7 +33,7 @@ import pyarrow.ipc as ipc
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.images import stable_message
+from pipeline.images import Rejected, stable_message
 
 FORMATS = ("jsonl", "parquet", "hf", "folder", "webdataset")
 CANONICAL_COLUMNS = ("task", "instruction", "input_image", "output_image", "id", "category", "meta")
@@ -81,6 +81,31 @@ def _parent(location: str) -> str:
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+def read_file(fs: pafs.FileSystem, target: str, name: str, max_bytes: int, base: str = "") -> bytes:
+    """A file a row names, once it is known to be a regular file of at most `max_bytes`: a FIFO, a
+    device or a folder where a file belongs is refused without being opened. Raises Rejected
+    (`name` is how the row spelled it; `base` is taken out of messages)."""
+    try:
+        info = fs.get_file_info(target)
+        if info.type == pafs.FileType.NotFound:
+            raise Rejected("file_not_found", f"{name!r} does not exist in the source folder")
+        if info.type != pafs.FileType.File:
+            raise Rejected("not_a_file", f"{name!r} is a {info.type.name.lower()}, not a regular file")
+        if info.size is not None and info.size > max_bytes:
+            raise Rejected("file_too_large", f"{name!r}: {info.size} bytes > {max_bytes}")
+        return read_bytes(fs, target)
+    except (OSError, ValueError) as e:  # a NUL in the name, a permission, a vanished file
+        raise Rejected("unreadable_file", f"{name!r}: {stable_message(e, base)}") from None
+
+
+def inside(fs: pafs.FileSystem, target: str, root: str) -> bool:
+    """`target` stays under `root` once `..` and (on a local disk) symbolic links are resolved."""
+    resolved = posixpath.normpath(target)
+    if isinstance(fs, pafs.LocalFileSystem):
+        resolved, root = os.path.realpath(resolved), os.path.realpath(root)
+    return (resolved + "/").startswith(root.rstrip("/") + "/")
 
 
 def detect_format(source: str) -> str:
@@ -355,7 +380,7 @@ def _hf_files(source: str) -> list[tuple[str, str]]:
         folders = [("", path)]
     files = []
     for split, folder in folders:
-        if not _inside(fs, folder, path):
+        if not inside(fs, folder, path):
             raise ValueError(f"{source}: split {split!r} of dataset_dict.json lies outside the dataset folder")
         try:
             entries = json.loads(read_bytes(fs, f"{folder}/state.json"))["_data_files"]
@@ -366,18 +391,10 @@ def _hf_files(source: str) -> list[tuple[str, str]]:
         for name in names:
             # state.json names the files to read: a name that leaves the dataset folder (`../`, an
             # absolute path, a link) would make ingest read any file the worker can.
-            if not isinstance(name, str) or not _inside(fs, f"{folder}/{name}", path):
+            if not isinstance(name, str) or not inside(fs, f"{folder}/{name}", path):
                 raise ValueError(f"{source}: state.json names {name!r}, outside the dataset folder")
             files.append((f"{folder}/{name}", posixpath.join(split, name)))
     return files
-
-
-def _inside(fs: pafs.FileSystem, target: str, root: str) -> bool:
-    """`target` stays under `root` once `..` and (on a local disk) symbolic links are resolved."""
-    resolved = posixpath.normpath(target)
-    if isinstance(fs, pafs.LocalFileSystem):
-        resolved, root = os.path.realpath(resolved), os.path.realpath(root)
-    return (resolved + "/").startswith(root.rstrip("/") + "/")
 
 
 def plan_hf_saved(source: str, columns: dict[str, str]) -> list[dict[str, Any]]:
@@ -440,9 +457,7 @@ def read_folder(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
     batcher = _Batcher(source, _folder(source))
     for key in unit["samples"]:
         sample = f"{path}/{key}"
-        infos = fs.get_file_info(pafs.FileSelector(sample))
-        names = {i.base_name for i in infos}
-        kinds = {i.base_name: i.type for i in infos}
+        names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(sample))}
         row: dict[str, Any] = {"source_ref": key, "record": json.dumps({"id": key, "files": sorted(names)}),
                                "meta": json.dumps({"source_id": key})}
         row.update(_files_row(names, key, lambda side, name: {f"{side}_image_path": f"{key}/{name}" if name else None}))
@@ -450,8 +465,8 @@ def read_folder(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
             if text not in names or row.get("error_reason"):
                 continue
             try:
-                value = _read_text(fs, sample, text, kinds[text])
-            except _TextError as e:
+                value = _read_text(fs, sample, text)
+            except Rejected as e:
                 row.update(error_reason=e.reason, error_message=f"{key}/{text}: {e}")
                 continue
             row[text.removesuffix(".txt")] = value.strip() if text == "category.txt" else value
@@ -461,27 +476,16 @@ def read_folder(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
         yield table
 
 
-class _TextError(ValueError):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
-def _read_text(fs: pafs.FileSystem, sample: str, name: str, kind: pafs.FileType, max_bytes: int = 1 << 20) -> str:
-    """A sample's small text file: a regular file inside the sample's folder (a symlink out of it,
-    a FIFO or a folder is refused without reading), at most `max_bytes`, valid UTF-8."""
+def _read_text(fs: pafs.FileSystem, sample: str, name: str, max_bytes: int = 1 << 20) -> str:
+    """A sample's small text file: a regular file inside the sample's folder (a link out of it is
+    refused), at most `max_bytes`, valid UTF-8; raises Rejected."""
     path = f"{sample}/{name}"
-    if kind != pafs.FileType.File:
-        raise _TextError("not_a_file", f"is a {kind.name.lower()}, not a regular file")
-    if isinstance(fs, pafs.LocalFileSystem) and not os.path.realpath(path).startswith(os.path.realpath(sample) + "/"):
-        raise _TextError("path_outside_source", "is a link to a file outside the sample's folder")
-    data = read_bytes(fs, path)
-    if len(data) > max_bytes:
-        raise _TextError("file_too_large", f"{len(data)} bytes > {max_bytes}")
+    if not inside(fs, path, sample):
+        raise Rejected("path_outside_source", f"{name!r} is a link to a file outside the sample's folder")
     try:
-        return data.decode("utf-8")
+        return read_file(fs, path, name, max_bytes, sample).decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _TextError("invalid_utf8", stable_message(e)) from None
+        raise Rejected("invalid_utf8", stable_message(e)) from None
 
 
 def _members(tar: tarfile.TarFile) -> Iterator[tuple[str, bytes] | _LostRows]:
