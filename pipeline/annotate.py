@@ -142,12 +142,14 @@ def run_annotate(config: AnnotateConfig, progress: bool = True) -> VersionManife
     if config.backend == "openai":  # a rejected key, an unknown model, no server: stop before any work
         check_server(config.model, config.openai)
     ray_runtime.init_ray(config.ray_address)
+    work = registry.work_dir(output, key)
+    ray_runtime.verify_input(registry, source, work)
     on_gpu = config.backend in ("vllm", "transformers") and ray_runtime.cluster_has_gpus()
     # The key travels to the workers' environment beside the config, never inside it.
     api_key = os.environ.get("OPENAI_API_KEY") if config.backend == "openai" else None
     results, resumed, seconds = ray_runtime.run_units(
         AnnotateStage(config, on_gpu), units, read_row_range, registry=registry, dataset=output,
-        work=registry.work_dir(output, key), target_bytes=TARGET_SHARD_BYTES, progress=progress,
+        work=work, target_bytes=TARGET_SHARD_BYTES, progress=progress,
         secrets={"OPENAI_API_KEY": api_key} if api_key else None)
     counts, reasons, stats = totals(results)
     prompts = load_prompts(config.prompt_edit, config.prompt_generate)

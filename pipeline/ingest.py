@@ -43,6 +43,7 @@ class IngestConfig:
     allow_remote: bool = False  # fetch image URLs; never done unless asked
     max_pixels: int = 40_000_000
     max_image_bytes: int = 64 * 1024 * 1024  # checked before a file is read or while a URL is fetched
+    fetch_deadline_s: float = 60.0  # for a whole URL fetch: a server that trickles its body is cut off
     min_side: int = 32
     max_aspect_ratio: float = 4.0
     max_instruction_chars: int = 4000
@@ -61,26 +62,26 @@ class IngestConfig:
 KEPT_SCHEMA = pa.schema(list(RAW) + [pa.field("converted", pa.int32())])  # + images re-encoded, for stats
 
 
-def _load_image(inline: bytes | None, path: str | None, base: str, allow_remote: bool, max_bytes: int) -> bytes:
+def _load_image(inline: bytes | None, path: str | None, base: str, config: IngestConfig) -> bytes:
     if inline is not None:
         return inline
     assert path is not None
     if "\x00" in path:  # no filesystem accepts it, and os calls raise on it
         raise Rejected("bad_path", f"{path!r} holds a NUL character")
     if path.startswith(_REMOTE_PREFIXES):
-        if not allow_remote:
+        if not config.allow_remote:
             raise Rejected("remote_not_allowed", f"{path}: remote images are fetched only with --allow-remote")
         if path.startswith(("http://", "https://")):
-            return _fetch(path, max_bytes)
+            return _fetch(path, config.max_image_bytes, config.fetch_deadline_s)
         fs, inner = filesystem(path)
-        return read_file(fs, inner, path, max_bytes)
+        return read_file(fs, inner, path, config.max_image_bytes)
     fs, base_path = filesystem(base)
     # Resolve against the source's own folder and refuse anything that escapes it, by `..`, an
     # absolute path or a symlink.
     target = posixpath.normpath(posixpath.join(base_path, path))
     if not inside(fs, target, base_path):
         raise Rejected("path_outside_source", f"{path!r} resolves outside the source folder")
-    return read_file(fs, target, path, max_bytes, base_path)
+    return read_file(fs, target, path, config.max_image_bytes, base_path)
 
 
 def _fetch(url: str, max_bytes: int, deadline_s: float = 60.0) -> bytes:
@@ -90,7 +91,9 @@ def _fetch(url: str, max_bytes: int, deadline_s: float = 60.0) -> bytes:
     chunks, size = [], 0
     try:
         with urllib.request.urlopen(url, timeout=min(30.0, deadline_s)) as response:
-            while chunk := response.read(1 << 16):
+            # read1 returns what one socket read brings; read(n) would wait for n bytes, so a body
+            # trickled a byte at a time would never reach the deadline check
+            while chunk := response.read1(1 << 16):
                 size += len(chunk)
                 if size > max_bytes:
                     raise Rejected("file_too_large", f"{url}: more than max_image_bytes {max_bytes}")
@@ -131,8 +134,7 @@ def _ingest_row(ref: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
     rules = config.image_rules
     images = {}
     for side in ("input", "output") if has_input else ("output",):
-        data = _load_image(ref[f"{side}_image_bytes"], ref[f"{side}_image_path"], ref["base"],
-                           config.allow_remote, config.max_image_bytes)
+        data = _load_image(ref[f"{side}_image_bytes"], ref[f"{side}_image_path"], ref["base"], config)
         try:
             images[side] = check_image(data, rules)
         except Rejected as e:

@@ -181,6 +181,27 @@ def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, regist
     return [done[u["unit"]] for u in units], resumed, time.perf_counter() - started
 
 
+def verify_input(registry: DatasetRegistry, manifest: Any, work: str, tasks: int = 64) -> None:
+    """Hash the row shards of the version a stage reads against its manifest, in parallel tasks,
+    before any unit runs, and once per work folder (a resumed run does not read them again). A
+    corrupt or missing shard stops the job naming it: rows read from it would be wrong in silence."""
+    marker = f"{work}/input-verified.json"
+    if registry.exists(marker):
+        return
+    per_task = -(-len(manifest.shards) // tasks) or 1
+    groups = [list(range(i, min(i + per_task, len(manifest.shards)))) for i in range(0, len(manifest.shards), per_task)]
+    problems = [p for found in map_tasks(_verify_shards, groups, registry=registry.root, ref=manifest.ref) for p in found]
+    if problems:
+        raise ValueError(f"{manifest.ref}: {len(problems)} of {len(manifest.shards)} shards fail their hash: "
+                         + "; ".join(problems[:3]) + " (`pipeline versions verify` lists them all)")
+    registry.write_atomic(marker, json.dumps({"ref": manifest.ref, "shards": len(manifest.shards)}).encode())
+
+
+def _verify_shards(indices: list[int], registry: str, ref: str) -> list[str]:
+    reg = DatasetRegistry(registry)
+    return reg.verify(reg.manifest(ref), shards=indices)
+
+
 def map_tasks(fn: Callable[..., Any], items: list[Any], **kwargs: Any) -> list[Any]:
     """`fn(item, **kwargs)` for every item as plain Ray tasks; small results, in item order."""
     remote = ray.remote(num_cpus=1)(fn)

@@ -205,12 +205,16 @@ class DatasetRegistry:
             raise ValueError(problem)
         os.replace(tmp, local)  # ranks fetching at once: each renames a whole copy, none sees half
 
-    def verify(self, manifest: VersionManifest, paths: list[str] | None = None) -> list[str]:
+    def verify(self, manifest: VersionManifest, paths: list[str] | None = None,
+               shards: list[int] | None = None) -> list[str]:
         """Every shard of the version (rows and quarantine) re-read and hashed against its manifest
         entry; the problems found, empty when all hold. `paths`: local copies of the row shards to
-        check instead."""
+        check instead; `shards`: only these row shards (by index), for checks split across workers."""
         if paths is not None:
             return self._check(list(zip(manifest.shards, paths)), pafs.LocalFileSystem())
+        if shards is not None:
+            return self._check([(manifest.shards[i], self.shard_path(manifest.dataset, manifest.shards[i],
+                                                                     manifest.version)) for i in shards], self.fs)
         return self._check([*zip(manifest.shards, self.shard_paths(manifest)),
                             *zip(manifest.quarantine_shards, self.shard_paths(manifest, quarantine=True))], self.fs)
 

@@ -544,51 +544,48 @@ def read_webdataset(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
                 row.update(error_reason="invalid_utf8", error_message=f"instruction.txt: {stable_message(e)}")
         return row
 
-    # WebDataset keeps a sample's members adjacent: stream the tar, emit a sample when its key
-    # changes, so memory holds one sample at a time.
-    # A sample whose members are not adjacent (a tar not written in key order) or that holds one
-    # member twice is refused with its reason: a silent pick would turn an edit into a generation.
+    # WebDataset writers keep a sample's members adjacent, but nothing enforces it: a tar written
+    # out of key order would split an edit into a generation and an orphan input. So members are
+    # grouped by key over the whole tar (the unit is one tar, held whole by the stage anyway), in
+    # order of first appearance. A member that appears twice is refused, never a silent pick.
+    samples: dict[str, dict[str, bytes]] = {}
+    trouble: dict[str, tuple[str, str]] = {}
+    lost: _LostRows | None = None
+    last, in_order = None, True
     with fs.open_input_stream(unit["path"]) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        key, members, trouble, closed = None, {}, None, set()
         for member in _members(tar):
-            if isinstance(member, _LostRows):  # a cut archive: the samples read stay, the rest is one row
-                # the sample being read may have lost members: quarantined too, never guessed complete
-                lost = (member.reason, member.message)
-                if key is not None and (table := batcher.add(**sample_row(key, members, lost))) is not None:
-                    yield table
-                rest = {"source_ref": f"{tar_name}:after:{key or ''}", "error_reason": member.reason,
-                        "error_message": member.message}
-                if (table := batcher.add(**rest)) is not None:
-                    yield table
-                key = None
+            if isinstance(member, _LostRows):
+                lost = member
                 break
             name, data = member
             dirname, base = posixpath.split(name)
-            sample_key, _, suffix = base.partition(".")
-            sample_key = posixpath.join(dirname, sample_key)
-            if sample_key != key and key is not None:
-                if (table := batcher.add(**sample_row(key, members, trouble))) is not None:
-                    yield table
-                closed.add(key)
-                members, trouble = {}, None
-            if sample_key != key and sample_key in closed:
-                trouble = ("split_sample", f"members of {sample_key!r} are not adjacent in {tar_name}: write "
-                                           "WebDataset tars in key order (this fragment and the earlier one differ)")
+            stem, _, suffix = base.partition(".")
+            key = posixpath.join(dirname, stem)
+            if key != last and key in samples:
+                in_order = False
+            members = samples.setdefault(key, {})
             if suffix in members:
-                trouble = ("duplicate_member", f"{name!r} appears twice in {tar_name}")
-            key = sample_key
+                trouble[key] = ("duplicate_member", f"{name!r} appears twice in {tar_name}")
             members[suffix] = data
-        if key is not None:
-            ended = _ends_cleanly(fs, unit["path"])
-            if not ended:  # the last sample read may have lost members: quarantined, never guessed complete
-                trouble = ("truncated_archive", f"{tar_name} does not end with the tar end-of-archive blocks")
-            if (table := batcher.add(**sample_row(key, members, trouble))) is not None:
-                yield table
-            if not ended:  # and what followed it is lost: one row stands for the rest
-                rest = {"source_ref": f"{tar_name}:after:{key}", "error_reason": "truncated_archive",
-                        "error_message": f"{tar_name} breaks off after {key!r}"}
-                if (table := batcher.add(**rest)) is not None:
-                    yield table
+            last = key
+    if lost is None and samples and not _ends_cleanly(fs, unit["path"]):
+        # streamed, a tar cut at a member boundary reads as complete: only its end tells
+        lost = _LostRows(None, "truncated_archive", f"{tar_name} does not end with the tar end-of-archive blocks")
+    if lost is not None:
+        # The sample being read when the archive broke off may have lost members; in a tar out of
+        # key order, any sample may have. Those are quarantined, never guessed complete.
+        suspects = samples if not in_order else [last] if last is not None else []
+        for key in suspects:
+            trouble[key] = (lost.reason, f"{lost.message} (while reading {key!r})" if key == last else
+                            f"{tar_name} is cut and not in key order: {key!r} may have lost members")
+    for key, members in samples.items():
+        if (table := batcher.add(**sample_row(key, members, trouble.get(key)))) is not None:
+            yield table
+    if lost is not None:  # what followed the cut is unknown: one row stands for it
+        rest = {"source_ref": f"{tar_name}:after:{last or ''}", "error_reason": lost.reason,
+                "error_message": lost.message}
+        if (table := batcher.add(**rest)) is not None:
+            yield table
     if (table := batcher.flush()) is not None:
         yield table
 

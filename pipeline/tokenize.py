@@ -252,9 +252,11 @@ def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManife
         sort_keys=True).encode()).hexdigest()[:16]
     units = plan_row_ranges(source, registry.root, config.chunk_rows, _INPUT_COLUMNS)
     ray_runtime.init_ray(config.ray_address)
+    work = registry.work_dir(output, key)
+    ray_runtime.verify_input(registry, source, work)
     stage = TokenizeStage(config, on_gpu=config.device != "cpu" and ray_runtime.cluster_has_gpus())
     results, resumed, seconds = ray_runtime.run_units(
-        stage, units, read_row_range, registry=registry, dataset=output, work=registry.work_dir(output, key),
+        stage, units, read_row_range, registry=registry, dataset=output, work=work,
         target_bytes=TARGET_SHARD_BYTES, progress=progress)
     counts, reasons, facts = totals(results)
     images = facts.pop("images", 0)

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import struct
+import tarfile
 import zlib
 from pathlib import Path
 
@@ -129,3 +130,258 @@ def build(root: Path) -> tuple[Path, dict]:
                 "quarantined": sum(reasons.values()), "reasons": dict(sorted(reasons.items())),
                 "verdicts": verdicts}
     return manifest, expected
+
+
+# --- The same classes of trouble in the other four formats -------------------------------------
+# Each case is (format, source_ref, expected fate): "ok" (kept), "duplicate" (dropped as a repeat,
+# counted) or the quarantine reason. `build_formats` writes one source per format.
+
+
+def png_with_junk_exif() -> bytes:
+    """A PNG whose eXIf chunk is not TIFF: the pixels decode, the metadata does not."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    plain = _png(colour=(5, 6, 7))
+    return plain[:33] + chunk(b"eXIf", b"junkjunkjunk") + plain[33:]  # after the 8-byte magic + IHDR
+
+
+def _images() -> dict[str, bytes]:
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (64, 64), (0, 255, 255, 0)).save(cmyk, format="JPEG")
+    return {"in": _png(colour=(11, 22, 33)), "out": _png(colour=(33, 22, 11)), "out2": _png(colour=(90, 9, 9)),
+            "tiny": _png((8, 8)), "wide": _png((512, 64)), "cut": _png((128, 128))[:60], "junk": b"not an image",
+            "bomb": png_bomb(), "exif": png_with_junk_exif(), "cmyk": cmyk.getvalue()}
+
+
+def _parquet(root: Path, img: dict[str, bytes]) -> tuple[Path, list[tuple[str, str]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = root / "parquet"
+    folder.mkdir(parents=True)
+    rows = [  # (task, instruction, input, output, category, fate)
+        ("edit", "P: make it blue", img["in"], img["out"], "colour", "ok"),
+        ("generate", "P: a red square", None, img["out2"], None, "ok"),
+        ("edit", "P: make it blue", img["in"], img["out"], "colour", "duplicate"),
+        ("edit", "\ufeffP: make it blue\r\n", img["in"], img["out"], None, "duplicate"),  # BOM, CRLF
+        ("edit", "P: undecodable", img["in"], img["junk"], None, "undecodable_image"),
+        ("edit", "P: cut png", img["in"], img["cut"], None, "undecodable_image"),
+        ("edit", "P: zero bytes", img["in"], b"", None, "empty_file"),
+        ("edit", "P: bomb", img["in"], img["bomb"], None, "too_many_pixels"),
+        ("edit", "P: junk exif", img["in"], img["exif"], None, "bad_image_metadata"),
+        ("edit", "P: tiny", img["in"], img["tiny"], None, "image_too_small"),
+        ("edit", "P: wide", img["in"], img["wide"], None, "extreme_aspect_ratio"),
+        ("edit", "P: cmyk", img["in"], img["cmyk"], None, "ok"),
+        ("edit", None, img["in"], img["out"], None, "missing_field"),
+        (None, "P: no task", img["in"], img["out"], None, "missing_field"),
+        ("paint", "P: paint", img["in"], img["out"], None, "unknown_task"),
+        ("edit", "P: no input", None, img["out"], None, "missing_input_image"),
+        ("generate", "P: with input", img["in"], img["out"], None, "unexpected_input_image"),
+        ("edit", "P: no output", img["in"], None, None, "missing_output_image"),
+        ("edit", "\u200b\u2060 ", img["in"], img["out"], None, "empty_instruction"),
+        ("edit", "P: bell\u0007", img["in"], img["out"], None, "control_characters"),
+        ("edit", "P " * 3000, img["in"], img["out"], None, "instruction_too_long"),
+    ]
+    columns = ["task", "instruction", "input_image", "output_image", "category"]
+    table = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)},
+                     schema=pa.schema([("task", pa.string()), ("instruction", pa.string()),
+                                       ("input_image", pa.binary()), ("output_image", pa.binary()),
+                                       ("category", pa.string())]))
+    pq.write_table(table, folder / "a-bytes.parquet", row_group_size=8)
+    cases = [(f"a-bytes.parquet:{i}", r[-1]) for i, r in enumerate(rows)]
+
+    # image columns holding paths, resolved against the Parquet folder and confined to it
+    (folder / "img").mkdir()
+    (folder / "img" / "in.png").write_bytes(img["in"])
+    (folder / "img" / "out.png").write_bytes(img["out2"])
+    (root / "secret.png").write_bytes(img["out"])
+    os.symlink(root / "secret.png", folder / "img" / "link.png")
+    os.mkfifo(folder / "img" / "fifo.png")
+    paths = [("edit", "P: by path", "img/in.png", "img/out.png", "ok"),
+             ("edit", "P: dotdot", "img/in.png", "../secret.png", "path_outside_source"),
+             ("edit", "P: link", "img/in.png", "img/link.png", "path_outside_source"),
+             ("edit", "P: fifo", "img/in.png", "img/fifo.png", "not_a_file"),
+             ("edit", "P: folder", "img/in.png", "img", "not_a_file"),
+             ("edit", "P: gone", "img/in.png", "img/gone.png", "file_not_found"),
+             ("edit", "P: nul", "img/in.png", "img/o\u0000ut.png", "bad_path"),
+             ("edit", "P: remote", "img/in.png", "https://example.com/x.png", "remote_not_allowed")]
+    pq.write_table(pa.table({"task": [r[0] for r in paths], "instruction": [r[1] for r in paths],
+                             "input_image": [r[2] for r in paths], "output_image": [r[3] for r in paths]}),
+                   folder / "b-paths.parquet")
+    cases += [(f"b-paths.parquet:{i}", r[-1]) for i, r in enumerate(paths)]
+
+    # a file whose second row group is damaged: the first group's rows stay, the second's are quarantined
+    damaged = pa.table({"task": ["edit"] * 4, "instruction": [f"P: damaged {i}" for i in range(4)],
+                        "input_image": [img["in"]] * 4, "output_image": [_png(colour=(i, 1, 1)) for i in range(4)]})
+    pq.write_table(damaged, folder / "c-damaged.parquet", row_group_size=2, compression="snappy")
+    meta = pq.ParquetFile(folder / "c-damaged.parquet").metadata.row_group(1).column(3)
+    raw = bytearray((folder / "c-damaged.parquet").read_bytes())
+    start = meta.dictionary_page_offset if meta.has_dictionary_page else meta.data_page_offset
+    raw[start + 40: start + meta.total_compressed_size - 40] = bytes(meta.total_compressed_size - 80)
+    (folder / "c-damaged.parquet").write_bytes(bytes(raw))
+    cases += [("c-damaged.parquet:0", "ok"), ("c-damaged.parquet:1", "ok"),
+              ("c-damaged.parquet:2", "unreadable_row_group"), ("c-damaged.parquet:3", "unreadable_row_group")]
+    return folder, cases
+
+
+def _hf(root: Path, img: dict[str, bytes]) -> tuple[Path, list[tuple[str, str]]]:
+    import datasets
+
+    features = datasets.Features({"task": datasets.Value("string"), "instruction": datasets.Value("string"),
+                                  "input_image": datasets.Image(), "output_image": datasets.Image()})
+    rows = [("edit", "H: make it blue", img["in"], img["out"], "ok"),
+            ("generate", "H: a red square", None, img["out2"], "ok"),
+            ("edit", "H: make it blue", img["in"], img["out"], "duplicate"),
+            ("edit", "H: make it blue  \n", img["in"], img["out"], "duplicate"),  # trailing whitespace
+            ("edit", "H: undecodable", img["in"], img["junk"], "undecodable_image"),
+            ("edit", "H: junk exif", img["in"], img["exif"], "bad_image_metadata"),
+            ("edit", "H: no input", None, img["out"], "missing_input_image"),
+            ("edit", "", img["in"], img["out"], "empty_instruction"),
+            ("edit", "H: escape \u001b[2J", img["in"], img["out"], "control_characters"),
+            ("edit", "H: tiny", img["in"], img["tiny"], "image_too_small")]
+    ds = datasets.Dataset.from_dict(
+        {"task": [r[0] for r in rows], "instruction": [r[1] for r in rows],
+         "input_image": [{"bytes": r[2], "path": None} if r[2] else None for r in rows],
+         "output_image": [{"bytes": r[3], "path": None} for r in rows]}, features=features)
+    folder = root / "hf"
+    ds.save_to_disk(folder)
+    [data] = sorted(folder.glob("*.arrow"))
+    cases = [(f"{data.name}:{i}", r[-1]) for i, r in enumerate(rows)]
+    # a second data file cut inside its second record batch: the first batch's rows stay, the rest is one row
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    more = datasets.Dataset.from_dict(
+        {"task": ["edit"] * 3, "instruction": [f"H: more {i}" for i in range(3)],
+         "input_image": [{"bytes": img["in"], "path": None}] * 3,
+         "output_image": [{"bytes": _png(colour=(1, i, 1)), "path": None} for i in range(3)]},
+        features=features).data.table
+    stream = pa.BufferOutputStream()
+    with ipc.new_stream(stream, more.schema) as writer:
+        for batch in more.to_batches(max_chunksize=2):
+            writer.write_batch(batch)
+    data = stream.getvalue().to_pybytes()
+    (folder / "data-extra.arrow").write_bytes(data[: len(data) - 200])
+    state = json.loads((folder / "state.json").read_text())
+    state["_data_files"].append({"filename": "data-extra.arrow"})
+    (folder / "state.json").write_text(json.dumps(state))
+    cases += [("data-extra.arrow:0", "ok"), ("data-extra.arrow:1", "ok"), ("data-extra.arrow:2-end", "truncated_file")]
+    return folder, cases
+
+
+def _folder(root: Path, img: dict[str, bytes]) -> tuple[Path, list[tuple[str, str]]]:
+    folder = root / "folder"
+    (root / "secret.txt").write_text("not yours")
+    samples = {  # key -> (files, fate); a file given as None is made specially below
+        "f00-ok": ({"instruction.txt": b"F: make it blue", "input.png": img["in"], "output.png": img["out"],
+                    "category.txt": b"colour\n"}, "ok"),
+        "f01-generate": ({"instruction.txt": b"F: a red square", "output.jpg": img["cmyk"]}, "ok"),
+        "f02-repeat": ({"instruction.txt": b"F: make it blue", "input.png": img["in"], "output.png": img["out"]},
+                       "duplicate"),
+        "f03-bom": ({"instruction.txt": b"\xef\xbb\xbfF: make it blue\r\n", "input.png": img["in"],
+                     "output.png": img["out"]}, "duplicate"),
+        "f04-two-inputs": ({"instruction.txt": b"F: two", "input.png": img["in"], "input.jpg": img["in"],
+                            "output.png": img["out"]}, "ambiguous_files"),
+        "f05-backup": ({"instruction.txt": b"F: bak", "output.png": img["out"], "output.png.bak": img["out"]},
+                       "ambiguous_files"),
+        "f06-text-is-folder": ({"instruction.txt": None, "output.png": img["out"]}, "not_a_file"),
+        "f07-text-links-out": ({"instruction.txt": None, "output.png": img["out"]}, "path_outside_source"),
+        "f08-text-is-fifo": ({"instruction.txt": None, "output.png": img["out"]}, "not_a_file"),
+        "f09-image-links-out": ({"instruction.txt": b"F: link", "output.png": None}, "path_outside_source"),
+        "f10-image-is-folder": ({"instruction.txt": b"F: dir", "output.png": None}, "not_a_file"),
+        "f11-huge-image": ({"instruction.txt": b"F: huge", "output.png": None}, "file_too_large"),
+        "f12-bad-utf8": ({"instruction.txt": b"F: caf\xff", "output.png": img["out"]}, "invalid_utf8"),
+        "f13-no-output": ({"instruction.txt": b"F: nothing", "input.png": img["in"]}, "missing_output_image"),
+        "f14-no-instruction": ({"output.png": img["out"]}, "missing_field"),
+        "f15-blank": ({"instruction.txt": b"  \n\t", "output.png": img["out"]}, "empty_instruction"),
+        "f16-nul": ({"instruction.txt": b"F: nul\x00", "output.png": img["out"]}, "control_characters"),
+        "f17-undecodable": ({"instruction.txt": b"F: junk", "output.png": img["junk"]}, "undecodable_image"),
+        "f18-junk-exif": ({"instruction.txt": b"F: exif", "output.png": img["exif"]}, "bad_image_metadata"),
+        "f19-bomb": ({"instruction.txt": b"F: bomb", "output.png": img["bomb"]}, "too_many_pixels"),
+    }
+    for key, (files, _) in samples.items():
+        (folder / key).mkdir(parents=True)
+        for name, data in files.items():
+            if data is not None:
+                (folder / key / name).write_bytes(data)
+    (folder / "f06-text-is-folder" / "instruction.txt").mkdir()
+    os.symlink(root / "secret.txt", folder / "f07-text-links-out" / "instruction.txt")
+    os.mkfifo(folder / "f08-text-is-fifo" / "instruction.txt")
+    (root / "secret-image.png").write_bytes(img["out"])
+    os.symlink(root / "secret-image.png", folder / "f09-image-links-out" / "output.png")
+    (folder / "f10-image-is-folder" / "output.png").mkdir()
+    with open(folder / "f11-huge-image" / "output.png", "wb") as f:
+        f.truncate(65 * 1024 * 1024)  # sparse: a size, not bytes
+    return folder, [(key, fate) for key, (_, fate) in samples.items()]
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]], end: bool = True) -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = out.getvalue()
+    if not end:  # cut exactly after the last member: it streams as complete, only the end is missing
+        data = data[: data.rstrip(b"\0").__len__() + (-data.rstrip(b"\0").__len__()) % 512]
+    path.write_bytes(data)
+
+
+def _webdataset(root: Path, img: dict[str, bytes]) -> tuple[Path, list[tuple[str, str]]]:
+    folder = root / "wds"
+    folder.mkdir()
+    sorted_members = [
+        ("w00.instruction.txt", b"W: make it blue"), ("w00.input.png", img["in"]), ("w00.output.png", img["out"]),
+        ("w01.instruction.txt", b"W: a red square"), ("w01.output.png", img["out2"]),
+        ("w02.instruction.txt", b"W: make it blue"), ("w02.input.png", img["in"]), ("w02.output.png", img["out"]),
+        ("w03.instruction.txt", b"W: twice"), ("w03.output.png", img["out"]), ("w03.output.png", img["out2"]),
+        ("w04.instruction.txt", b"W: two inputs"), ("w04.input.png", img["in"]), ("w04.input.jpg", img["in"]),
+        ("w04.output.png", img["out"]),
+        ("w05.instruction.txt", b"W: lost target"), ("w05.input.png", img["in"]),
+        ("w06.instruction.txt", b"W: caf\xe9"), ("w06.output.png", img["out"]),
+        ("w07.instruction.txt", b"W: junk"), ("w07.output.png", img["junk"]),
+        ("w08.output.png", img["out"]),
+        ("w09.instruction.txt", b"W: exif"), ("w09.output.png", img["exif"]),
+        ("w10.instruction.txt", b"\xe2\x80\x8b"), ("w10.output.png", img["out"]),
+    ]
+    _tar(folder / "a-sorted.tar", sorted_members)
+    cases = [("a-sorted.tar:w00", "ok"), ("a-sorted.tar:w01", "ok"), ("a-sorted.tar:w02", "duplicate"),
+             ("a-sorted.tar:w03", "duplicate_member"), ("a-sorted.tar:w04", "ambiguous_files"),
+             ("a-sorted.tar:w05", "missing_output_image"), ("a-sorted.tar:w06", "invalid_utf8"),
+             ("a-sorted.tar:w07", "undecodable_image"), ("a-sorted.tar:w08", "missing_field"),
+             ("a-sorted.tar:w09", "bad_image_metadata"), ("a-sorted.tar:w10", "empty_instruction")]
+    # members out of key order: grouped by key, so each edit keeps its input image
+    _tar(folder / "b-unsorted.tar", [
+        ("u1.input.png", img["in"]), ("u2.input.png", img["in"]), ("u1.output.png", _png(colour=(7, 7, 1))),
+        ("u2.output.png", _png(colour=(7, 7, 2))), ("u2.instruction.txt", b"W: u2"),
+        ("u1.instruction.txt", b"W: u1")])
+    cases += [("b-unsorted.tar:u1", "ok"), ("b-unsorted.tar:u2", "ok")]
+    # cut inside the third sample: two kept, the one being read and the rest quarantined
+    def whole(text: str) -> list[tuple[str, bytes]]:
+        return [m for k in range(4) for m in ((f"c{k}.instruction.txt", f"W: {text} {k}".encode()),
+                                              (f"c{k}.input.png", img["in"]),
+                                              (f"c{k}.output.png", _png(colour=(k, 40, 40))))]
+    _tar(folder / "c-cut.tar", whole("cut"))
+    data = (folder / "c-cut.tar").read_bytes()
+    offset = data.index(b"c2.output.png")  # the header of c2's target, then half of it
+    (folder / "c-cut.tar").write_bytes(data[: offset + 300])
+    cases += [("c-cut.tar:c0", "ok"), ("c-cut.tar:c1", "ok"), ("c-cut.tar:c2", "truncated_archive"),
+              ("c-cut.tar:after:c2", "truncated_archive")]
+    # cut exactly at a member boundary, so it streams as whole: only its missing end tells
+    _tar(folder / "d-no-end.tar", whole("no end")[:6], end=False)
+    cases += [("d-no-end.tar:c0", "ok"), ("d-no-end.tar:c1", "truncated_archive"),
+              ("d-no-end.tar:after:c1", "truncated_archive")]
+    return folder, cases
+
+
+def build_formats(root: Path) -> tuple[list[Path], list[tuple[str, str, str]]]:
+    """Sources in four more formats under root; the cases as (source, source_ref, expected fate)."""
+    root.mkdir(parents=True, exist_ok=True)
+    img = _images()
+    sources, cases = [], []
+    for build_one in (_parquet, _hf, _folder, _webdataset):
+        source, found = build_one(root, img)
+        sources.append(source)
+        cases += [(str(source), ref, fate) for ref, fate in found]
+    return sources, cases

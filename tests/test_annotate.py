@@ -268,3 +268,26 @@ def test_job_errors_stop_the_run_and_publish_nothing(fault_dataset, keyed_server
     m = run_annotate(annotate_config("faults", registry_root, keyed_server, output="keyed", max_attempts=1),
                      progress=False)
     assert m.counts.input == len(FAULTS) and registry.versions("keyed") != []
+
+
+def test_a_corrupt_input_shard_stops_the_stage_before_any_request(fault_dataset, fake_server, registry_root):
+    """The stage hashes the shards of the version it reads before any unit runs: a flipped byte stops
+    the job naming the shard, and no request is made on rows that would be wrong in silence."""
+    registry = DatasetRegistry(registry_root)
+    shard = Path(registry.shard_paths(fault_dataset)[0])
+    data = bytearray(shard.read_bytes())
+    requests_before = len(server_log(fake_server))
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    try:
+        with pytest.raises(ValueError, match="shards fail their hash: .*the shard is corrupt"):
+            run_annotate(annotate_config("faults", registry_root, fake_server, output="corrupt-input"), progress=False)
+    finally:
+        data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    assert len(server_log(fake_server)) == requests_before and registry.versions("corrupt-input") == []
+    m = run_annotate(annotate_config("faults", registry_root, fake_server, output="corrupt-input", max_attempts=1),
+                     progress=False)
+    assert m.counts.input == len(FAULTS)
+    work = Path(registry.work_dir("corrupt-input", m.lineage["annotate"]["run_key"]))
+    assert (work / "input-verified.json").exists()  # a resumed run does not hash the input again

@@ -57,6 +57,40 @@ def test_broken_corpus_is_accounted_for_exactly(ray_local, tmp_path, registry_ro
     assert json.loads(gen["meta"]) == {"source_id": 7}
 
 
+def test_every_case_of_the_five_format_corpus_meets_its_fate(ray_local, tmp_path, registry_root):
+    """One ingest over the JSONL corpus and its Parquet, Hugging Face, folder and WebDataset
+    siblings: every case (a source reference) is kept, dropped as a repeat, or quarantined with the
+    reason written beside it, and in = out + quarantined + duplicates holds over the whole run."""
+    jsonl, expected = corpus.build(tmp_path / "src")
+    sources, cases = corpus.build_formats(tmp_path / "src")
+    cases = [(str(jsonl), f"{jsonl.name}:{i}", v) for i, v in enumerate(expected["verdicts"], start=1)] + cases
+    assert len(cases) - len(expected["verdicts"]) >= 60  # new cases beyond the JSONL corpus
+    m = ingest([jsonl, *sources], registry_root, dataset="five")
+    registry = DatasetRegistry(registry_root)
+    fates = {(r["source"], r["source_ref"]): "ok" for r in registry.read_table(m, ["source", "source_ref"]).to_pylist()}
+    fates.update({(r["source"], r["source_ref"]): r["reason"] for r in registry.read_table(m, quarantine=True).to_pylist()})
+    formats = {str(jsonl): "jsonl", **{str(s): f for s, f in zip(sources, ("parquet", "hf", "folder", "webdataset"))}}
+    table: dict[str, dict[str, int]] = {}
+    print(f"{'format':<10}  {'case':<28}  {'expected':<22}  got")
+    wrong = []
+    for source, ref, fate in cases:
+        got = fates.pop((source, ref), "duplicate")  # a repeat leaves no row: counted, not stored
+        print(f"{formats[source]:<10}  {ref[:28]:<28}  {fate:<22}  {got}")
+        row = table.setdefault(fate, {})
+        row[formats[source]] = row.get(formats[source], 0) + 1
+        if got != fate:
+            wrong.append((formats[source], ref, fate, got))
+    print(accounting_table(m))
+    names = ["jsonl", "parquet", "hf", "folder", "webdataset"]
+    print(f"{'fate':<22}" + "".join(f"{n:>11}" for n in names))
+    for fate in sorted(table, key=lambda f: (f not in ("ok", "duplicate"), f)):
+        print(f"{fate:<22}" + "".join(f"{table[fate].get(n, 0):>11}" for n in names))
+    assert wrong == [] and fates == {}  # every case as expected, and no row that is not a case
+    assert m.counts.reconciles() and m.counts.input == len(cases)
+    assert m.counts.duplicates == sum(1 for *_, f in cases if f == "duplicate")
+    assert all(n in formats.values() for n in names)
+
+
 def test_quarantine_messages_are_the_same_on_a_rerun_and_from_another_folder(ray_local, tmp_path):
     """Quarantine rows are hashed into the version id: a message holding an object repr, a memory
     address or the source's absolute folder would give a rerun over the same source a new version."""
@@ -167,3 +201,61 @@ def test_a_source_spelled_two_ways_is_one_version_and_an_empty_one_is_an_error(r
     with pytest.raises(ValueError, match="no rows found in .*empty.jsonl: nothing to publish"):
         ingest([tmp_path / "empty.jsonl"], str(tmp_path / "reg"), dataset="e")
     assert DatasetRegistry(str(tmp_path / "reg")).versions("e") == []
+
+
+def test_remote_images_are_fetched_within_a_deadline_and_a_size_cap(ray_local, tmp_path, registry_root):
+    """With --allow-remote, a URL that fails, never ends or trickles its body is one row's
+    quarantine (`fetch_failed`, `file_too_large`), never a hung or failed job."""
+    import http.server
+    import threading
+    import time
+
+    from tests.servers import free_port
+
+    good = corpus._png(colour=(1, 2, 3))
+
+    class Images(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path == "/missing.png":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.end_headers()
+            try:
+                if self.path == "/good.png":
+                    self.wfile.write(good)
+                elif self.path == "/endless.png":  # more bytes than any image may have
+                    while True:
+                        self.wfile.write(b"\0" * (1 << 16))
+                elif self.path == "/trickle.png":  # a byte a tenth of a second: each read is quick
+                    for _ in range(600):
+                        self.wfile.write(b"\0")
+                        self.wfile.flush()
+                        time.sleep(0.1)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Images)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    cases = [("good.png", "ok"), ("missing.png", "fetch_failed"), ("endless.png", "file_too_large"),
+             ("trickle.png", "fetch_failed")]
+    lines = [json.dumps({"task": "generate", "instruction": f"remote {name}", "output_image": f"{base}/{name}"})
+             for name, _ in cases]
+    lines.append(json.dumps({"task": "generate", "instruction": "refused",
+                             "output_image": f"http://127.0.0.1:{free_port()}/x.png"}))
+    cases.append(("refused", "fetch_failed"))
+    (tmp_path / "remote.jsonl").write_text("\n".join(lines))
+    started = time.monotonic()
+    m = ingest([tmp_path / "remote.jsonl"], registry_root, dataset="remote", allow_remote=True,
+               max_image_bytes=1 << 20, fetch_deadline_s=2.0)
+    server.shutdown()
+    assert time.monotonic() - started < 50  # the trickle alone would take 60 s
+    quarantine = {int(r["source_ref"].split(":")[1]): r for r in
+                  DatasetRegistry(registry_root).read_table(m, quarantine=True).to_pylist()}
+    got = ["ok" if i not in quarantine else quarantine[i]["reason"] for i in range(1, len(cases) + 1)]
+    assert got == [fate for _, fate in cases], [q["message"] for q in quarantine.values()]
+    assert "within 2 s" in quarantine[4]["message"] and m.counts.reconciles()

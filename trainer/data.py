@@ -9,10 +9,12 @@ mid-epoch exactly, with the same batches in the same order.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
+import torch.distributed as dist
 
 from pipeline.registry import DatasetRegistry
 from trainer.sequence import SequenceBuilder
@@ -31,8 +33,7 @@ class ShardLoader:
                  seed: int = 0, builder: SequenceBuilder | None = None):
         reg = DatasetRegistry(registry)
         self.manifest = reg.resolve(ref, schema="tokenized/1")
-        # Every byte checked once before training on it: a flipped bit fails here, naming its shard.
-        paths = reg.local_shard_paths(self.manifest, verify=True)
+        paths = local_verified_copies(reg, self.manifest)
         self.table = pa.concat_tables([ipc.open_file(pa.memory_map(p)).read_all().select(COLUMNS) for p in paths])
         self.rows = self.table.num_rows
         self.per_rank = self.rows // world_size
@@ -69,6 +70,26 @@ class ShardLoader:
             raise ValueError("resuming with another world size changes every rank's order; "
                              f"checkpoint has {state['world_size']}, this run {self.world_size}")
         self.state = LoaderState(state["epoch"], state["position"])
+
+
+def local_verified_copies(reg: DatasetRegistry, manifest) -> list[str]:
+    """Local paths of the version's shards, every byte hashed against the manifest once per node
+    before training on it: the node leader (LOCAL_RANK 0) fetches and hashes, the other ranks wait
+    and use its copies (eight ranks hashing the same files would read the dataset eight times).
+    A corrupt shard stops every rank with the same error, naming it."""
+    problem = ""
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        try:
+            reg.local_shard_paths(manifest, verify=True)
+        except ValueError as e:
+            problem = str(e)
+    if dist.is_available() and dist.is_initialized():
+        verdicts: list[str] = [""] * dist.get_world_size()
+        dist.all_gather_object(verdicts, problem)  # also the barrier: the leader's copies are in place
+        problem = next((v for v in verdicts if v), "")
+    if problem:
+        raise ValueError(problem)
+    return reg.local_shard_paths(manifest)
 
 
 def check_compatible(manifest, builder: SequenceBuilder, registry: DatasetRegistry) -> None:

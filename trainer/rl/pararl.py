@@ -26,7 +26,7 @@ from pipeline.image_tokenizer import DEFAULT_ID
 from pipeline.registry import DatasetRegistry
 from trainer.checkpoint import Checkpointer
 from trainer.rundir import RunDir, model_folder
-from trainer.data import check_compatible
+from trainer.data import check_compatible, local_verified_copies
 from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distributed
 from trainer.export import load_model, sequence_builder
 from trainer.metrics import MetricsLogger
@@ -118,7 +118,7 @@ class PromptSource:
         import pyarrow.ipc as ipc
 
         self.table = pa.concat_tables([ipc.open_file(pa.memory_map(p)).read_all().select(PROMPT_COLUMNS)
-                                       for p in reg.local_shard_paths(self.manifest)])
+                                       for p in local_verified_copies(reg, self.manifest)])
         if limit is not None:
             self.table = self.table.slice(0, limit)
         self.seed, self.epoch, self.position = seed, 0, 0
