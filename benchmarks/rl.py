@@ -1,42 +1,38 @@
-"""ParaRL rollout throughput with 1 vs 2 Ray rollout actors (one CPU each), in one run, and the time
-split of a short `trainer rl` run (rollout / reward / learner).
+"""ParaRL steps/s on 1 and 2 data-parallel ranks (torchrun, gloo, CPU, one thread per rank) in one
+run, the generate / score / update split of a step, and the peak memory of one rollout batch with
+logits at the output positions only (the sampler now) against full logits (as before).
 
-Throughput: the same 16 rollouts (64 px edits, 16 sampler steps, 3 recorded steps) on one actor as
-two batches of 8, then on two actors as one batch of 8 each. Goal: 2 actors >= 0.85 x twice one.
-The split runs 4 ParaRL steps on a synthetic tokenized version with random MAGVIT-v2, a tiny CLIP
-and a random policy.
+Weak scaling: each rank draws the same number of prompt groups per step (2 prompts x 4 rollouts),
+so two ranks do twice the work of one in a step; goal: 2-rank rollouts/s >= 0.85 x twice 1-rank.
+Both runs use a synthetic tokenized version, random MAGVIT-v2, a tiny CLIP and a random policy.
 
-    python -m benchmarks.rl [--repeats 3]
+    python -m benchmarks.rl [--steps 4]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import ray
 import torch
 
-from jobs.tiny_models import (
-    build_random_magvitv2,
-    build_tiny_clip,
-    build_tiny_llada_tokenizer,
-)
-from pipeline.ray_runtime import init_ray
+from jobs.tiny_models import build_random_magvitv2, build_tiny_clip, build_tiny_llada_tokenizer
 from pipeline.registry import DatasetRegistry
 from pipeline.tokenize import load_text_tokenizer
 from schemas import Counts, SequenceConfig, TokenLayout, tokenized_schema
 from trainer.model import MMaDAConfig, MMaDAModel
-from trainer.rl.pararl import RLConfig, RLOptimConfig, RolloutSamplerConfig, train
-from trainer.rl.reward import ClipConfig
-from trainer.rl.workers import RolloutWorker
-from trainer.sampling import Prompt
+from trainer.rl.rollout import generate
+from trainer.sampling import ParallelSampler, Prompt, SamplerConfig
 from trainer.sequence import SequenceBuilder
 
 MODEL = {"d_model": 256, "n_heads": 4, "n_layers": 4, "mlp_hidden_size": 768}
@@ -54,80 +50,113 @@ def synthetic_version(root: str, n: int = 64, seed: int = 0) -> str:
         return writer.publish(Counts(n, n, 0, 0), {"command": "benchmark"}).ref
 
 
-def rollout_throughput(model: MMaDAModel, builder: SequenceBuilder, repeats: int) -> tuple[float, float]:
-    sampler = RolloutSamplerConfig(steps=16, image_tokens=CODES, block_length=32)
-    actor = ray.remote(RolloutWorker).options(num_cpus=1)
-    actors = [actor.remote(model.config.to_dict(), builder.to_dict(), sampler, 1) for _ in range(2)]
-    state = ray.put({k: v.detach() for k, v in model.state_dict().items()})
-    ray.get([a.set_weights.remote(state, 0) for a in actors])
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(ranks: int, settings: dict, out: Path) -> list[dict]:
+    """`trainer rl` on `ranks` gloo processes of one thread each; its metrics lines."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                "--master_port", str(free_port()), "-m", "trainer.cli", "rl", "--no-progress"]
+    values = {**settings, "out_dir": out, "prompts_per_step": 2 * ranks}
+    subprocess.run([*launcher, *(f"{k}={v}" for k, v in values.items())], check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+class _FullLogits(torch.nn.Module):
+    """The policy as the sampler used it before: full [B, L, V] logits, sliced afterwards."""
+
+    def __init__(self, model: MMaDAModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, attention, heads):
+        logits = self.model(ids, attention)
+        rows = torch.arange(ids.shape[0])[:, None]
+        return [logits[rows, h.positions, h.lo:h.hi] for h in heads]
+
+
+def rollout_peak_bytes(model: torch.nn.Module, builder: SequenceBuilder) -> int:
+    """Bytes the process's peak resident memory grows by during one batch of 8 rollouts (run in a
+    fresh process per variant: the high-water mark only rises)."""
+    sampler = ParallelSampler(model, builder, SamplerConfig(steps=4, image_tokens=CODES, block_length=32,
+                                                            text_temperature=1.0, image_cfg_scale=0.0))
     prompts = [Prompt("edit", list(range(5, 25)), [(i * 31 + j) % 8192 for j in range(CODES)]) for i in range(8)]
-    seeds, record = list(range(8)), [[4, 9, 15]] * 8
-
-    def one_actor() -> None:  # 16 rollouts, two batches back to back
-        ray.get(actors[0].rollout.remote(prompts, seeds, record))
-        ray.get(actors[0].rollout.remote(prompts, seeds, record))
-
-    def two_actors() -> None:  # the same 16 rollouts, one batch on each actor at once
-        ray.get([a.rollout.remote(prompts, seeds, record) for a in actors])
-
-    results = []
-    for fn in (one_actor, two_actors):
-        fn()  # warm-up
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - started)
-        results.append(16 / statistics.median(times))
-    for a in actors:
-        ray.kill(a)
-    return results[0], results[1]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.no_grad():
+        generate(sampler, prompts, list(range(8)), [[1, 2, 3]] * 8)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # Linux: KiB
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=4)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="paraforge-bench-rl-"))
-    tokenizer = build_tiny_llada_tokenizer(work / "tok")
+def peak_in_fresh_process(variant: str, work: Path) -> int:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.rl", "--peak", variant, "--work", str(work)],
+                         check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return int(out.stdout.split()[-1])
+
+
+def policy_and_builder(work: Path) -> tuple[MMaDAModel, SequenceBuilder]:
+    tokenizer = work / "tok"
+    if not tokenizer.exists():
+        build_tiny_llada_tokenizer(tokenizer)
     text = load_text_tokenizer(str(tokenizer))
     layout = TokenLayout.from_tokenizer(text, len(text) + 8192)
     builder = SequenceBuilder(layout, SequenceConfig(instruction_len=INSTRUCTION, reasoning_len=REASONING))
     torch.manual_seed(0)
-    model = MMaDAModel(MMaDAConfig(**MODEL, embedding_size=layout.vocab_size, vocab_size=layout.text_vocab_size))
-    init_ray()
-    one, two = rollout_throughput(model, builder, args.repeats)
+    return MMaDAModel(MMaDAConfig(**MODEL, embedding_size=layout.vocab_size, vocab_size=layout.text_vocab_size)), builder
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--peak", choices=["lean", "full"], help=argparse.SUPPRESS)  # one memory probe, internal
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peak:
+        model, builder = policy_and_builder(Path(args.work))
+        print(rollout_peak_bytes(model if args.peak == "lean" else _FullLogits(model), builder))
+        return
+    work = Path(tempfile.mkdtemp(prefix="paraforge-bench-rl-"))
+    model, builder = policy_and_builder(work)
+    tokenizer = work / "tok"
     model.save_pretrained(work / "policy")
     builder.save(work / "policy")  # how the policy reads sequences, as an export carries it
     ref = synthetic_version(str(work / "reg"))
-    cfg = RLConfig(dataset=ref, registry=str(work / "reg"), model=str(work / "policy"),
-                   image_tokenizer=str(build_random_magvitv2(work / "magvit")), text_tokenizer=str(tokenizer),
-                   clip=ClipConfig(model=f"local-dir:{build_tiny_clip(work / 'clip')}"), out_dir=str(work / "run"),
-                   steps=args.steps, prompts_per_step=2, num_generations=4, reward_stats_min_rows=8,
-                   micro_batch_size=8, rollout_workers=2, optim=RLOptimConfig(lr=1e-4), save_every=10**6,
-                   sampler=RolloutSamplerConfig(steps=16, block_length=32))
-    train(cfg, progress=False)
-    records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()][1:]
-    split = {k: statistics.median(r[k] for r in records) for k in ("rollout_s", "reward_s", "learner_s")}
-    total = sum(split.values())
+    settings = {"dataset": ref, "registry": work / "reg", "model": work / "policy",
+                "image_tokenizer": build_random_magvitv2(work / "magvit"), "text_tokenizer": tokenizer,
+                "clip.model": f"local-dir:{build_tiny_clip(work / 'clip')}", "steps": args.steps,
+                "num_generations": 4, "reward_stats_min_rows": 8, "micro_batch_size": 8, "optim.lr": 1e-4,
+                "save_every": 10**6, "bf16": "false", "deepspeed": "ds_zero2", "sampler.steps": 16,
+                "sampler.block_length": 32}
+    runs = {}
+    for ranks in (1, 2):
+        records = run_ranks(ranks, settings, work / f"run-{ranks}")[1:]  # step 1 warms up
+        split = {k: statistics.median(r[k] for r in records) for k in ("generate_s", "score_s", "update_s")}
+        runs[ranks] = (records[0]["rollouts"], split)
+
+    lean, full = peak_in_fresh_process("lean", work), peak_in_fresh_process("full", work)
 
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"rl benchmark: {n_params:.1f}M-parameter policy, 16 rollouts of 64 px edits (16 steps, 3 recorded), "
-          f"1 CPU and 1 thread per actor, median of {args.repeats}")
-    print(f"| {'rollout actors':<16} | {'rollouts/s':>10} | {'x one actor':>11} |")
-    print(f"|{'-' * 18}|{'-' * 12}|{'-' * 13}|")
-    print(f"| {'1':<16} | {one:>10.2f} | {1.0:>11.2f} |")
-    print(f"| {'2':<16} | {two:>10.2f} | {two / one:>11.2f} |")
-    scaling = two / (2 * one)
+    print(f"rl benchmark: {n_params:.1f}M-parameter policy, 64 px edits (16 steps, 3 recorded), per rank 2 prompts x "
+          f"4 rollouts, fp32, gloo, 1 thread per rank; median of steps 2-{args.steps}")
+    print(f"| {'ranks':<5} | {'rollouts/step':>13} | {'step s':>7} | {'rollouts/s':>10} | {'x linear':>8} | "
+          f"{'generate':>8} | {'score':>6} | {'update':>6} |")
+    print(f"|{'-' * 7}|{'-' * 15}|{'-' * 9}|{'-' * 12}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 8}|")
+    base = None
+    for ranks, (rollouts, split) in runs.items():
+        step = sum(split.values())
+        rate = rollouts / step
+        base = base or rate
+        print(f"| {ranks:<5} | {rollouts:>13} | {step:>7.2f} | {rate:>10.2f} | {rate / (base * ranks):>8.2f} | "
+              f"{split['generate_s'] / step:>8.0%} | {split['score_s'] / step:>6.0%} | {split['update_s'] / step:>6.0%} |")
+    rollouts, split = runs[2]
+    scaling = rollouts / sum(split.values()) / (2 * base)
     print(f"scaling: {scaling:.2f} x linear; goal >= 0.85 -> {'met' if scaling >= 0.85 else 'NOT met'}")
-    print(f"time split of a ParaRL step (median of steps 2-{args.steps}; 2 prompts x 4 rollouts, 2 rollout actors):")
-    print(f"| {'phase':<28} | {'seconds':>8} | {'share':>6} |")
-    print(f"|{'-' * 30}|{'-' * 10}|{'-' * 8}|")
-    for name, key in (("rollouts (sampler on actors)", "rollout_s"), ("rewards (MAGVIT + CLIP)", "reward_s"),
-                      ("learner (GRPO, DeepSpeed)", "learner_s")):
-        print(f"| {name:<28} | {split[key]:>8.2f} | {split[key] / total:>6.1%} |")
+    print(f"peak memory growth of one rollout batch (8 rollouts, fresh process, ru_maxrss): full logits "
+          f"{full / 2**20:.1f} MiB -> output positions and vocabulary slices {lean / 2**20:.1f} MiB "
+          f"({lean / full:.2f} x)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,8 +32,6 @@ from pipeline.tokenize import report as tokenize_report
 from schemas import SequenceConfig
 from trainer.engine import OptimConfig
 from trainer.eval import EvalConfig, format_summary, run_eval
-from trainer.rl.pararl import RLConfig, RLOptimConfig, RolloutSamplerConfig
-from trainer.rl.pararl import train as train_rl
 from trainer.rl.reward import ClipConfig
 from trainer.sample import SampleConfig, run_sample
 from trainer.sampling import SamplerConfig
@@ -111,18 +110,22 @@ def main() -> None:
     print(f"[sft] checkpoints in {run_dir / 'checkpoints'}; export with: trainer export {run_dir} --out DIR")
 
     clip = build_tiny_clip(out / "models" / "tiny-clip")
-    rl_dir = train_rl(RLConfig(
-        dataset=tokenized.ref, registry=registry, model=str(run_dir), image_tokenizer=str(magvit),
-        text_tokenizer=str(text_tokenizer), clip=ClipConfig(model=f"local-dir:{clip}", device="cpu"),
-        out_dir=str(out / "runs" / "pararl"), steps=3, prompts_per_step=2, num_generations=2, reward_stats_min_rows=8,
-        micro_batch_size=6, rollout_workers=2, optim=RLOptimConfig(lr=1e-4), save_every=3,
-        sampler=RolloutSamplerConfig(steps=16, block_length=64)))
+    # ParaRL on two ranks, launched as on a GPU node (torchrun); here two gloo processes on the CPU
+    rl_dir = out / "runs" / "pararl"
+    settings = {"dataset": tokenized.ref, "registry": registry, "model": run_dir, "image_tokenizer": magvit,
+                "text_tokenizer": text_tokenizer, "clip.model": f"local-dir:{clip}", "clip.device": "cpu",
+                "out_dir": rl_dir, "steps": 3, "prompts_per_step": 2, "num_generations": 2,
+                "reward_stats_min_rows": 8, "micro_batch_size": 3, "optim.lr": 1e-4, "save_every": 3,
+                "bf16": "false", "sampler.steps": 16, "sampler.block_length": 64}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "trainer.cli", "rl", "--no-progress", *(f"{k}={v}" for k, v in settings.items())],
+                   check=True, capture_output=True)
     rl_records = [json.loads(line) for line in (rl_dir / "metrics.jsonl").read_text().splitlines()]
-    print(f"[rl] ParaRL, 3 steps x 2 prompts x 2 rollouts on 2 Ray rollout actors, tiny random CLIP at {clip}")
+    print(f"[rl] ParaRL on 2 ranks (torchrun, gloo): 3 steps x 2 prompts x 2 rollouts, tiny random CLIP at {clip}")
     for r in rl_records:
         print(f"[rl] step {r['step']}: reward early/middle/final {r['reward_early']:.3f}/{r['reward_middle']:.3f}/"
-              f"{r['reward_final']:.3f}, kl {r['kl']:.4f}, rollout {r['rollout_s']:.1f}s reward {r['reward_s']:.1f}s "
-              f"learner {r['learner_s']:.1f}s")
+              f"{r['reward_final']:.3f}, kl {r['kl']:.4f}, generate {r['generate_s']:.1f}s score {r['score_s']:.1f}s "
+              f"update {r['update_s']:.1f}s, {r['rollouts']} rollouts on {r['world_size']} ranks")
     print(f"[rl] checkpoints in {rl_dir / 'checkpoints'}; reward statistics in {rl_dir / 'reward_stats.json'}")
 
     edit = next(json.loads(line) for line in manifest_path.read_text().splitlines() if '"input_image"' in line)

@@ -95,7 +95,7 @@ def main() -> None:
                    text_tokenizer=str(tokenizer), clip=ClipConfig(model=f"local-dir:{clip}", device="cpu"),
                    out_dir=str(run), steps=args.steps, prompts_per_step=2, max_prompts=2, num_generations=8,
                    reward_at=args.reward_at,
-                   reward_stats_min_rows=16, beta=0.01, mu=1, micro_batch_size=12, rollout_workers=2,
+                   reward_stats_min_rows=16, beta=0.01, mu=1, micro_batch_size=8, bf16=False, deepspeed="ds_zero0",
                    optim=RLOptimConfig(lr=args.lr), save_every=args.steps, resume="none",
                    sampler=RolloutSamplerConfig(steps=args.sampler_steps, block_length=16, image_choice_temperature=1.0))
     train_rl(cfg, progress=True)

@@ -1,5 +1,5 @@
-"""ParaRL: GRPO math on hand-made numbers, reward statistics, weight sync to Ray rollout actors,
-and `trainer rl` end to end (2 rollout actors, a tiny CLIP, resume)."""
+"""ParaRL: GRPO math on hand-made numbers, reward statistics, and `trainer rl` end to end on two
+gloo ranks (a tiny CLIP, resume on an object store, the same step on one rank)."""
 
 import dataclasses
 import json
@@ -14,6 +14,7 @@ import torch
 
 from trainer.rl.grpo import clipped_objective, group_advantages, k3_kl
 from trainer.rl.reward import ClipConfig, RewardStats
+from tests.servers import free_port
 
 BIN = Path(sys.executable).parent
 
@@ -85,47 +86,15 @@ def test_reward_normalisation_and_its_statistics(tokenized_demo, magvit_dir, lla
     assert RewardStats.load(path) == estimated
 
 
-def test_weight_sync_changes_the_rollout_actors_outputs(ray_local, trained_tiny_run):
-    import ray
-
-    from trainer.export import load_model, sequence_builder
-    from trainer.rl.workers import RolloutWorker
-    from trainer.sampling import Prompt, SamplerConfig
-
-    policy = load_model(str(trained_tiny_run))
-    sequence = sequence_builder(str(trained_tiny_run)).to_dict()
-    sampler = SamplerConfig(steps=8, image_tokens=16, block_length=64, text_temperature=1.0, image_cfg_scale=0.0,
-                            image_updates=None, image_start=0.0)
-    actors = [ray.remote(RolloutWorker).options(num_cpus=0).remote(policy.config.to_dict(), sequence, sampler)
-              for _ in range(2)]
-    try:
-        state = ray.put({k: v.detach() for k, v in policy.state_dict().items()})
-        assert ray.get([a.set_weights.remote(state, 0) for a in actors]) == [0, 0]
-        prompts = [Prompt("generate", [5, 6, 7]), Prompt("edit", [8, 9], list(range(16)))]
-        record = [[3, 7], [3, 7]]
-        first = ray.get([a.rollout.remote(prompts, [1, 2], record) for a in actors])
-        assert all(torch.equal(x.after, y.after) for x, y in zip(*first))  # same weights, same seeds
-        assert first[0][0].steps == [3, 7] and first[0][0].committed.any()
-        for p in policy.parameters():  # an update: the learner's new weights
-            p.data.add_(torch.randn_like(p) * 0.05)
-        state = ray.put({k: v.detach() for k, v in policy.state_dict().items()})
-        ray.get([a.set_weights.remote(state, 1) for a in actors])
-        second = ray.get([a.rollout.remote(prompts, [1, 2], record) for a in actors])
-        assert all(torch.equal(x.after, y.after) for x, y in zip(*second))
-        assert not all(torch.equal(x.after, y.after) for x, y in zip(first[0], second[0]))
-    finally:
-        for a in actors:
-            ray.kill(a)
-
-
-def rl_args(registry, ref, model, out, clip, magvit, tokenizer, **overrides):
+def rl_args(registry, ref, model, out, clip, magvit, tokenizer, ranks=2, **overrides):
     values = {"dataset": ref, "registry": registry, "model": model, "out_dir": out, "image_tokenizer": magvit,
               "text_tokenizer": tokenizer, "clip.model": f"local-dir:{clip}", "clip.device": "cpu",
               "steps": 2, "prompts_per_step": 2, "num_generations": 2, "sampler.steps": 8,
               "sampler.block_length": 64, "reward_stats_min_rows": 8, "optim.lr": 1e-3, "mu": 2,
-              "save_every": 1, **overrides}
-    return [str(BIN / "trainer"), "rl", "--no-progress", "--rollout-workers", "2",
-            *(f"{k}={v}" for k, v in values.items())]
+              "micro_batch_size": 3, "save_every": 1, "bf16": "false", "deepspeed": "ds_zero2", **overrides}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                "--master_port", str(free_port()), "-m", "trainer.cli"]
+    return [*launcher, "rl", "--no-progress", *(f"{k}={v}" for k, v in values.items())]
 
 
 def remote_text(uri: str) -> str:
@@ -136,40 +105,56 @@ def remote_text(uri: str) -> str:
         return f.read().decode()
 
 
-def test_trainer_rl_end_to_end_with_two_rollout_actors_and_resume(tokenized_demo, trained_tiny_run, magvit_dir,
-                                                                 llada_tokenizer_dir, s3_bucket, tmp_path, monkeypatch):
-    """The run folder is on an object store; the resume runs on an empty cache (another machine),
-    so its checkpoint, frozen reference, reward statistics and metrics come from there."""
+def run_rl(args, cache, timeout=900):
+    # one thread per rank: the same kernels, so runs on 1 and 2 ranks may be compared exactly
+    env = {**os.environ, "PARAFORGE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
+COMPARED = ("reward_mean", "reward_early", "reward_final", "clip_score_mean", "first_loss", "loss", "kl")
+
+
+def test_pararl_on_two_ranks_resumes_exactly_and_matches_one_rank(tokenized_demo, trained_tiny_run, magvit_dir,
+                                                                  llada_tokenizer_dir, s3_bucket, tmp_path,
+                                                                  monkeypatch):
+    """Two gloo ranks, each a DeepSpeed learner sampling its own prompt's rollouts. The run folder is
+    on an object store and the resume runs on an empty cache (another machine), so its checkpoint,
+    frozen reference, reward statistics and metrics come from there. A run killed after step 2 and
+    resumed repeats the uninterrupted run's step 3 exactly; one rank repeats two ranks' step 1."""
     from jobs.tiny_models import build_tiny_clip
     from trainer.rundir import RunDir
 
     registry, ref = tokenized_demo
     clip = build_tiny_clip(tmp_path / "clip")
+    common = (registry, ref, str(trained_tiny_run))
+    tools = (clip, str(magvit_dir), str(llada_tokenizer_dir))
+    whole = tmp_path / "whole"
+    run_rl(rl_args(*common, str(whole), *tools, steps=3), tmp_path / "cache-w")
+    uninterrupted = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+
     run = f"{s3_bucket}/runs/rl"
-    args = rl_args(registry, ref, str(trained_tiny_run), run, clip, str(magvit_dir), str(llada_tokenizer_dir))
-    r = subprocess.run(args, capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "PARAFORGE_CACHE": str(tmp_path / "cache-a")})
-    assert r.returncode == 0, r.stderr[-4000:]
+    run_rl(rl_args(*common, run, *tools), tmp_path / "cache-a")
     records = [json.loads(line) for line in remote_text(f"{run}/metrics.jsonl").splitlines()]
     assert [x["step"] for x in records] == [1, 2]
     for x in records:
-        assert x["first_ratio_max"] == 1.0 and x["first_clip_fraction"] == 0.0  # old policy = the rollouts' policy
+        assert x["first_ratio_max"] == 1.0 and x["first_clip_fraction"] == 0.0  # rollouts ran on the learner's weights
         assert x["ratio_max"] != 1.0  # the second inner update sees moved weights
-        assert {"reward_early", "reward_middle", "reward_final", "kl", "rollout_s", "reward_s", "learner_s"} <= set(x)
-        assert 0.0 <= x["reward_mean"] <= 1.0
+        assert {"reward_early", "reward_middle", "reward_final", "kl", "generate_s", "score_s", "update_s"} <= set(x)
+        assert 0.0 <= x["reward_mean"] <= 1.0 and x["world_size"] == 2 and x["rollouts"] == 4  # 2 prompts x G=2
     stats = json.loads(remote_text(f"{run}/reward_stats.json"))
     assert stats["samples"] == 8 and stats["source"] == ref
     assert json.loads(remote_text(f"{run}/reference/config.json"))
     assert sorted(RunDir(run).checkpoint_tags())[-1] == "step-2"
 
-    # resume elsewhere: only step 3 runs, and the prompt cursor continues where step 2 left it
+    # resume elsewhere: only step 3 runs, the prompt cursor continues where step 2 left it, and
+    # step 3 is the uninterrupted run's step 3
     cache = tmp_path / "cache-b"
-    r = subprocess.run(rl_args(registry, ref, str(trained_tiny_run), run, clip, str(magvit_dir),
-                               str(llada_tokenizer_dir), steps=3), capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "PARAFORGE_CACHE": str(cache)})
-    assert r.returncode == 0, r.stderr[-4000:]
-    steps = [json.loads(line)["step"] for line in remote_text(f"{run}/metrics.jsonl").splitlines()]
-    assert steps == [1, 2, 3]
+    run_rl(rl_args(*common, run, *tools, steps=3), cache)
+    records = [json.loads(line) for line in remote_text(f"{run}/metrics.jsonl").splitlines()]
+    assert [x["step"] for x in records] == [1, 2, 3]
+    for a, b in zip(records, uninterrupted):
+        assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}
     monkeypatch.setenv("PARAFORGE_CACHE", str(cache))
     mirror = RunDir(run).local  # where the resumed run worked
     assert (mirror / "reference" / "config.json").exists()
@@ -178,10 +163,15 @@ def test_trainer_rl_end_to_end_with_two_rollout_actors_and_resume(tokenized_demo
 
     rows = DatasetRegistry(registry).resolve(ref).counts.output
     assert client["prompts"]["position"] + client["prompts"]["epoch"] * rows == 3 * 2  # 2 prompts per step
+    assert len(client["rng"]) == 2  # each rank's
 
-    bad = subprocess.run(rl_args(registry, ref, str(trained_tiny_run), str(tmp_path / "x"), clip, str(magvit_dir),
-                                 str(llada_tokenizer_dir), rollout_cpus=4), capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "need 8 CPU" in bad.stderr
+    # the same step on one rank: the same rollouts, rewards and loss
+    one = tmp_path / "one"
+    run_rl(rl_args(*common, str(one), *tools, ranks=1, steps=1), tmp_path / "cache-w")
+    [single] = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    assert single["world_size"] == 1 and single["rollouts"] == 4
+    for key in COMPARED:
+        assert single[key] == pytest.approx(uninterrupted[0][key], rel=1e-4, abs=1e-6), key
 
 
 def test_grpo_climbs_a_reward_it_can_attribute(trained_tiny_run):
@@ -191,8 +181,8 @@ def test_grpo_climbs_a_reward_it_can_attribute(trained_tiny_run):
     from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distributed
     from trainer.export import load_model, sequence_builder
     from trainer.rl.learner import Item, grpo_update
-    from trainer.rl.workers import RolloutWorker
-    from trainer.sampling import OutputSlots, Prompt, SamplerConfig, filled, image_codes
+    from trainer.rl.rollout import generate
+    from trainer.sampling import OutputSlots, ParallelSampler, Prompt, SamplerConfig, filled, image_codes
 
     init_distributed()
     torch.manual_seed(0)
@@ -208,12 +198,13 @@ def test_grpo_climbs_a_reward_it_can_attribute(trained_tiny_run):
                                                                    min_lr_ratio=1.0),
                                              micro_batch_size=16, grad_accum=items_per_step // 16,
                                              total_steps=steps, bf16=False))
-    worker = RolloutWorker(policy.config.to_dict(), builder.to_dict(), sampler)
+    rollout_sampler = ParallelSampler(engine.module, builder, sampler)  # the learner's own weights
     means = []
     for step in range(steps):
-        worker.set_weights({k: v.detach().clone() for k, v in engine.module.state_dict().items()}, step)
         batch = [p for p in prompts for _ in range(g)]
-        rollouts = worker.rollout(batch, [step * 100 + i for i in range(len(batch))], [[1, 2, 3]] * len(batch))
+        with engine.gathered_for_inference():
+            rollouts = generate(rollout_sampler, batch, [step * 100 + i for i in range(len(batch))],
+                                [[1, 2, 3]] * len(batch))
         rewards = torch.stack([(image_codes(filled(r.after, r.prediction, layout), slots, layout) < 4096).float().mean(-1)
                                for r in rollouts])  # [rollouts, 3 recorded steps]
         means.append(float(rewards.mean()))
@@ -244,3 +235,14 @@ def test_reference_sits_with_the_policy(trained_tiny_run, tmp_path, bf16):
     assert next(iter(frozen))[1] == (torch.bfloat16 if bf16 else torch.float32)
     assert not any(p.requires_grad for p in reference.parameters()) and not reference.training
     assert build_learner(dataclasses.replace(cfg, beta=0.0), tmp_path / "policy")[1] is None  # no KL, no reference
+
+
+def test_a_step_must_split_evenly_over_ranks_and_micro_batches(trained_tiny_run, tmp_path):
+    from trainer.rl.pararl import RLConfig, train
+
+    with pytest.raises(ValueError, match="prompts_per_step 2 must split evenly over 1 rank"):
+        train(RLConfig(dataset="unused", model=str(trained_tiny_run), out_dir=str(tmp_path), prompts_per_step=2,
+                       groups_per_batch=3))
+    with pytest.raises(ValueError, match="micro_batch_size 4 must divide the 6 .rollout, step. items"):
+        train(RLConfig(dataset="unused", model=str(trained_tiny_run), out_dir=str(tmp_path), prompts_per_step=1,
+                       num_generations=2, micro_batch_size=4))

@@ -40,17 +40,23 @@ def sft(overrides: Overrides = None,
 @app.command()
 def rl(overrides: Overrides = None,
        config: Annotated[Optional[str], typer.Option(help="YAML config, e.g. trainer/configs/pararl.yaml")] = None,
-       rollout_workers: Annotated[Optional[int], typer.Option(help="rollout actors (one GPU each with rollout_gpus=1)")] = None,
-       ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster (else $RAY_ADDRESS, else local)")] = None,
        progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+       ray_workers: Annotated[int, typer.Option(help="train on Ray: N ranks via Ray Train (0: this process)")] = 0,
+       ray_gpu: Annotated[bool, typer.Option(help="one GPU per Ray worker")] = False,
+       ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster (else $RAY_ADDRESS, else local)")] = None,
        ) -> None:
-    """ParaRL: GRPO with CLIP rewards along the denoising trajectory, rollouts on Ray actors."""
+    """ParaRL: GRPO with CLIP rewards along the denoising trajectory; every rank learns and samples."""
     from pipeline.config import load_config
     from trainer.rl.pararl import RLConfig
     from trainer.rl.pararl import train as train_rl
 
-    cfg = load_config(RLConfig, config, overrides, rollout_workers=rollout_workers, ray_address=ray_address)
-    train_rl(cfg, progress=progress)
+    cfg = load_config(RLConfig, config, overrides)
+    if ray_workers:
+        from trainer.ray_train import train_on_ray
+
+        train_on_ray(cfg, ray_workers, ray_gpu, ray_address)
+    else:
+        train_rl(cfg, progress=progress)
     print(f"run {cfg.out_dir}: checkpoints/ and metrics.jsonl")
 
 

@@ -7,6 +7,7 @@ model size. On a machine without GPUs DeepSpeed runs on its CPU accelerator with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -88,8 +89,36 @@ class Engine:
 
     def place_frozen(self, model: torch.nn.Module) -> torch.nn.Module:
         """A frozen model that runs beside the trained one (ParaRL's reference) on the same device and
-        in the same dtype, so their log-probabilities meet without a copy between devices."""
-        return model.to(self.device, self.dtype).eval().requires_grad_(False)
+        in the same dtype, so their log-probabilities meet without a copy between devices. Under
+        ZeRO-3 it is partitioned over the ranks like the policy (a DeepSpeed engine without an
+        optimizer, gathering each layer as it runs), not a whole copy per GPU."""
+        model = model.eval().requires_grad_(False)
+        if not self.ds.zero_optimization_partition_weights():
+            return model.to(self.device, self.dtype)
+        import deepspeed
+
+        config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},
+                  "bf16": {"enabled": self.dtype == torch.bfloat16}}
+        frozen, _, _, _ = deepspeed.initialize(model=model, config=config)
+        return frozen.eval()
+
+    @contextlib.contextmanager
+    def gathered_for_inference(self):
+        """The module in eval mode with its whole weights on every rank, for a phase of many
+        forwards without gradients (ParaRL's rollouts): under ZeRO-3 the partitions are gathered
+        once for the phase, as TRL's unwrap_model_for_generation does, never once per forward."""
+        module = self.ds.module
+        gather = contextlib.nullcontext()
+        if self.ds.zero_optimization_partition_weights():
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters(list(module.parameters()))
+        module.eval()
+        try:
+            with gather, torch.no_grad():
+                yield module
+        finally:
+            module.train()
 
     def forward(self, *args, **kwargs):
         return self.ds(*args, **kwargs)

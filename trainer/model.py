@@ -130,14 +130,29 @@ class _Backbone(nn.Module):
             self.transformer["ff_out"] = nn.Linear(cfg.d_model, cfg.embedding_size, bias=False)
 
 
+@dataclasses.dataclass
+class Head:
+    """Logits at `positions` ([B, n] indices into the sequence) over vocabulary ids [lo, hi)."""
+    positions: torch.Tensor
+    lo: int
+    hi: int
+
+
 class MMaDAModel(nn.Module):
     def __init__(self, config: MMaDAConfig):
         super().__init__()
         self.config = config
         self.model = _Backbone(config)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, L] ids (and a [B, L] mask, 1 = real, 0 = padding) -> logits [B, L, embedding_size]."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                heads: list[Head] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """[B, L] ids (and a [B, L] mask, 1 = real, 0 = padding) -> logits [B, L, embedding_size];
+        with `heads`, only the logits each head asks for, as a list of [B, n, hi - lo].
+
+        Samplers and ParaRL read the output positions alone, each modality over its own vocabulary
+        slice: at 8B (134,656 embeddings), 2.8K tokens and batch 8, full logits are ~6 GB in bf16
+        per forward; text positions over the text vocabulary plus image positions over the 8,192
+        codes are a fraction of it, and so is their backward."""
         t = self.model.transformer
         x = t["wte"](input_ids)
         cos, sin = rotary(input_ids.shape[1], self.config.head_dim, self.config.rope_theta, input_ids.device)
@@ -151,7 +166,10 @@ class MMaDAModel(nn.Module):
                 x = block(x, cos, sin, key_mask)
         x = t["ln_f"](x)
         head = t["ff_out"].weight if "ff_out" in t else t["wte"].weight
-        return F.linear(x, head)
+        if heads is None:
+            return F.linear(x, head)
+        return [F.linear(x.gather(1, h.positions[..., None].expand(-1, -1, x.shape[-1])), head[h.lo:h.hi])
+                for h in heads]
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str, dtype: torch.dtype = torch.float32,

@@ -1,6 +1,6 @@
-"""Run `trainer sft` on a Ray cluster through Ray Train's TorchTrainer: Ray places the workers
-(one per GPU when `use_gpu`) and sets up torch.distributed; each worker runs the same `train`
-it would run under torchrun, and DeepSpeed reuses that process group."""
+"""Run `trainer sft` or `trainer rl` on a Ray cluster through Ray Train's TorchTrainer: Ray places
+the workers (one per GPU when `use_gpu`) and sets up torch.distributed; each worker runs the same
+`train` it would run under torchrun, and DeepSpeed reuses that process group."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ import os
 def _worker(config: dict) -> None:
     import paraforge_compat  # noqa: F401
     from pipeline.config import load_config
-    from trainer.sft import SFTConfig, train
 
-    train(load_config(SFTConfig, None, None, **config), progress=False)
+    command = config.pop("_command")
+    if command == "rl":
+        from trainer.rl.pararl import RLConfig as Config
+        from trainer.rl.pararl import train
+    else:
+        from trainer.sft import SFTConfig as Config
+        from trainer.sft import train
+    train(load_config(Config, None, None, **config), progress=False)
 
 
 def train_on_ray(cfg, num_workers: int, use_gpu: bool, ray_address: str | None = None) -> str:
@@ -28,10 +34,11 @@ def train_on_ray(cfg, num_workers: int, use_gpu: bool, ray_address: str | None =
         return path if path is None or "://" in path else os.path.abspath(path)
 
     cfg = dataclasses.replace(cfg, out_dir=absolute(cfg.out_dir), registry=absolute(cfg.registry))
+    command = "rl" if type(cfg).__name__ == "RLConfig" else "sft"
     trainer = TorchTrainer(
-        _worker, train_loop_config=dataclasses.asdict(cfg),
+        _worker, train_loop_config={**dataclasses.asdict(cfg), "_command": command},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name="paraforge-sft", storage_path=f"{cfg.out_dir.rstrip('/')}/ray"))
+        run_config=RunConfig(name=f"paraforge-{command}", storage_path=f"{cfg.out_dir.rstrip('/')}/ray"))
     trainer.fit()
     return cfg.out_dir

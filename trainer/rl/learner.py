@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from trainer.model import Head
 from trainer.rl.grpo import clipped_objective
 from trainer.sampling import OutputSlots, ParallelSampler, Prompt, SamplerConfig
 from trainer.sequence import SequenceBuilder
@@ -38,19 +39,19 @@ def token_logprobs(model, items: list[Item], builder: SequenceBuilder, sampler: 
     before = torch.stack([it.before for it in items]).to(device)
     after = torch.stack([it.after for it in items]).to(device)
     ids = ids.scatter(1, positions, before)
-    logits = model(ids, attention)
-    rows = torch.arange(len(items), device=device)[:, None]
+    lo = layout.image_token_offset
+    # only the output positions, each over its modality's vocabulary: the backward of full logits
+    # ([n, L, 134,656] at 8B) would be most of the learner's activation memory
+    text, image = model(ids, attention, heads=[Head(positions[:, slots.text], 0, layout.text_vocab_size),
+                                               Head(positions[:, slots.image], lo, lo + layout.image_codebook_size)])
     out = torch.zeros(after.shape, dtype=torch.float32, device=device)
 
-    text = logits[rows, positions[:, slots.text], :layout.text_vocab_size].float()
-    text = text.masked_fill(torch.arange(text.shape[-1], device=device) == layout.mask_id, float("-inf"))
+    text = text.float().masked_fill(torch.arange(text.shape[-1], device=device) == layout.mask_id, float("-inf"))
     text = text / (sampler.text_temperature or 1.0)
     target = after[:, slots.text].clamp(0, layout.text_vocab_size - 1)
     out[:, slots.text] = torch.log_softmax(text, -1).gather(-1, target[..., None]).squeeze(-1)
 
-    lo = layout.image_token_offset
-    image = logits[rows, positions[:, slots.image], lo:lo + layout.image_codebook_size].float()
-    image = image / (sampler.image_temperature or 1.0)
+    image = image.float() / (sampler.image_temperature or 1.0)
     target = (after[:, slots.image] - lo).clamp(0, layout.image_codebook_size - 1)
     out[:, slots.image] = torch.log_softmax(image, -1).gather(-1, target[..., None]).squeeze(-1)
     return out.masked_fill(before == after, 0.0)  # only committed positions are actions (others may be -inf)
@@ -98,8 +99,8 @@ class _Forward:
     def parameters(self):
         return self.engine.module.parameters()
 
-    def __call__(self, ids, attention):
-        return self.engine.forward(ids, attention)
+    def __call__(self, ids, attention, heads=None):
+        return self.engine.forward(ids, attention, heads=heads)
 
 
 def accumulation_steps(items: int, micro_batch_size: int) -> int:

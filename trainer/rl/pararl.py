@@ -1,10 +1,16 @@
-"""`trainer rl`: ParaRL, trajectory-level GRPO with CLIP rewards on Ray-distributed rollouts.
+"""`trainer rl`: ParaRL, trajectory-level GRPO with CLIP rewards, on N data-parallel ranks.
 
-One step: P prompts from the registry -> G rollouts each on the rollout actors (parallel sampler,
-trajectory recorded at s steps) -> CLIP rewards at each recorded step on the reward actors ->
-normalised, advantages standardised per group and step -> `mu` GRPO updates on the DeepSpeed
-learner -> the new weights to every rollout actor. `reward_at=final` rewards the last step only
-(the paper's output-level baseline). Checkpoints hold the learner, optimizer, RNG and prompt cursor;
+Launched like `trainer sft` (torchrun, the deepspeed launcher, or Ray Train with `--ray-workers N`).
+Every rank is a DeepSpeed learner that also samples its share of the step's prompt groups with its
+own current weights, so no weights travel (under ZeRO-3 they are gathered once per rollout phase),
+and scores them with its own MAGVIT-v2 + CLIP. One step (`pararl_step`) reads
+
+    generate -> score -> advantage -> update
+
+A prompt's G rollouts live on one rank, so advantages need no traffic between ranks; DeepSpeed
+averages the gradients. Rollouts are seeded by (seed, step, prompt index), so a step gives the same
+rewards and loss on any number of ranks. `reward_at=final` rewards the last step only (the paper's
+output-level baseline). Checkpoints hold the learner, the global prompt cursor and each rank's RNG;
 the frozen reference is written once beside them and the reward statistics with the run.
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -20,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from pipeline.image_tokenizer import DEFAULT_ID
 from pipeline.registry import DatasetRegistry
 from trainer.checkpoint import Checkpointer
-from trainer.rundir import RunDir, model_folder
 from trainer.data import check_compatible, local_verified_copies
 from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distributed
 from trainer.export import load_model, sequence_builder
@@ -33,10 +40,11 @@ from trainer.metrics import MetricsLogger
 from trainer.model import MMaDAModel
 from trainer.rl.grpo import group_advantages
 from trainer.rl.learner import Item, accumulation_steps, grpo_update
-from trainer.rl.reward import ClipConfig, RewardStats, reference_sample
-from trainer.rl.workers import RewardWorker, Rollout, RolloutWorker
-from trainer.sampling import OutputSlots, Prompt, SamplerConfig
-from trainer.sequence import recorded_blank_codes
+from trainer.rl.reward import ClipConfig, RewardModel, RewardStats, reference_sample
+from trainer.rl.rollout import Rollout, generate, rollout_plan, score
+from trainer.rundir import RunDir, model_folder
+from trainer.sampling import OutputSlots, ParallelSampler, Prompt, SamplerConfig
+from trainer.sequence import SequenceBuilder, recorded_blank_codes
 
 PROMPT_COLUMNS = ["task", "instruction_ids", "input_image_codes", "output_image_codes"]
 
@@ -63,10 +71,12 @@ class RLConfig:
     registry: str | None = None
     image_tokenizer: str = DEFAULT_ID
     text_tokenizer: str | None = None  # default: the model folder
-    clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)
+    clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)  # runs on each rank's device
     out_dir: str = "runs/rl"
     steps: int = 200
-    prompts_per_step: int = 4
+    prompts_per_step: int = 4  # over all ranks: a multiple of the world size
+    groups_per_batch: int = 1  # prompt groups (G rollouts each) per sampler batch; a step's results do
+    # not depend on the number of ranks for a given value, as long as it divides each rank's share
     max_prompts: int | None = None  # use only the first N prompts of the version (small-scale experiments)
     num_generations: int = 8  # G: rollouts per prompt
     reward_steps: int = 3  # s: recorded steps per rollout (the paper's best trade-off)
@@ -75,24 +85,17 @@ class RLConfig:
     reward_clip: float = 3.0  # c
     reward_stats_fraction: float = 0.01
     reward_stats_min_rows: int = 64
+    reward_batch_size: int = 32  # recorded states per MAGVIT-v2 decode + CLIP batch
     scale_rewards: bool = True
     epsilon: float = 0.2
-    beta: float = 0.01
+    beta: float = 0.01  # 0: no KL term, and no reference model at all
     mu: int = 1  # inner updates per batch of rollouts
     micro_batch_size: int = 4  # (rollout, step) items per learner forward
-    deepspeed: str = "ds_zero0"  # ZeRO 0-2: the actors need the full weights after each update
-    bf16: bool = False
+    deepspeed: str = "ds_zero2"  # ZeRO-3 gathers the full weights once per rollout phase
+    bf16: bool = True
+    gradient_checkpointing: bool = False
     optim: RLOptimConfig = dataclasses.field(default_factory=RLOptimConfig)
     sampler: RolloutSamplerConfig = dataclasses.field(default_factory=RolloutSamplerConfig)
-    rollout_workers: int = 2
-    rollout_cpus: int = 1  # per actor (torch threads)
-    rollout_gpus: float = 0  # per actor: 1 on a GPU cluster
-    reward_workers: int = 1
-    # Rewards are scored after each step's rollouts, so by default reward actors reserve no CPU
-    # and use the rollout actors' cores (2 cores fit 2 rollout actors + 1 reward actor)
-    reward_cpus: int = 0
-    reward_gpus: float = 0
-    ray_address: str | None = None
     seed: int = 0
     save_every: int = 50
     keep_last: int = 2
@@ -105,8 +108,6 @@ class RLConfig:
             raise ValueError(f"step_choice must be fixed or random, not {self.step_choice!r}")
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: advantages are relative to the group")
-        if "zero3" in self.deepspeed:
-            raise ValueError("ZeRO-3 partitions the weights the rollout actors need whole; use ZeRO 0-2")
 
 
 class PromptSource:
@@ -147,153 +148,167 @@ class PromptSource:
         self.epoch, self.position = state["epoch"], state["position"]
 
 
-def record_steps(cfg: RLConfig, timeline: int, n: int, rng: np.random.Generator) -> list[list[int]]:
-    """The recorded steps of each of n rollouts."""
-    if cfg.reward_at == "final":
-        return [[timeline - 1]] * n
-    s = min(cfg.reward_steps, timeline)
-    if cfg.step_choice == "fixed":
-        return [[round((j + 1) * timeline / s) - 1 for j in range(s)]] * n
-    return [sorted(rng.choice(timeline - 1, size=s - 1, replace=False).tolist() + [timeline - 1]) for _ in range(n)]
+@dataclasses.dataclass
+class Rank:
+    """What one rank holds for the run: its learner, the frozen reference, its sampler and its
+    reward model, and its share of each step's prompts."""
+    engine: Engine
+    reference: torch.nn.Module | None
+    sampler: ParallelSampler
+    reward: RewardModel
+    reward_stats: RewardStats
+    builder: SequenceBuilder
+    slots: OutputSlots
+    timeline: int
+    rank: int
+    world: int
 
 
-def split(items: list, parts: int) -> list[slice]:
-    size = -(-len(items) // parts)
-    return [slice(i, min(i + size, len(items))) for i in range(0, len(items), size)]
+def pararl_step(cfg: RLConfig, me: Rank, prompts: list[Prompt], step: int) -> dict[str, float]:
+    """One ParaRL step over the global batch `prompts`, of which this rank takes its share:
+    generate -> score -> advantage -> update. Returns the step's metrics, reduced over ranks."""
+    share = len(prompts) // me.world
+    first = me.rank * share
+    g = cfg.num_generations
+    started = time.perf_counter()
 
+    rollouts: list[Rollout] = []
+    with me.engine.gathered_for_inference():  # ZeRO-3: the full weights once for the whole phase
+        for lo in range(first, first + share, cfg.groups_per_batch):
+            batch, seeds, record = [], [], []
+            for index in range(lo, min(lo + cfg.groups_per_batch, first + share)):
+                s, r = rollout_plan(cfg.seed, step, index, g, me.timeline, cfg.reward_steps, cfg.reward_at,
+                                    cfg.step_choice)
+                batch += [prompts[index]] * g
+                seeds += s
+                record += r
+            rollouts += generate(me.sampler, batch, seeds, record)
+    generated = time.perf_counter()
 
-def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    raw = score(me.reward, rollouts, me.slots, me.builder.layout, cfg.reward_batch_size)  # [share * G, S]
+    scored = time.perf_counter()
 
+    rewards = me.reward_stats.normalise(raw).view(share, g, -1)
+    advantages = group_advantages(rewards, cfg.scale_rewards).view(share * g, -1)
+    items = [Item(r.prompt, r.before[j], r.after[j], float(advantages[i, j]))
+             for i, r in enumerate(rollouts) for j in range(len(r.steps))]
+    update = grpo_update(me.engine, me.reference, items, me.builder, me.sampler.config,
+                         micro_batch_size=cfg.micro_batch_size, mu=cfg.mu, epsilon=cfg.epsilon, beta=cfg.beta)
+    updated = time.perf_counter()
 
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    rewards, raw, advantages = (_gather_rows(x) for x in (rewards.reshape(share * g, -1), raw, advantages))
+    record = {f"reward_{name}": float(rewards[:, j].mean()) for j, name in enumerate(step_names(rewards.shape[1]))}
+    record.update(reward_mean=float(rewards.mean()), clip_score_mean=float(raw.mean()),
+                  advantage_mean=float(advantages.mean()), advantage_std=float(advantages.std()),
+                  rollouts=len(rewards), world_size=me.world, **_reduce(update))
+    record.update(_reduce({"generate_s": generated - started, "score_s": scored - generated,
+                           "update_s": updated - scored}, op="max"))  # the slowest rank sets the pace
+    return record
 
 
 def train(cfg: RLConfig, progress: bool = True) -> Path:
-    import ray
-
-    from pipeline.ray_runtime import init_ray
-
     rank, world = init_distributed()
+    if cfg.prompts_per_step % world or (cfg.prompts_per_step // world) % cfg.groups_per_batch:
+        raise ValueError(f"prompts_per_step {cfg.prompts_per_step} must split evenly over {world} rank(s) "
+                         f"in batches of groups_per_batch {cfg.groups_per_batch}")
+    items = cfg.prompts_per_step // world * cfg.num_generations * (1 if cfg.reward_at == "final" else cfg.reward_steps)
+    if items % cfg.micro_batch_size:
+        # The loss is a mean per micro-batch, and DeepSpeed averages micro-batches and ranks: only
+        # equal micro-batches make that the mean over every (rollout, step) item of the step,
+        # whatever the number of ranks.
+        raise ValueError(f"micro_batch_size {cfg.micro_batch_size} must divide the {items} (rollout, step) items "
+                         f"each rank updates on per step")
     run = RunDir(cfg.out_dir)  # a local folder, or a URI with a local mirror
     run_dir = run.local
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpointer(run, cfg.keep_last, rank)
     checkpoints.prepare()
-    model = model_folder(cfg.model)  # a run or export given by URI: its local copy
+    model = _node_leader_first(lambda: model_folder(cfg.model))  # a run or export given by URI: its local copy
     builder = sequence_builder(model, cfg.text_tokenizer)  # as the policy was trained
     prompts = PromptSource(cfg.dataset, cfg.registry, cfg.seed, cfg.max_prompts)
     if builder.published and builder.blank_image_codes is None:  # a published checkpoint: the version's black image
         builder.blank_image_codes = recorded_blank_codes(prompts.manifest)
     check_compatible(prompts.manifest, builder, DatasetRegistry(cfg.registry))
     grid = int(len(prompts.table["output_image_codes"][0]) ** 0.5)
-    sampler_cfg = dataclasses.replace(cfg.sampler, image_tokens=grid * grid)
-    cfg = dataclasses.replace(cfg, sampler=sampler_cfg)
-    timeline = len(sampler_cfg.plan(builder.config.reasoning_len))
-    slots = OutputSlots(sampler_cfg.image_tokens, builder.config.reasoning_len)
+    cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, image_tokens=grid * grid))
 
-    reference_dir = run_dir / "reference"
-    if not (reference_dir / "config.json").exists():  # frozen for the whole run, resumes included
-        run.download("reference")
-    if not (reference_dir / "config.json").exists():
+    reference_dir = run_dir / "reference"  # frozen for the whole run, resumes included
+    if rank == 0 and not (reference_dir / "config.json").exists():
         load_model(model).save_pretrained(reference_dir)
         run.upload("reference")
+    dist.barrier()
+    _node_leader_first(lambda: (reference_dir / "config.json").exists() or run.download("reference"))
     engine, reference = build_learner(cfg, reference_dir)
-    policy, layout = engine.module, builder.layout
+    reward = RewardModel(cfg.clip, cfg.image_tokenizer, cfg.text_tokenizer or model, engine.device)
+    me = Rank(engine, reference, ParallelSampler(engine.module, builder, cfg.sampler), reward,
+              reward_statistics(cfg, prompts, reward, run_dir, rank), builder,
+              OutputSlots(cfg.sampler.image_tokens, builder.config.reasoning_len),
+              len(cfg.sampler.plan(builder.config.reasoning_len)), rank, world)
+
     state = checkpoints.resume(engine, cfg.resume)
     step = 0
     if state:
         step = state["step"]
         prompts.load_state_dict(state["prompts"])
-        _set_rng_state(state["rng"])
+        if len(state["rng"]) == world:  # another world size starts fresh streams: nothing draws from them
+            _set_rng_state(state["rng"][rank])
     else:
         torch.manual_seed(cfg.seed)
-
-    init_ray(cfg.ray_address)
-    text_tokenizer = cfg.text_tokenizer or model
-    check_resources(cfg)
-    rollout_actor = ray.remote(RolloutWorker).options(num_cpus=cfg.rollout_cpus, num_gpus=cfg.rollout_gpus)
-    reward_actor = ray.remote(RewardWorker).options(num_cpus=cfg.reward_cpus, num_gpus=cfg.reward_gpus)
-    device = "cuda" if cfg.rollout_gpus else "cpu"
-    rollouts = [rollout_actor.remote(policy.config.to_dict(), builder.to_dict(), sampler_cfg, cfg.rollout_cpus, device)
-                for _ in range(cfg.rollout_workers)]
-    reward_threads = cfg.reward_cpus or max(1, cfg.rollout_cpus * cfg.rollout_workers // cfg.reward_workers)
-    rewarders = [reward_actor.remote(cfg.clip, cfg.image_tokenizer, text_tokenizer, slots, layout, reward_threads,
-                                     "cuda" if cfg.reward_gpus else "cpu") for _ in range(cfg.reward_workers)]
-    sync_weights(engine, rollouts, step)
-
-    stats_path = run_dir / "reward_stats.json"
-    if not stats_path.exists():
-        stats_rows = DatasetRegistry(cfg.registry).read_table(prompts.manifest, ["output_image_codes", "reasoning_ids"])
-        codes, reasoning = reference_sample(stats_rows, cfg.reward_stats_fraction, cfg.reward_stats_min_rows, cfg.seed)
-        scores = ray.get(rewarders[0].score_reference.remote(codes, reasoning))
-        RewardStats.from_scores(scores, cfg.reward_clip, prompts.manifest.ref).save(stats_path)
-    reward_stats = RewardStats.load(stats_path)
-
-    metrics = MetricsLogger(run_dir, rank, n_params=sum(p.numel() for p in policy.parameters()), peak_flops=None,
-                            world_size=world)
+    metrics = MetricsLogger(run_dir, rank, n_params=sum(p.numel() for p in engine.module.parameters()),
+                            peak_flops=None, world_size=world)
     if rank == 0:
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         builder.save(run_dir)
         run.push_files()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="pararl")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, desc="pararl")
     while step < cfg.steps:
-        started = time.perf_counter()
-        batch = [p for p in prompts.next(cfg.prompts_per_step) for _ in range(cfg.num_generations)]
-        rng = np.random.default_rng([cfg.seed, step])
-        seeds = rng.integers(0, 2**31 - 1, size=len(batch)).tolist()
-        record = record_steps(cfg, timeline, len(batch), rng)
-        refs = [rollouts[w].rollout.remote(batch[part], seeds[part], record[part])
-                for w, part in enumerate(split(batch, len(rollouts)))]
-        done = ray.get(refs)
-        rolled = time.perf_counter()
-        scores = ray.get([rewarders[i % len(rewarders)].score.remote(ref) for i, ref in enumerate(refs)])
-        scored = time.perf_counter()
-
-        results: list[Rollout] = [r for part in done for r in part]
-        raw = torch.cat(scores).view(cfg.prompts_per_step, cfg.num_generations, -1)
-        rewards = reward_stats.normalise(raw)
-        advantages = group_advantages(rewards, cfg.scale_rewards).view(len(results), -1)
-        items = [Item(r.prompt, r.before[j], r.after[j], float(advantages[i, j]))
-                 for i, r in enumerate(results) for j in range(len(r.steps))]
-        update = grpo_update(engine, reference, items, builder, sampler_cfg, micro_batch_size=cfg.micro_batch_size,
-                             mu=cfg.mu, epsilon=cfg.epsilon, beta=cfg.beta)
+        record = pararl_step(cfg, me, prompts.next(cfg.prompts_per_step), step)
         step += 1
-        sync_weights(engine, rollouts, step)
-        learned = time.perf_counter()
-
-        record_ = {f"reward_{name}": float(rewards[:, :, j].mean()) for j, name in enumerate(step_names(rewards.shape[2]))}
-        record_.update(reward_mean=float(rewards.mean()), clip_score_mean=float(raw.mean()),
-                       advantage_mean=float(advantages.mean()), advantage_std=float(advantages.std()),
-                       rollout_s=rolled - started, reward_s=scored - rolled, learner_s=learned - scored,
-                       lr=engine.lr, **update)
-        metrics.write(step, record_, "rl")
-        bar.set_postfix(reward=f"{record_['reward_mean']:.3f}", kl=f"{update['kl']:.4f}")
+        metrics.write(step, {**record, "lr": engine.lr}, "rl")
+        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}")
         bar.update(1)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            checkpoints.save(engine, step, {"step": step, "prompts": prompts.state_dict(), "rng": _rng_state()},
-                             policy.config.to_dict())
+            rngs: list = [None] * world
+            dist.all_gather_object(rngs, _rng_state())
+            checkpoints.save(engine, step, {"step": step, "prompts": prompts.state_dict(), "rng": rngs},
+                             engine.module.config.to_dict())
     bar.close()
     metrics.close()
     if rank == 0:
         run.push_files()
-    for actor in rollouts + rewarders:
-        ray.kill(actor)
     return run_dir
 
 
-def build_learner(cfg: RLConfig, model_dir: Path) -> tuple[Engine, MMaDAModel | None]:
-    """The DeepSpeed policy and, with beta > 0, the frozen reference where DeepSpeed put the policy,
-    in its dtype (their log-probabilities meet in the KL term)."""
-    items_per_step = cfg.prompts_per_step * cfg.num_generations * (1 if cfg.reward_at == "final" else cfg.reward_steps)
-    engine = Engine(MMaDAModel.from_pretrained(str(model_dir)),
-                    deepspeed_config(cfg.deepspeed, cfg.optim, micro_batch_size=cfg.micro_batch_size,
-                                     grad_accum=accumulation_steps(items_per_step, cfg.micro_batch_size),
-                                     total_steps=cfg.steps * cfg.mu, bf16=cfg.bf16))
-    reference = engine.place_frozen(MMaDAModel.from_pretrained(str(model_dir))) if cfg.beta else None
+def reward_statistics(cfg: RLConfig, prompts: PromptSource, reward: RewardModel, run_dir: Path,
+                      rank: int) -> RewardStats:
+    """The normalisation statistics, estimated once per run by rank 0 on the reference pairs of ~1%
+    of the version and sent to every rank."""
+    path = run_dir / "reward_stats.json"
+    found: list = [None]
+    if rank == 0:
+        if not path.exists():
+            rows = DatasetRegistry(cfg.registry).read_table(prompts.manifest, ["output_image_codes", "reasoning_ids"])
+            codes, reasoning = reference_sample(rows, cfg.reward_stats_fraction, cfg.reward_stats_min_rows, cfg.seed)
+            RewardStats.from_scores(reward.score(codes, reasoning, cfg.reward_batch_size), cfg.reward_clip,
+                                    prompts.manifest.ref).save(path)
+        found = [dataclasses.asdict(RewardStats.load(path))]
+    dist.broadcast_object_list(found, src=0)
+    return RewardStats(**found[0])
+
+
+def build_learner(cfg: RLConfig, model_dir: Path) -> tuple[Engine, torch.nn.Module | None]:
+    """The DeepSpeed policy and, with beta > 0, the frozen reference beside it (same device and
+    dtype, partitioned like the policy under ZeRO-3); their log-probabilities meet in the KL term.
+    Both load in the training dtype: a bf16 8B model is 16 GB of host memory per rank, not 32."""
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    items_per_rank = (cfg.prompts_per_step * cfg.num_generations // max(dist.get_world_size(), 1)
+                      * (1 if cfg.reward_at == "final" else cfg.reward_steps))
+    policy = MMaDAModel.from_pretrained(str(model_dir), dtype=dtype)
+    policy.config.gradient_checkpointing = cfg.gradient_checkpointing
+    engine = Engine(policy, deepspeed_config(cfg.deepspeed, cfg.optim, micro_batch_size=cfg.micro_batch_size,
+                                             grad_accum=accumulation_steps(items_per_rank, cfg.micro_batch_size),
+                                             total_steps=cfg.steps * cfg.mu, bf16=cfg.bf16))
+    reference = engine.place_frozen(MMaDAModel.from_pretrained(str(model_dir), dtype=dtype)) if cfg.beta else None
     return engine, reference
 
 
@@ -306,21 +321,45 @@ def step_names(s: int) -> list[str]:
     return [f"step{j + 1}_of_{s}" for j in range(s)]
 
 
-def check_resources(cfg: RLConfig) -> None:
-    """Fail fast where Ray would wait forever for actors the cluster cannot place."""
-    import ray
-
-    have = ray.cluster_resources()
-    for name, need in (("CPU", cfg.rollout_cpus * cfg.rollout_workers + cfg.reward_cpus * cfg.reward_workers),
-                       ("GPU", cfg.rollout_gpus * cfg.rollout_workers + cfg.reward_gpus * cfg.reward_workers)):
-        if need > have.get(name, 0):
-            raise ValueError(f"the rollout and reward actors need {need:g} {name} but the Ray cluster has "
-                             f"{have.get(name, 0):g}: lower rollout_workers / rollout_cpus / reward_cpus")
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
 
-def sync_weights(engine: Engine, actors: list, version: int) -> None:
-    """The learner's weights to every rollout actor: one object-store copy, shared by all."""
-    import ray
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
 
-    state = ray.put({k: v.detach().to("cpu", torch.float32) for k, v in engine.module.state_dict().items()})
-    ray.get([actor.set_weights.remote(state, version) for actor in actors])
+
+def _node_leader_first(fn):
+    """fn() on each node's leader (LOCAL_RANK 0) first, then on the other ranks: a download into a
+    node's shared cache is made once, never by eight ranks racing."""
+    leader = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    result = fn() if leader else None
+    dist.barrier()
+    return result if leader else fn()
+
+
+def _gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of x (equal shapes), in rank order, on every rank."""
+    if dist.get_world_size() == 1:
+        return x
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    parts = [torch.empty_like(x, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.to(device).contiguous())
+    return torch.cat(parts).cpu()
+
+
+def _reduce(values: dict[str, float], op: str = "mean") -> dict[str, float]:
+    """Per-rank scalars -> their mean over ranks (every rank has as many items), or max; `*_max` keys
+    always take the max."""
+    if dist.get_world_size() == 1:
+        return dict(values)
+    keys = sorted(values)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    means = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    maxes = means.clone()
+    dist.all_reduce(means)
+    dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
+    world = dist.get_world_size()
+    return {k: float(maxes[i] if op == "max" or k.endswith("_max") else means[i] / world) for i, k in enumerate(keys)}

@@ -87,22 +87,26 @@ class RewardModel:
     """Codes + text ids -> CLIP scores: MAGVIT-v2 decoding, text detokenizing, CLIP."""
 
     def __init__(self, clip: ClipConfig, image_tokenizer: str = DEFAULT_ID, text_tokenizer: str | None = None,
-                 device: str = "cpu"):
+                 device: str | torch.device | None = None):
         from pipeline.tokenize import load_text_tokenizer
 
+        device = str(device or clip.device)
         self.magvit = MagvitV2.from_pretrained(image_tokenizer, device=device)
         self.text = load_text_tokenizer(text_tokenizer)
-        self.clip = ClipScorer(clip)
+        self.clip = ClipScorer(dataclasses.replace(clip, device=device))
         self.device = device
 
     def score(self, codes: torch.Tensor, text_ids: list[list[int]], batch_size: int = 8) -> torch.Tensor:
-        """[n, h*w] raw codes (square grid) and n token-id lists -> [n] raw CLIP scores."""
+        """[n, h*w] raw codes (square grid) and n token-id lists -> [n] raw CLIP scores. On a GPU the
+        decoder and CLIP run in bfloat16 (the cosine is taken in float32)."""
         grid = math.isqrt(codes.shape[1])
         scores = []
-        for i in range(0, len(text_ids), batch_size):
-            images = self.magvit.decode(codes[i:i + batch_size].to(self.device), (grid, grid))
-            texts = [self.text.decode(ids) for ids in text_ids[i:i + batch_size]]
-            scores.append(self.clip.score(images, texts))
+        on_gpu = self.device.startswith("cuda")
+        with torch.autocast("cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=on_gpu):
+            for i in range(0, len(text_ids), batch_size):
+                images = self.magvit.decode(codes[i:i + batch_size].to(self.device), (grid, grid))
+                texts = [self.text.decode(ids) for ids in text_ids[i:i + batch_size]]
+                scores.append(self.clip.score(images, texts))
         return torch.cat(scores)
 
 

@@ -41,6 +41,7 @@ import dataclasses
 import torch
 
 from schemas import TokenLayout
+from trainer.model import Head
 from trainer.sampling.schedules import StepPlan, plan
 from trainer.sequence import KEEP, UNCONDITIONAL, SequenceBuilder
 
@@ -149,17 +150,6 @@ def _gumbel(shape, generators: list[torch.Generator], dtype: torch.dtype, device
     return -torch.log(-torch.log(u.clamp_min(torch.finfo(dtype).tiny)))
 
 
-def _gather(logits: torch.Tensor, positions: torch.Tensor, where: slice, lo: int, hi: int) -> torch.Tensor:
-    """Logits of output slots `where`, vocabulary [lo, hi): a view when every row's output part
-    starts at the same position (no copy of [B, n, V]), else one gather."""
-    offsets = positions[:, 0]
-    if bool((offsets == offsets[0]).all()):
-        start = int(offsets[0])
-        return logits[:, start + where.start: start + where.stop, lo:hi]
-    rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
-    return logits[rows, positions[:, where], lo:hi]
-
-
 def _draw(cdf: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
     """[B, n, V] unnormalised cumulative weights -> [B, n] samples by inverse CDF: one uniform per
     position (torch's multinomial draws an exponential per vocabulary entry, which on CPU cost more
@@ -229,19 +219,22 @@ class ParallelSampler:
         image_lo, image_hi = layout.image_token_offset, layout.image_token_offset + layout.image_codebook_size
         trajectory = []
 
+        text_head = Head(positions[:, slots.text], 0, layout.text_vocab_size)
+        image_head = Head(positions[:, slots.image], image_lo, image_hi)
         for step, todo in enumerate(self.schedule):
             ids.scatter_(1, positions, state.repeat(2, 1) if guided else state)
-            logits = self.model(ids, attention)
             recording = step in record
+            # only the logits this step reads: each modality's positions over its own vocabulary
+            heads = [h for h, needed in ((text_head, todo.text or recording), (image_head, todo.image or recording))
+                     if needed]
+            logits = dict(zip((h.lo for h in heads), self.model(ids, attention, heads=heads)))
             before = state.clone() if recording else None
             prediction = state.clone() if recording else None
-            if todo.text or recording:
-                text = self._guide(_gather(logits, positions, slots.text, 0, layout.text_vocab_size), b,
-                                   cfg.text_cfg_scale)
+            if 0 in logits:
+                text = self._guide(logits[0], b, cfg.text_cfg_scale)
                 self._text_step(state, text, todo, generators, prediction)
-            if todo.image or recording:
-                image = _gather(logits, positions, slots.image, image_lo, image_hi)
-                self._image_step(state, image, todo, generators, prediction)
+            if image_lo in logits:
+                self._image_step(state, logits[image_lo], todo, generators, prediction)
             if recording:
                 trajectory.append(TrajectoryStep(step, before, state.clone(), prediction))
         if (state == layout.mask_id).any():
