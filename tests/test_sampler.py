@@ -174,9 +174,9 @@ class Recorder(torch.nn.Module):
         super().__init__()
         self.model, self.calls = model, []
 
-    def forward(self, ids, mask):
+    def forward(self, ids, mask, heads=None):
         self.calls.append((ids.clone(), None if mask is None else mask.clone()))
-        return self.model(ids, mask)
+        return self.model(ids, mask, heads=heads)
 
 
 def test_cfg_batches_unconditional_rows_without_instruction_and_input_image(model):
@@ -271,3 +271,21 @@ def test_trainer_sample_cli_writes_reasoning_image_and_trajectory(trained_tiny_r
     bad = subprocess.run([str(BIN / "trainer"), "sample", "--model", str(trained_tiny_run), "--task", "edit",
                           "--instruction", "x", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "needs --input" in bad.stderr
+
+
+def test_heads_give_the_full_logits_slices_at_the_output_positions(model):
+    """`heads`: the logits the sampler and the learner read (each modality's positions over its own
+    vocabulary), equal to slicing the full [B, L, V] logits, which are never made."""
+    from trainer.model import Head
+
+    ids = torch.randint(0, LAYOUT.text_vocab_size, (2, 40))
+    mask = torch.ones_like(ids)
+    mask[1, 30:] = 0
+    positions = torch.tensor([[3, 5, 7], [10, 2, 29]])
+    full = model(ids, mask)
+    text, image = model(ids, mask, heads=[Head(positions, 0, LAYOUT.text_vocab_size),
+                                          Head(positions[:, :2], LAYOUT.image_token_offset, LAYOUT.vocab_size)])
+    rows = torch.arange(2)[:, None]
+    assert torch.allclose(text, full[rows, positions, :LAYOUT.text_vocab_size], atol=1e-5)
+    assert torch.allclose(image, full[rows, positions[:, :2], LAYOUT.image_token_offset:], atol=1e-5)
+    assert image.shape == (2, 2, LAYOUT.vocab_size - LAYOUT.image_token_offset)
