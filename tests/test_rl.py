@@ -246,3 +246,39 @@ def test_a_step_must_split_evenly_over_ranks_and_micro_batches(trained_tiny_run,
     with pytest.raises(ValueError, match="micro_batch_size 4 must divide the 6 .rollout, step. items"):
         train(RLConfig(dataset="unused", model=str(trained_tiny_run), out_dir=str(tmp_path), prompts_per_step=1,
                        num_generations=2, micro_batch_size=4))
+
+
+def test_token_logprobs_read_only_the_committed_positions(trained_tiny_run):
+    """The learner's log-probabilities, computed from logits at the committed positions alone, equal
+    those read off the full [n, L, V] logits of the same forward."""
+    from trainer.export import load_model, sequence_builder
+    from trainer.rl.learner import Item, token_logprobs
+    from trainer.rl.rollout import generate
+    from trainer.sampling import OutputSlots, ParallelSampler, Prompt, SamplerConfig
+
+    policy = load_model(str(trained_tiny_run)).eval()
+    builder = sequence_builder(str(trained_tiny_run))
+    layout = builder.layout
+    sampler = SamplerConfig(steps=4, image_tokens=16, block_length=64, text_temperature=0.7, image_cfg_scale=0.0,
+                            image_temperature=1.3, image_updates=None, image_start=0.0)
+    prompts = [Prompt("generate", [5, 6, 7]), Prompt("edit", [8, 9], list(range(16)))]
+    with torch.no_grad():
+        rollouts = generate(ParallelSampler(policy, builder, sampler), prompts, [1, 2], [[0, 2], [1, 3]])
+        items = [Item(r.prompt, r.before[j], r.after[j], 0.0) for r in rollouts for j in range(2)]
+        lean = token_logprobs(policy, items, builder, sampler)
+        ids, attention, positions = ParallelSampler(policy, builder, sampler).inputs([it.prompt for it in items], "cpu")
+        before, after = torch.stack([it.before for it in items]), torch.stack([it.after for it in items])
+        logits = policy(ids.scatter(1, positions, before), attention)
+    slots = OutputSlots(16, builder.config.reasoning_len)
+    full = torch.zeros_like(lean)
+    rows = torch.arange(len(items))[:, None]
+    text = logits[rows, positions[:, slots.text], :layout.text_vocab_size].float()
+    text[..., layout.mask_id] = float("-inf")
+    full[:, slots.text] = torch.log_softmax(text / 0.7, -1).gather(-1, after[:, slots.text, None]).squeeze(-1)
+    lo = layout.image_token_offset
+    image = logits[rows, positions[:, slots.image], lo:lo + layout.image_codebook_size].float()
+    full[:, slots.image] = torch.log_softmax(image / 1.3, -1).gather(-1, (after[:, slots.image] - lo).clamp(0, 8191)[..., None]).squeeze(-1)
+    committed = before != after
+    assert committed[:, slots.text].any() and committed[:, slots.image].any()
+    assert torch.allclose(lean, full.masked_fill(~committed, 0.0), atol=1e-4)
+    assert (lean[~committed] == 0).all() and (lean[committed] < 0).all()

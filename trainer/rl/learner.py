@@ -31,7 +31,11 @@ class Item:
 
 
 def token_logprobs(model, items: list[Item], builder: SequenceBuilder, sampler: SamplerConfig) -> torch.Tensor:
-    """[n, O] log pi(after | before) at every output position (meaningful where committed)."""
+    """[n, O] log pi(after | before) at the positions committed at the step, 0 elsewhere.
+
+    Only the committed positions get logits, each over its modality's vocabulary: a recorded step
+    commits a block's few text tokens and a share of the image codes, so the logits (and their
+    backward) are a small fraction of the [n, L, V] a plain forward makes (at 8B, V = 134,656)."""
     cond = dataclasses.replace(sampler, text_cfg_scale=0.0, image_cfg_scale=0.0)
     layout, slots = builder.layout, OutputSlots(sampler.image_tokens, builder.config.reasoning_len)
     device = next(model.parameters()).device
@@ -39,22 +43,36 @@ def token_logprobs(model, items: list[Item], builder: SequenceBuilder, sampler: 
     before = torch.stack([it.before for it in items]).to(device)
     after = torch.stack([it.after for it in items]).to(device)
     ids = ids.scatter(1, positions, before)
+    committed = before != after
     lo = layout.image_token_offset
-    # only the output positions, each over its modality's vocabulary: the backward of full logits
-    # ([n, L, 134,656] at 8B) would be most of the learner's activation memory
-    text, image = model(ids, attention, heads=[Head(positions[:, slots.text], 0, layout.text_vocab_size),
-                                               Head(positions[:, slots.image], lo, lo + layout.image_codebook_size)])
-    out = torch.zeros(after.shape, dtype=torch.float32, device=device)
+    text_at, text_ok = _committed_slots(committed[:, slots.text])
+    image_at, image_ok = _committed_slots(committed[:, slots.image])
+    text, image = model(ids, attention, heads=[
+        Head(positions[:, slots.text].gather(1, text_at), 0, layout.text_vocab_size),
+        Head(positions[:, slots.image].gather(1, image_at), lo, lo + layout.image_codebook_size)])
 
     text = text.float().masked_fill(torch.arange(text.shape[-1], device=device) == layout.mask_id, float("-inf"))
     text = text / (sampler.text_temperature or 1.0)
-    target = after[:, slots.text].clamp(0, layout.text_vocab_size - 1)
-    out[:, slots.text] = torch.log_softmax(text, -1).gather(-1, target[..., None]).squeeze(-1)
+    target = after[:, slots.text].gather(1, text_at).clamp(0, layout.text_vocab_size - 1)
+    text_logp = torch.log_softmax(text, -1).gather(-1, target[..., None]).squeeze(-1)
 
     image = image.float() / (sampler.image_temperature or 1.0)
-    target = (after[:, slots.image] - lo).clamp(0, layout.image_codebook_size - 1)
-    out[:, slots.image] = torch.log_softmax(image, -1).gather(-1, target[..., None]).squeeze(-1)
-    return out.masked_fill(before == after, 0.0)  # only committed positions are actions (others may be -inf)
+    target = (after[:, slots.image].gather(1, image_at) - lo).clamp(0, layout.image_codebook_size - 1)
+    image_logp = torch.log_softmax(image, -1).gather(-1, target[..., None]).squeeze(-1)
+
+    out = torch.zeros(after.shape, dtype=torch.float32, device=device)
+    # padding slots add 0 (a padded index may repeat a real one: adding keeps the real value)
+    out[:, slots.text] = out[:, slots.text].scatter_add(1, text_at, text_logp.masked_fill(~text_ok, 0.0))
+    out[:, slots.image] = out[:, slots.image].scatter_add(1, image_at, image_logp.masked_fill(~image_ok, 0.0))
+    return out
+
+
+def _committed_slots(committed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, m] bool -> ([n, k] slot indices, committed ones first, padded to the row with the most;
+    [n, k] bool: which are real), k >= 1."""
+    k = max(int(committed.sum(1).max()), 1)
+    order = torch.sort(committed.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :k]
+    return order, committed.gather(1, order)
 
 
 def micro_batches(n: int, size: int) -> list[slice]:
