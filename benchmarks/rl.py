@@ -78,30 +78,21 @@ class _FullLogits(torch.nn.Module):
         return [logits[rows, h.positions, h.lo:h.hi] for h in heads]
 
 
-def _status_kib(field: str) -> int:
-    return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith(field + ":"))
-
-
 def rollout_peak_bytes(model: torch.nn.Module, builder: SequenceBuilder) -> int:
-    """How far resident memory peaks above where it stood, during one batch of 8 rollouts (Linux:
-    the high-water mark is reset through /proc/self/clear_refs first, so building the model does
-    not count) and after a warm-up batch."""
+    """The peak of live tensor bytes during one batch of 8 rollouts: torch's profiler records every
+    CPU allocation and free, summed in time order (exact for tensors, unlike a process's RSS)."""
     sampler = ParallelSampler(model, builder, SamplerConfig(steps=4, image_tokens=CODES, block_length=32,
                                                             text_temperature=1.0, image_cfg_scale=0.0))
     prompts = [Prompt("edit", list(range(5, 25)), [(i * 31 + j) % 8192 for j in range(CODES)]) for i in range(8)]
-    with torch.no_grad():
-        generate(sampler, prompts, list(range(8)), [[1, 2, 3]] * 8)  # one-time allocations (kernels, pools) first
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-        before = _status_kib("VmRSS")
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.no_grad(), torch.profiler.profile(activities=activities, profile_memory=True) as profile:
         generate(sampler, prompts, list(range(8)), [[1, 2, 3]] * 8)
-    return (_status_kib("VmHWM") - before) * 1024
-
-
-def peak_in_fresh_process(variant: str, work: Path) -> int:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.rl", "--peak", variant, "--work", str(work)],
-                         check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return int(out.stdout.split()[-1])
+    live = peak = 0
+    for _, change in sorted((e.time_range.start, e.self_cpu_memory_usage) for e in profile.events()
+                            if e.self_cpu_memory_usage):
+        live += change
+        peak = max(peak, live)
+    return peak
 
 
 def policy_and_builder(work: Path) -> tuple[MMaDAModel, SequenceBuilder]:
@@ -118,13 +109,7 @@ def policy_and_builder(work: Path) -> tuple[MMaDAModel, SequenceBuilder]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--peak", choices=["lean", "full"], help=argparse.SUPPRESS)  # one memory probe, internal
-    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.peak:
-        model, builder = policy_and_builder(Path(args.work))
-        print(rollout_peak_bytes(model if args.peak == "lean" else _FullLogits(model), builder))
-        return
     work = Path(tempfile.mkdtemp(prefix="paraforge-bench-rl-"))
     model, builder = policy_and_builder(work)
     tokenizer = work / "tok"
@@ -143,7 +128,7 @@ def main() -> None:
         split = {k: statistics.median(r[k] for r in records) for k in ("generate_s", "score_s", "update_s")}
         runs[ranks] = (records[0]["rollouts"], split)
 
-    lean, full = peak_in_fresh_process("lean", work), peak_in_fresh_process("full", work)
+    lean, full = rollout_peak_bytes(model, builder), rollout_peak_bytes(_FullLogits(model), builder)
     width = len(builder.prefix("edit", list(range(5, 25)), list(range(CODES)))) + CODES + 2 + REASONING
     logits = 8 * width * builder.layout.vocab_size * 4
 
@@ -163,7 +148,7 @@ def main() -> None:
     rollouts, split = runs[2]
     scaling = rollouts / sum(split.values()) / (2 * base)
     print(f"scaling: {scaling:.2f} x linear; goal >= 0.85 -> {'met' if scaling >= 0.85 else 'NOT met'}")
-    print(f"peak memory above the model of one rollout batch (8 rollouts, VmHWM): full logits "
+    print(f"peak live tensor memory of one rollout batch (8 rollouts, 4 steps, torch profiler): full logits "
           f"{full / 2**20:.1f} MiB -> output positions and vocabulary slices {lean / 2**20:.1f} MiB "
           f"({lean / full:.2f} x); one forward's full logits are [8, {width}, {builder.layout.vocab_size}] fp32 = "
           f"{logits / 2**20:.1f} MiB")

@@ -219,20 +219,24 @@ class ParallelSampler:
         image_lo, image_hi = layout.image_token_offset, layout.image_token_offset + layout.image_codebook_size
         trajectory = []
 
-        text_head = Head(positions[:, slots.text], 0, layout.text_vocab_size)
+        text_positions = positions[:, slots.text]
         image_head = Head(positions[:, slots.image], image_lo, image_hi)
         for step, todo in enumerate(self.schedule):
             ids.scatter_(1, positions, state.repeat(2, 1) if guided else state)
             recording = step in record
-            # only the logits this step reads: each modality's positions over its own vocabulary
-            heads = [h for h, needed in ((text_head, todo.text or recording), (image_head, todo.image or recording))
-                     if needed]
+            # Only the logits this step reads, each modality's over its own vocabulary: the text of
+            # the current block (every text position on a recorded step, for the prediction) and
+            # the image codes.
+            first = 0 if recording or not todo.text else todo.text.block_start
+            last = text_positions.shape[1] if recording or not todo.text else todo.text.block_end
+            heads = [h for h, needed in ((Head(text_positions[:, first:last], 0, layout.text_vocab_size),
+                                          todo.text or recording), (image_head, todo.image or recording)) if needed]
             logits = dict(zip((h.lo for h in heads), self.model(ids, attention, heads=heads)))
             before = state.clone() if recording else None
             prediction = state.clone() if recording else None
             if 0 in logits:
                 text = self._guide(logits[0], b, cfg.text_cfg_scale)
-                self._text_step(state, text, todo, generators, prediction)
+                self._text_step(state, text, first, todo, generators, prediction)
             if image_lo in logits:
                 self._image_step(state, logits[image_lo], todo, generators, prediction)
             if recording:
@@ -250,19 +254,20 @@ class ParallelSampler:
         cond, uncond = logits[:b], logits[b:]
         return torch.lerp(uncond, cond, 1 + scale) if scale else cond
 
-    def _text_step(self, state, logits, todo: StepPlan, generators, prediction) -> None:
+    def _text_step(self, state, logits, first: int, todo: StepPlan, generators, prediction) -> None:
+        """`logits`: of the text positions from `first` on (the block alone, or all when recording)."""
         mask_id = self.layout.mask_id
         # [MASK] is never a candidate nor a prediction. `logits` belongs to this step (a view of the
         # forward's text logits, or the CFG mix), so the column is set in place instead of copying.
         logits[..., mask_id] = float("-inf")
         text = state[:, self.slots.text]  # a view: commits write through to `state`
         masked = text == mask_id
-        if prediction is not None:
+        if prediction is not None:  # a recorded step: logits of every text position
             prediction[:, self.slots.text] = torch.where(masked, logits.argmax(-1), text)
         if not todo.text or not todo.text.count:
             return
         lo, hi = todo.text.block_start, todo.text.block_end
-        block = logits[:, lo:hi].double()  # LLaDA: the Gumbel-max draw in float64
+        block = logits[:, lo - first:hi - first].double()  # LLaDA: the Gumbel-max draw in float64
         if self.config.text_temperature > 0:
             noisy = block / self.config.text_temperature + _gumbel(block.shape[1:], generators, torch.float64, block.device)
             candidates = noisy.argmax(-1)
