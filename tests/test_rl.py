@@ -282,3 +282,29 @@ def test_token_logprobs_read_only_the_committed_positions(trained_tiny_run):
     assert committed[:, slots.text].any() and committed[:, slots.image].any()
     assert torch.allclose(lean, full.masked_fill(~committed, 0.0), atol=1e-4)
     assert (lean[~committed] == 0).all() and (lean[committed] < 0).all()
+
+
+def test_windowed_text_score_reads_beyond_clips_77_tokens(tmp_path):
+    """Truncation scores only a text's first 75 BPE tokens: what follows cannot move the reward. The
+    windowed score reads every 75-token window, so text past the first window moves it."""
+    from jobs.tiny_models import build_tiny_clip
+    from trainer.rl.reward import ClipScorer
+
+    clip = build_tiny_clip(tmp_path / "clip")
+    truncate = ClipScorer(ClipConfig(model=f"local-dir:{clip}", device="cpu"))
+    windows = ClipScorer(ClipConfig(model=f"local-dir:{clip}", device="cpu", text="windows"))
+    head = " ".join(["a red circle on a blue square"] * 15)  # > 75 tokens
+    assert len(windows.tokenizer.encode(head)) > 75
+    a, b = head + " then a small green tree", head + " with a large yellow boat"
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32)
+    plain = truncate.score(images, [a, b])
+    windowed = windows.score(images, [a, b])
+    assert plain[0] == pytest.approx(float(truncate.score(images[:1], [head])[0]), abs=1e-6)  # the tail never reaches CLIP
+    assert plain[0] == pytest.approx(float(plain[1]), abs=1e-6) or images[0].ne(images[1]).any()
+    assert abs(float(windowed[0]) - float(windows.score(images[:1], [head])[0])) > 1e-4  # the tail moves it
+    assert windows.windows(a).shape == (2, 77) and windows.windows("").shape == (1, 77)
+    short = "a red circle"
+    assert windows.score(images[:1], [short]) == pytest.approx(truncate.score(images[:1], [short]), abs=1e-6)
+    with pytest.raises(ValueError, match="truncate or windows"):
+        ClipConfig(text="pooled")

@@ -30,7 +30,16 @@ class ClipConfig:
     # an open_clip folder as `local-dir:/path` (open_clip_config.json + weights; pretrained unused)
     model: str = "ViT-H-14"
     pretrained: str | None = "laion2b_s32b_b79k"
-    device: str = "cpu"
+    device: str = "cpu"  # trainer rl puts it on each rank's device
+    # CLIP reads 77 tokens: `truncate` scores the text's first 75 BPE tokens (open_clip's default;
+    # a ~250-token trace is mostly unseen, and texts committed block by block look alike at every
+    # recorded step); `windows` scores each consecutive 75-token window of the text against the
+    # image and averages the windows' cosines (every window weighs the same; the last may be short)
+    text: str = "truncate"
+
+    def __post_init__(self) -> None:
+        if self.text not in ("truncate", "windows"):
+            raise ValueError(f"clip.text must be truncate or windows, not {self.text!r}")
 
 
 @dataclasses.dataclass
@@ -71,16 +80,38 @@ class ClipScorer:
         preprocess = getattr(visual, "preprocess_cfg", {}) or {}
         self.mean = torch.tensor(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
         self.std = torch.tensor(preprocess.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1)
-        self.device = cfg.device
+        self.device, self.text_mode = cfg.device, cfg.text
+        if self.text_mode == "windows" and not hasattr(self.tokenizer, "encode"):
+            raise ValueError(f"clip.text=windows needs open_clip's BPE tokenizer; {cfg.model} has another")
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """[B, 3, H, W] images in [0, 1] and B texts -> [B] cosine similarities."""
+        """[B, 3, H, W] images in [0, 1] and B texts -> [B] cosine similarities (with text windows:
+        each text's windows' cosines with its image, averaged)."""
         pixels = F.interpolate(images.float(), size=self.size, mode="bicubic", align_corners=False, antialias=True)
         pixels = ((pixels.clamp(0, 1) - self.mean) / self.std).to(self.device)
         image = F.normalize(self.model.encode_image(pixels).float(), dim=-1)
-        text = F.normalize(self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1)
-        return (image * text).sum(-1).cpu()
+        if self.text_mode == "truncate":
+            text = F.normalize(self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1)
+            return (image * text).sum(-1).cpu()
+        windows = [self.windows(t) for t in texts]
+        text = F.normalize(self.model.encode_text(torch.cat(windows).to(self.device)).float(), dim=-1)
+        owner = torch.repeat_interleave(torch.arange(len(texts)), torch.tensor([len(w) for w in windows]))
+        cosines = (image[owner.to(image.device)] * text).sum(-1).cpu()
+        return torch.zeros(len(texts)).index_add_(0, owner, cosines) / torch.bincount(owner, minlength=len(texts))
+
+    def windows(self, text: str) -> torch.Tensor:
+        """[k, 77] CLIP token rows: the text's BPE tokens in consecutive windows of 75, each
+        between start and end tokens (an empty text: one empty window)."""
+        context = self.tokenizer.context_length
+        ids = self.tokenizer.encode(text)
+        width = context - 2
+        chunks = [ids[i:i + width] for i in range(0, len(ids), width)] or [[]]
+        rows = torch.zeros(len(chunks), context, dtype=torch.long)
+        for row, chunk in zip(rows, chunks):
+            tokens = [self.tokenizer.sot_token_id, *chunk, self.tokenizer.eot_token_id]
+            row[:len(tokens)] = torch.tensor(tokens)
+        return rows
 
 
 class RewardModel:
