@@ -173,6 +173,19 @@ def test_pararl_on_two_ranks_resumes_exactly_and_matches_one_rank(tokenized_demo
     for key in COMPARED:
         assert single[key] == pytest.approx(uninterrupted[0][key], rel=1e-4, abs=1e-6), key
 
+    # and under ZeRO-3: weights gathered once for the rollouts, the reference partitioned, the
+    # checkpoint's safetensors whole
+    sharded = tmp_path / "zero3"
+    run_rl(rl_args(*common, str(sharded), *tools, steps=1, deepspeed="ds_zero3"), tmp_path / "cache-w")
+    [zero3] = [json.loads(line) for line in (sharded / "metrics.jsonl").read_text().splitlines()]
+    for key in COMPARED:
+        assert zero3[key] == pytest.approx(uninterrupted[0][key], rel=1e-4, abs=1e-6), key
+    from safetensors.torch import load_file
+
+    whole_weights = load_file(whole / "checkpoints" / "step-3" / "model.safetensors")
+    zero3_weights = load_file(sharded / "checkpoints" / "step-1" / "model.safetensors")
+    assert {k: v.shape for k, v in zero3_weights.items()} == {k: v.shape for k, v in whole_weights.items()}
+
 
 def test_grpo_climbs_a_reward_it_can_attribute(trained_tiny_run):
     """The whole learner path (rollouts with recorded steps, group advantages, exact per-step

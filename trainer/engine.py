@@ -100,7 +100,8 @@ class Engine:
         config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},
                   "bf16": {"enabled": self.dtype == torch.bfloat16}}
         frozen, _, _, _ = deepspeed.initialize(model=model, config=config)
-        return frozen.eval()
+        frozen.eval()  # DeepSpeed's engine returns None here, not itself
+        return frozen
 
     @contextlib.contextmanager
     def gathered_for_inference(self):
