@@ -165,6 +165,14 @@ def test_pararl_on_two_ranks_resumes_exactly_and_matches_one_rank(tokenized_demo
     assert client["prompts"]["position"] + client["prompts"]["epoch"] * rows == 3 * 2  # 2 prompts per step
     assert len(client["rng"]) == 2  # each rank's
 
+    # and on one rank: DeepSpeed cannot re-partition the optimizer over another world size, so the
+    # checkpoint's weights, step and prompt cursor carry over and Adam restarts
+    run_rl(rl_args(*common, run, *tools, ranks=1, steps=4), cache)
+    records = [json.loads(line) for line in remote_text(f"{run}/metrics.jsonl").splitlines()]
+    assert [(x["step"], x["world_size"]) for x in records] == [(1, 2), (2, 2), (3, 2), (4, 1)]
+    saved = json.loads(remote_text(f"{run}/checkpoints/step-4/trainer_state.json"))
+    assert saved["world_size"] == 1 and saved["prompts"]["position"] + saved["prompts"]["epoch"] * rows == 4 * 2
+
     # the same step on one rank: the same rollouts, rewards and loss
     one = tmp_path / "one"
     run_rl(rl_args(*common, str(one), *tools, ranks=1, steps=1), tmp_path / "cache-w")

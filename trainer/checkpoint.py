@@ -9,10 +9,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-from trainer.rundir import DONE, RunDir
+from trainer.rundir import RunDir
 
 _TAG = re.compile(r"^step-(\d+)$")
 WEIGHTS = "model.safetensors"  # each checkpoint's whole module, in the training dtype
+STATE = "trainer_state.json"  # the client state's JSON part (step, data cursor) and the world size
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def newest(tags: list[str]) -> str:
@@ -49,6 +58,9 @@ class Checkpointer:
 
             save_file(weights, str(self.directory / tag / WEIGHTS), metadata={"format": "pt"})
             (self.directory / tag / "model_config.json").write_text(json.dumps(model_config))
+            # what a resume on another number of ranks can use without DeepSpeed's files
+            plain = {k: v for k, v in client_state.items() if _json_safe(v)}
+            (self.directory / tag / STATE).write_text(json.dumps({"world_size": dist.get_world_size(), **plain}))
         dist.barrier()
         if self.node_leader:
             self.run.upload(f"checkpoints/{tag}")  # each node its own ranks' shards
@@ -78,12 +90,32 @@ class Checkpointer:
             return engine.load(path.parent, path.name)
         return self._load(engine, resume)
 
-    def _load(self, engine, tag: str) -> dict[str, Any]:
+    def resume_tag(self, resume: str) -> str | None:
+        """The tag `resume` names (`auto`: the newest complete one), None for none or a path."""
+        if resume == "none" or Path(resume).is_dir():
+            return None
+        if resume == "auto":
+            tags = self.tags()
+            return tags[-1] if tags else None
+        return resume
+
+    def fetch(self, tag: str) -> Path:
+        """The checkpoint's local folder, downloaded from the run once per node."""
         import torch.distributed as dist
 
         if self.node_leader and not self.run.has_local_copy(tag):
             self.run.download(f"checkpoints/{tag}")  # from the run, onto this node
         dist.barrier()
+        return self.directory / tag
+
+    def saved_state(self, tag: str) -> dict[str, Any]:
+        """The plain part of a checkpoint's client state and the world size it was saved on ({} for
+        checkpoints from before it was written)."""
+        path = self.fetch(tag) / STATE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _load(self, engine, tag: str) -> dict[str, Any]:
+        self.fetch(tag)
         return engine.load(self.directory, tag)
 
     def prepare(self) -> None:

@@ -238,19 +238,28 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
         run.upload("reference")
     dist.barrier()
     _node_leader_first(lambda: (reference_dir / "config.json").exists() or run.download("reference"))
-    engine, reference = build_learner(cfg, reference_dir)
+    resume_tag = checkpoints.resume_tag(cfg.resume)
+    saved = checkpoints.saved_state(resume_tag) if resume_tag else {}
+    regrouped = bool(saved) and saved["world_size"] != world
+    if regrouped and rank == 0:
+        # DeepSpeed cannot re-partition ZeRO optimizer state over another number of ranks (its
+        # universal-checkpoint converter needs Megatron's layout metadata): the weights, the step and
+        # the prompt cursor carry over from the checkpoint; Adam's moments and the schedule restart.
+        print(f"resuming {resume_tag}, saved on {saved['world_size']} rank(s), on {world}: weights, step and "
+              "prompt cursor carried over; optimizer moments restart")
+    engine, reference = build_learner(cfg, reference_dir, checkpoints.directory / resume_tag if regrouped else None)
     reward = RewardModel(cfg.clip, cfg.image_tokenizer, cfg.text_tokenizer or model, engine.device)
     me = Rank(engine, reference, ParallelSampler(engine.module, builder, cfg.sampler), reward,
               reward_statistics(cfg, prompts, reward, run_dir, rank), builder,
               OutputSlots(cfg.sampler.image_tokens, builder.config.reasoning_len),
               len(cfg.sampler.plan(builder.config.reasoning_len)), rank, world)
 
-    state = checkpoints.resume(engine, cfg.resume)
+    state = saved if regrouped else checkpoints.resume(engine, cfg.resume)
     step = 0
     if state:
         step = state["step"]
         prompts.load_state_dict(state["prompts"])
-        if len(state["rng"]) == world:  # another world size starts fresh streams: nothing draws from them
+        if len(state.get("rng", [])) == world:  # another world size starts fresh streams: nothing draws from them
             _set_rng_state(state["rng"][rank])
     else:
         torch.manual_seed(cfg.seed)
@@ -296,14 +305,21 @@ def reward_statistics(cfg: RLConfig, prompts: PromptSource, reward: RewardModel,
     return RewardStats(**found[0])
 
 
-def build_learner(cfg: RLConfig, model_dir: Path) -> tuple[Engine, torch.nn.Module | None]:
+def build_learner(cfg: RLConfig, model_dir: Path, start: Path | None = None) -> tuple[Engine, torch.nn.Module | None]:
     """The DeepSpeed policy and, with beta > 0, the frozen reference beside it (same device and
     dtype, partitioned like the policy under ZeRO-3); their log-probabilities meet in the KL term.
-    Both load in the training dtype: a bf16 8B model is 16 GB of host memory per rank, not 32."""
+    Both load in the training dtype: a bf16 8B model is 16 GB of host memory per rank, not 32.
+    `start`: a checkpoint folder whose weights (its safetensors) start the policy instead."""
+    from safetensors.torch import load_file
+
+    from trainer.checkpoint import WEIGHTS
+
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
     items_per_rank = (cfg.prompts_per_step * cfg.num_generations // max(dist.get_world_size(), 1)
                       * (1 if cfg.reward_at == "final" else cfg.reward_steps))
     policy = MMaDAModel.from_pretrained(str(model_dir), dtype=dtype)
+    if start is not None:
+        policy.load_state_dict(load_file(str(start / WEIGHTS)), strict=True)
     policy.config.gradient_checkpointing = cfg.gradient_checkpointing
     engine = Engine(policy, deepspeed_config(cfg.deepspeed, cfg.optim, micro_batch_size=cfg.micro_batch_size,
                                              grad_accum=accumulation_steps(items_per_rank, cfg.micro_batch_size),
