@@ -87,14 +87,19 @@ def test_reward_normalisation_and_its_statistics(tokenized_demo, magvit_dir, lla
 
 
 def rl_args(registry, ref, model, out, clip, magvit, tokenizer, ranks=2, **overrides):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                "--master_port", str(free_port()), "-m", "trainer.cli"]
+    return [*launcher, "rl", "--no-progress", *rl_overrides(registry, ref, model, out, clip, magvit, tokenizer,
+                                                            **overrides)]
+
+
+def rl_overrides(registry, ref, model, out, clip, magvit, tokenizer, **overrides):
     values = {"dataset": ref, "registry": registry, "model": model, "out_dir": out, "image_tokenizer": magvit,
               "text_tokenizer": tokenizer, "clip.model": f"local-dir:{clip}", "clip.device": "cpu",
               "steps": 2, "prompts_per_step": 2, "num_generations": 2, "sampler.steps": 8,
               "sampler.block_length": 64, "reward_stats_min_rows": 8, "optim.lr": 1e-3, "mu": 2,
               "micro_batch_size": 3, "save_every": 1, "bf16": "false", "deepspeed": "ds_zero2", **overrides}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                "--master_port", str(free_port()), "-m", "trainer.cli"]
-    return [*launcher, "rl", "--no-progress", *(f"{k}={v}" for k, v in values.items())]
+    return [f"{k}={v}" for k, v in values.items()]
 
 
 def remote_text(uri: str) -> str:
@@ -117,7 +122,7 @@ COMPARED = ("reward_mean", "reward_early", "reward_final", "clip_score_mean", "f
 
 def test_pararl_on_two_ranks_resumes_exactly_and_matches_one_rank(tokenized_demo, trained_tiny_run, magvit_dir,
                                                                   llada_tokenizer_dir, s3_bucket, tmp_path,
-                                                                  monkeypatch):
+                                                                  monkeypatch, ray_local):
     """Two gloo ranks, each a DeepSpeed learner sampling its own prompt's rollouts. The run folder is
     on an object store and the resume runs on an empty cache (another machine), so its checkpoint,
     frozen reference, reward statistics and metrics come from there. A run killed after step 2 and
@@ -181,10 +186,12 @@ def test_pararl_on_two_ranks_resumes_exactly_and_matches_one_rank(tokenized_demo
     for key in COMPARED:
         assert single[key] == pytest.approx(uninterrupted[0][key], rel=1e-4, abs=1e-6), key
 
-    # and under ZeRO-3: weights gathered once for the rollouts, the reference partitioned, the
-    # checkpoint's safetensors whole
+    # and under ZeRO-3, on two Ray Train workers (`--ray-workers 2`): weights gathered once for the
+    # rollouts, the reference partitioned, the checkpoint's safetensors whole
     sharded = tmp_path / "zero3"
-    run_rl(rl_args(*common, str(sharded), *tools, steps=1, deepspeed="ds_zero3"), tmp_path / "cache-w")
+    on_ray = [str(BIN / "trainer"), "rl", "--no-progress", "--ray-workers", "2", "--ray-address", ray_local,
+              *rl_overrides(*common, str(sharded), *tools, steps=1, deepspeed="ds_zero3")]
+    run_rl(on_ray, tmp_path / "cache-w")
     [zero3] = [json.loads(line) for line in (sharded / "metrics.jsonl").read_text().splitlines()]
     for key in COMPARED:
         assert zero3[key] == pytest.approx(uninterrupted[0][key], rel=1e-4, abs=1e-6), key
