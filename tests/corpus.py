@@ -214,14 +214,21 @@ def _parquet(root: Path, img: dict[str, bytes]) -> tuple[Path, list[tuple[str, s
     damaged = pa.table({"task": ["edit"] * 4, "instruction": [f"P: damaged {i}" for i in range(4)],
                         "input_image": [img["in"]] * 4, "output_image": [_png(colour=(i, 1, 1)) for i in range(4)]})
     pq.write_table(damaged, folder / "c-damaged.parquet", row_group_size=2, compression="snappy")
-    meta = pq.ParquetFile(folder / "c-damaged.parquet").metadata.row_group(1).column(3)
-    raw = bytearray((folder / "c-damaged.parquet").read_bytes())
-    start = meta.dictionary_page_offset if meta.has_dictionary_page else meta.data_page_offset
-    raw[start + 40: start + meta.total_compressed_size - 40] = bytes(meta.total_compressed_size - 80)
-    (folder / "c-damaged.parquet").write_bytes(bytes(raw))
+    damage_row_group(folder / "c-damaged.parquet", row_group=1, column=3)
     cases += [("c-damaged.parquet:0", "ok"), ("c-damaged.parquet:1", "ok"),
               ("c-damaged.parquet:2", "unreadable_row_group"), ("c-damaged.parquet:3", "unreadable_row_group")]
     return folder, cases
+
+
+def damage_row_group(path: Path, row_group: int, column: int) -> None:
+    """Zero the middle of one column chunk's pages: the file still opens, that row group does not read."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata.row_group(row_group).column(column)
+    raw = bytearray(path.read_bytes())
+    start = meta.dictionary_page_offset if meta.has_dictionary_page else meta.data_page_offset
+    raw[start + 40: start + meta.total_compressed_size - 40] = bytes(meta.total_compressed_size - 80)
+    path.write_bytes(bytes(raw))
 
 
 def _hf(root: Path, img: dict[str, bytes]) -> tuple[Path, list[tuple[str, str]]]:

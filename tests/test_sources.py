@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.registry import DatasetRegistry
 from pipeline.sources import detect_format
+from tests import corpus
 from tests.test_ingest import ingest
 
 
@@ -194,11 +195,7 @@ def test_a_cut_tar_and_a_corrupt_parquet_row_group_keep_the_rows_read(records, t
                       "input_image": [r["input_bytes"] for r in edits],
                       "output_image": [r["output_bytes"] for r in edits]})
     pq.write_table(table, tmp_path / "three.parquet", row_group_size=2, compression="snappy")
-    meta = pq.ParquetFile(tmp_path / "three.parquet").metadata.row_group(1).column(2)
-    raw = bytearray((tmp_path / "three.parquet").read_bytes())
-    start = meta.dictionary_page_offset if meta.has_dictionary_page else meta.data_page_offset
-    raw[start + 40: start + meta.total_compressed_size - 40] = bytes(meta.total_compressed_size - 80)
-    (tmp_path / "three.parquet").write_bytes(bytes(raw))
+    corpus.damage_row_group(tmp_path / "three.parquet", row_group=1, column=2)
     m = ingest([tmp_path / "three.parquet"], registry_root, dataset="corrupt")
     quarantine = DatasetRegistry(registry_root).read_table(m, quarantine=True).to_pylist()
     assert sorted((r["source_ref"], r["reason"]) for r in quarantine) == [
