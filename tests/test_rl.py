@@ -336,3 +336,18 @@ def test_windowed_text_score_reads_beyond_clips_77_tokens(tmp_path):
     assert windows.score(images[:1], [short]) == pytest.approx(truncate.score(images[:1], [short]), abs=1e-6)
     with pytest.raises(ValueError, match="truncate or windows"):
         ClipConfig(text="pooled")
+
+
+def test_rollout_plans_depend_only_on_seed_step_and_prompt():
+    """A prompt's seeds and recorded steps come from (seed, step, prompt index) alone, so any rank
+    draws the same ones; `reward_at=final` records the last step only (the output-level baseline)."""
+    from trainer.rl.rollout import rollout_plan
+
+    seeds, fixed = rollout_plan(0, 5, 3, 4, 16, 3, "trajectory", "fixed")
+    assert len(seeds) == len(set(seeds)) == 4 and fixed == [[4, 10, 15]] * 4
+    assert rollout_plan(0, 5, 3, 4, 16, 3, "trajectory", "fixed")[0] == seeds
+    assert rollout_plan(0, 5, 4, 4, 16, 3, "trajectory", "fixed")[0] != seeds  # another prompt
+    assert rollout_plan(0, 6, 3, 4, 16, 3, "trajectory", "fixed")[0] != seeds  # another step
+    _, randomly = rollout_plan(0, 5, 3, 4, 16, 3, "trajectory", "random")
+    assert all(len(r) == 3 and r[-1] == 15 and r == sorted(set(r)) for r in randomly)
+    assert rollout_plan(0, 5, 3, 4, 16, 3, "final", "fixed")[1] == [[15]] * 4
