@@ -24,7 +24,7 @@ class AnnotatorConfig:
     max_attempts: int = 3
     image_max_pixels: int = DEFAULT_IMAGE_MAX_PIXELS  # each image downscaled to this for the VLM (~1,280 tokens)
     max_model_len: int | None = None  # prompts must fit it; default: the vLLM engine's, else 32768
-    device: str = "auto"  # transformers backend only
+    device: str = "auto"  # auto | cpu | cuda: where the vllm / transformers actors run (cuda: never a CPU fallback)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     validators: ValidatorConfig = dataclasses.field(default_factory=ValidatorConfig)
     openai: OpenAIConfig = dataclasses.field(default_factory=OpenAIConfig)

@@ -38,6 +38,7 @@ class AnnotateConfig(AnnotatorConfig):
     concurrency: int = 1  # annotator actors; with vllm, one per GPU
     batch_size: int = 64  # samples per call of the transformers backend (the others take whole units)
     chunk_rows: int = 256  # unit of durable progress
+    gpu_wait_s: float = 600.0  # with device=cuda: how long to wait for GPUs to join the cluster
     registry: str | None = None
     ray_address: str | None = None
 
@@ -144,7 +145,7 @@ def run_annotate(config: AnnotateConfig, progress: bool = True) -> VersionManife
     ray_runtime.init_ray(config.ray_address)
     work = registry.work_dir(output, key)
     ray_runtime.verify_input(registry, source, work)
-    on_gpu = config.backend in ("vllm", "transformers") and ray_runtime.cluster_has_gpus()
+    on_gpu = config.backend in ("vllm", "transformers") and ray_runtime.use_gpus(config.device, config.gpu_wait_s)
     # The key travels to the workers' environment beside the config, never inside it.
     api_key = os.environ.get("OPENAI_API_KEY") if config.backend == "openai" else None
     results, resumed, seconds = ray_runtime.run_units(

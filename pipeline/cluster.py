@@ -35,13 +35,26 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 class SubmitConfig:
     address: str | None = None  # http://HEAD:8265; else $RAY_ADDRESS
     working_dir: str = "."
-    runtime_env: str | None = None  # a YAML template, e.g. jobs/runtime_env/gpu.yaml
+    runtime_env: str | None = None  # a YAML template, e.g. jobs/runtime_env/gpu-train.yaml
     pip: list[str] = dataclasses.field(default_factory=list)
     image: str | None = None  # a container image for the job (runtime_env image_uri)
     env: list[str] = dataclasses.field(default_factory=list)  # KEY=VALUE, not secret
     secret_env: list[str] = dataclasses.field(default_factory=list)  # names the cluster must provide
     submission_id: str | None = None
     wait: bool = True
+    # The driver's own resources; None: the stage's default (`driver_resources`). Ray places a driver
+    # that asks for nothing on the head, whose memory and CPUs the whole cluster depends on.
+    entrypoint_num_cpus: float | None = None
+    entrypoint_num_gpus: float | None = None
+
+
+def driver_resources(program: str, stage: str, args: list[str]) -> tuple[float, float]:
+    """(CPUs, GPUs) a stage's driver needs by default. Pipeline drivers plan and gather markers (one
+    CPU; the GPU work is in their actors); a trainer driver with --ray-workers only launches Ray
+    Train workers, one without them trains in the driver itself, on one GPU."""
+    if program == "trainer" and stage in ("sft", "rl") and not any(a.startswith("--ray-workers") for a in args):
+        return 1.0, 1.0
+    return 1.0, 0.0
 
 
 def resolve_address(address: str | None) -> str:
@@ -116,8 +129,11 @@ AGENT_WAIT_S = 60
 def submit(cfg: SubmitConfig, program: str, stage: str, args: list[str], out=print) -> tuple[str, str | None]:
     """-> (submission id, final status or None when not waiting)."""
     jobs = client(cfg.address)
+    cpus, gpus = driver_resources(program, stage, args)
     job = dict(entrypoint=entrypoint(program, stage, args, cfg.secret_env), runtime_env=runtime_env(cfg),
-               submission_id=cfg.submission_id, metadata={"paraforge": f"{program} {stage}"})
+               submission_id=cfg.submission_id, metadata={"paraforge": f"{program} {stage}"},
+               entrypoint_num_cpus=cpus if cfg.entrypoint_num_cpus is None else cfg.entrypoint_num_cpus,
+               entrypoint_num_gpus=gpus if cfg.entrypoint_num_gpus is None else cfg.entrypoint_num_gpus)
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:

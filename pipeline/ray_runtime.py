@@ -63,6 +63,24 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def use_gpus(device: str, wait_s: float) -> bool:
+    """Whether a stage's actors take GPUs. `cpu`: never; `auto`: when the cluster has any now;
+    `cuda`: wait up to `wait_s` for GPUs to join (an autoscaling cluster starts from none), then
+    stop with an error: a 72B annotator or MAGVIT silently on CPUs would run for weeks."""
+    if device == "cpu":
+        return False
+    if device == "auto":
+        return cluster_has_gpus()
+    deadline = time.monotonic() + wait_s
+    while not cluster_has_gpus():
+        if time.monotonic() >= deadline:
+            raise ValueError(f"device=cuda, but no GPU joined the Ray cluster within {wait_s:g} s "
+                             f"(it has {ray.cluster_resources().get('CPU', 0):g} CPUs and no GPU): check the GPU "
+                             "worker group, or raise gpu_wait_s while it scales up")
+        time.sleep(min(5.0, max(deadline - time.monotonic(), 0.0)))
+    return True
+
+
 def _unit_rows(spec: dict[str, Any], stage: Stage, read: Reader) -> list[pa.Table]:
     tables = [t for t in read(spec) if t.num_rows]
     return [stage.prepare(pa.concat_tables(tables))] if tables else []

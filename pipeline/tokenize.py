@@ -53,7 +53,8 @@ class TokenizeConfig:
     text_tokenizer: str = DEFAULT_TEXT_TOKENIZER
     resolution: int = 512  # squash-resized to R x R: (R/16)^2 codes per image
     batch_size: int = 32  # samples per MAGVIT forward (inputs and outputs go in one batch)
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda (cuda: wait gpu_wait_s for GPUs, then fail; never a CPU fallback)
+    gpu_wait_s: float = 600.0
     dtype: str = "auto"  # auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16
     sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)  # text limits: L - 2 per part
     overflow: str = "quarantine"  # quarantine | truncate
@@ -254,7 +255,7 @@ def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManife
     ray_runtime.init_ray(config.ray_address)
     work = registry.work_dir(output, key)
     ray_runtime.verify_input(registry, source, work)
-    stage = TokenizeStage(config, on_gpu=config.device != "cpu" and ray_runtime.cluster_has_gpus())
+    stage = TokenizeStage(config, on_gpu=ray_runtime.use_gpus(config.device, config.gpu_wait_s))
     results, resumed, seconds = ray_runtime.run_units(
         stage, units, read_row_range, registry=registry, dataset=output, work=work,
         target_bytes=TARGET_SHARD_BYTES, progress=progress)

@@ -291,3 +291,16 @@ def test_a_corrupt_input_shard_stops_the_stage_before_any_request(fault_dataset,
     assert m.counts.input == len(FAULTS)
     work = Path(registry.work_dir("corrupt-input", m.lineage["annotate"]["run_key"]))
     assert (work / "input-verified.json").exists()  # a resumed run does not hash the input again
+
+
+def test_device_cuda_waits_for_gpus_then_stops_instead_of_running_on_cpus(fault_dataset, registry_root):
+    """A cluster still scaling up from zero GPUs: `device=cuda` waits `gpu_wait_s` for them, then stops
+    with a clear error and publishes nothing, never a 72B annotator on CPUs."""
+    import time
+
+    config = AnnotateConfig(dataset="faults", registry=registry_root, backend="transformers", model="unused",
+                            device="cuda", gpu_wait_s=1.0, output="on-gpu")
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="device=cuda, but no GPU joined the Ray cluster within 1 s"):
+        run_annotate(config, progress=False)
+    assert 1.0 <= time.monotonic() - started < 30 and DatasetRegistry(registry_root).versions("on-gpu") == []

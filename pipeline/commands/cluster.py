@@ -17,12 +17,14 @@ def submit_command(program: str, stages: tuple[str, ...]):
                stage: Stage,
                address: Address = None,
                working_dir: Annotated[str, typer.Option(help="folder uploaded as the job's working dir")] = ".",
-               runtime_env: Annotated[Optional[str], typer.Option(help="runtime env YAML, e.g. jobs/runtime_env/gpu.yaml")] = None,
+               runtime_env: Annotated[Optional[str], typer.Option(help="runtime env YAML, e.g. jobs/runtime_env/gpu-train.yaml")] = None,
                pip: Annotated[Optional[list[str]], typer.Option(help="pip requirement for the job (repeatable)")] = None,
                image: Annotated[Optional[str], typer.Option(help="container image for the job")] = None,
                env: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE for the job (not secrets; repeatable)")] = None,
                secret_env: Annotated[Optional[list[str]], typer.Option(help="a secret the cluster provides (name only; repeatable)")] = None,
                submission_id: Annotated[Optional[str], typer.Option(help="job id (default: Ray's)")] = None,
+               entrypoint_num_cpus: Annotated[Optional[float], typer.Option(help="the driver's CPUs (default: the stage's)")] = None,
+               entrypoint_num_gpus: Annotated[Optional[float], typer.Option(help="the driver's GPUs (default: the stage's)")] = None,
                wait: Annotated[bool, typer.Option(help="follow the logs until the job ends")] = True) -> None:
         from pipeline.cluster import SubmitConfig, submit as run_submit
 
@@ -30,7 +32,7 @@ def submit_command(program: str, stages: tuple[str, ...]):
             raise ValueError(f"unknown stage {stage!r} for `{program} submit`: {', '.join(stages)}")
         cfg = SubmitConfig(address=address, working_dir=working_dir, runtime_env=runtime_env, pip=pip or [],
                            image=image, env=env or [], secret_env=secret_env or [], submission_id=submission_id,
-                           wait=wait)
+                           wait=wait, entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus)
         job_id, status = run_submit(cfg, program, stage, list(ctx.args))
         if status is None:
             print(f"follow it with: pipeline jobs logs {job_id} --follow")
