@@ -60,7 +60,7 @@ def run_ranks(ranks: int, settings: dict, out: Path) -> list[dict]:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
                 "--master_port", str(free_port()), "-m", "trainer.cli", "rl", "--no-progress"]
     values = {**settings, "out_dir": out, "prompts_per_step": 2 * ranks}
-    subprocess.run([*launcher, *(f"{k}={v}" for k, v in values.items())], check=True, capture_output=True,
+    subprocess.run([*launcher, *(w for k, v in values.items() for w in ("--set", f"{k}={v}"))], check=True, capture_output=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 

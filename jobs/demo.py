@@ -118,7 +118,7 @@ def main() -> None:
                 "reward_stats_min_rows": 8, "micro_batch_size": 3, "optim.lr": 1e-4, "save_every": 3,
                 "bf16": "false", "sampler.steps": 16, "sampler.block_length": 64}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "trainer.cli", "rl", "--no-progress", *(f"{k}={v}" for k, v in settings.items())],
+                    "-m", "trainer.cli", "rl", "--no-progress", *(w for k, v in settings.items() for w in ("--set", f"{k}={v}"))],
                    check=True, capture_output=True)
     rl_records = [json.loads(line) for line in (rl_dir / "metrics.jsonl").read_text().splitlines()]
     print(f"[rl] ParaRL on 2 ranks (torchrun, gloo): 3 steps x 2 prompts x 2 rollouts, tiny random CLIP at {clip}")

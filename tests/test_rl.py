@@ -99,7 +99,7 @@ def rl_overrides(registry, ref, model, out, clip, magvit, tokenizer, **overrides
               "steps": 2, "prompts_per_step": 2, "num_generations": 2, "sampler.steps": 8,
               "sampler.block_length": 64, "reward_stats_min_rows": 8, "optim.lr": 1e-3, "mu": 2,
               "micro_batch_size": 3, "save_every": 1, "bf16": "false", "deepspeed": "ds_zero2", **overrides}
-    return [f"{k}={v}" for k, v in values.items()]
+    return [w for k, v in values.items() for w in ("--set", f"{k}={v}")]
 
 
 def remote_text(uri: str) -> str:

@@ -16,11 +16,16 @@ from trainer.data import ShardLoader
 BIN = Path(sys.executable).parent
 
 
-def sft_args(registry, ref, out, **overrides):
+def sft_settings(registry, ref, out, **overrides) -> list[str]:
     values = {"dataset": ref, "registry": registry, "init": "tiny", "out_dir": out,
               "bf16": "false", "micro_batch_size": 2, "sequence.instruction_len": 256,
               "sequence.reasoning_len": 256, "optim.warmup_steps": 2, "optim.lr": 1e-3, **overrides}
-    return ["sft", "--no-progress", *(f"{k}={v}" for k, v in values.items())]
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def sft_args(registry, ref, out, legacy=False, **overrides):
+    pairs = sft_settings(registry, ref, out, **overrides)
+    return ["sft", "--no-progress", *(pairs if legacy else [w for p in pairs for w in ("--set", p)])]
 
 
 def run_trainer(args, env=None, check=True, launcher=None):
@@ -150,7 +155,8 @@ def test_two_process_gloo_run(tokenized_demo, tmp_path):
     run = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                 "--master_port", str(free_port()), "-m", "trainer.cli"]
-    run_trainer(sft_args(registry, ref, run, steps=4, save_every=4), launcher=launcher)
+    r = run_trainer(sft_args(registry, ref, run, legacy=True, steps=4, save_every=4), launcher=launcher)
+    assert "bare key=value overrides are deprecated; write --set key=value" in r.stderr  # still runs
     files = sorted(p.name for p in (run / "checkpoints" / "step-4").iterdir())
     assert "zero_pp_rank_0_mp_rank_00_optim_states.pt" in files and "zero_pp_rank_1_mp_rank_00_optim_states.pt" in files
     assert sorted(metrics(run)) == [1, 2, 3, 4]
@@ -163,11 +169,11 @@ def test_ray_train_torchtrainer_with_two_workers(tokenized_demo, tmp_path, ray_l
 
     registry, ref = tokenized_demo
     run = tmp_path / "ray"
-    overrides = [a for a in sft_args(registry, ref, run, steps=3, save_every=3)[2:]]
-    train_on_ray(load_config(SFTConfig, None, overrides), num_workers=2, use_gpu=False)
+    train_on_ray(load_config(SFTConfig, None, sft_settings(registry, ref, run, steps=3, save_every=3, ray_workers=2)))
     files = {p.name for p in (run / "checkpoints" / "step-3").iterdir()}
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= files
     assert sorted(metrics(run)) == [1, 2, 3]
+    assert json.loads((run / "config.json").read_text())["ray_workers"] == 2  # the launch is in the run's record
 
 
 class _Payload:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -12,49 +13,60 @@ from pipeline.cli import run
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="paraforge trainer: sft, rl, sample, eval, export, layout, sequence, submit.")
-Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value config overrides (nested: optim.lr=2e-5)")]
+Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="key=value config override, repeatable "
+                                                                       "(nested: optim.lr=2e-5)")]
+# Before --set, trainer commands took bare key=value words; they still work, with a notice.
+Legacy = Annotated[Optional[list[str]], typer.Argument(help="deprecated: bare key=value overrides (use --set)",
+                                                         show_default=False)]
+RayWorkers = Annotated[Optional[int], typer.Option(help="train on Ray: N ranks via Ray Train (0: this process)")]
+RayGpu = Annotated[Optional[bool], typer.Option("--ray-gpu", help="one GPU per Ray worker")]
+RayAddress = Annotated[Optional[str], typer.Option(help="Ray cluster (else $RAY_ADDRESS, else local)")]
+
+
+def _overrides(set_: list[str] | None, legacy: list[str] | None) -> list[str]:
+    """--set pairs, after any bare key=value words (one syntax for `pipeline` and `trainer`)."""
+    if legacy:
+        print("note: bare key=value overrides are deprecated; write --set key=value (as `pipeline` commands do)",
+              file=sys.stderr)
+    return [*(legacy or []), *(set_ or [])]
 
 
 @app.command()
-def sft(overrides: Overrides = None,
+def sft(legacy: Legacy = None, set_: Overrides = None,
         config: Annotated[Optional[str], typer.Option(help="YAML config, e.g. trainer/configs/sft.yaml")] = None,
         progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-        ray_workers: Annotated[int, typer.Option(help="train on Ray: N workers via Ray Train (0: this process)")] = 0,
-        ray_gpu: Annotated[bool, typer.Option(help="one GPU per Ray worker")] = False,
-        ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster (else $RAY_ADDRESS, else local)")] = None,
-        ) -> None:
+        ray_workers: RayWorkers = None, ray_gpu: RayGpu = None, ray_address: RayAddress = None) -> None:
     """Supervised fine-tuning on a tokenized version (DeepSpeed; resumes from the newest checkpoint)."""
     from pipeline.config import load_config
     from trainer.sft import SFTConfig, train
 
-    cfg = load_config(SFTConfig, config, overrides)
-    if ray_workers:
+    cfg = load_config(SFTConfig, config, _overrides(set_, legacy), ray_workers=ray_workers, ray_gpu=ray_gpu,
+                      ray_address=ray_address)
+    if cfg.ray_workers:
         from trainer.ray_train import train_on_ray
 
-        train_on_ray(cfg, ray_workers, ray_gpu, ray_address)
+        train_on_ray(cfg)
     else:
         train(cfg, progress=progress)
     print(f"run {cfg.out_dir}: checkpoints/ and metrics.jsonl")
 
 
 @app.command()
-def rl(overrides: Overrides = None,
+def rl(legacy: Legacy = None, set_: Overrides = None,
        config: Annotated[Optional[str], typer.Option(help="YAML config, e.g. trainer/configs/pararl.yaml")] = None,
        progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-       ray_workers: Annotated[int, typer.Option(help="train on Ray: N ranks via Ray Train (0: this process)")] = 0,
-       ray_gpu: Annotated[bool, typer.Option(help="one GPU per Ray worker")] = False,
-       ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster (else $RAY_ADDRESS, else local)")] = None,
-       ) -> None:
+       ray_workers: RayWorkers = None, ray_gpu: RayGpu = None, ray_address: RayAddress = None) -> None:
     """ParaRL: GRPO with CLIP rewards along the denoising trajectory; every rank learns and samples."""
     from pipeline.config import load_config
     from trainer.rl.pararl import RLConfig
     from trainer.rl.pararl import train as train_rl
 
-    cfg = load_config(RLConfig, config, overrides)
-    if ray_workers:
+    cfg = load_config(RLConfig, config, _overrides(set_, legacy), ray_workers=ray_workers, ray_gpu=ray_gpu,
+                      ray_address=ray_address)
+    if cfg.ray_workers:
         from trainer.ray_train import train_on_ray
 
-        train_on_ray(cfg, ray_workers, ray_gpu, ray_address)
+        train_on_ray(cfg)
     else:
         train_rl(cfg, progress=progress)
     print(f"run {cfg.out_dir}: checkpoints/ and metrics.jsonl")
@@ -72,7 +84,7 @@ def export(run_dir: Annotated[str, typer.Argument(help="an sft/rl run folder")],
 
 
 @app.command()
-def sample(overrides: Overrides = None,
+def sample(legacy: Legacy = None, set_: Overrides = None,
            model: Annotated[Optional[str], typer.Option(help="model folder (exported or published) or an sft/rl run folder")] = None,
            instruction: Annotated[Optional[str], typer.Option(help="the edit or generation instruction")] = None,
            out: Annotated[Optional[str], typer.Option("--out", help="output folder")] = None,
@@ -89,7 +101,7 @@ def sample(overrides: Overrides = None,
     from pipeline.config import load_config
     from trainer.sample import SampleConfig, run_sample
 
-    cfg = load_config(SampleConfig, config, overrides, model=model, instruction=instruction, out=out, input=input,
+    cfg = load_config(SampleConfig, config, _overrides(set_, legacy), model=model, instruction=instruction, out=out, input=input,
                       task=task, image_tokenizer=image_tokenizer, text_tokenizer=text_tokenizer,
                       resolution=resolution, trajectory=trajectory or None, device=device)
     for name, path in run_sample(cfg).items():
@@ -97,7 +109,7 @@ def sample(overrides: Overrides = None,
 
 
 @app.command("eval")
-def eval_(overrides: Overrides = None,
+def eval_(legacy: Legacy = None, set_: Overrides = None,
           model: Annotated[Optional[str], typer.Option(help="model folder (exported or published) or an sft/rl run folder")] = None,
           benchmark: Annotated[Optional[str], typer.Option(help="benchmark JSONL (one prompt per line)")] = None,
           out: Annotated[Optional[str], typer.Option("--out", help="output folder")] = None,
@@ -115,7 +127,7 @@ def eval_(overrides: Overrides = None,
     from trainer.eval import EvalConfig, format_summary, run_eval
 
     judge = {k: v for k, v in {"backend": judge_backend, "model": judge_model}.items() if v is not None}
-    cfg = load_config(EvalConfig, config, overrides, model=model, benchmark=benchmark, out=out,
+    cfg = load_config(EvalConfig, config, _overrides(set_, legacy), model=model, benchmark=benchmark, out=out,
                       judge=judge or None, image_tokenizer=image_tokenizer, text_tokenizer=text_tokenizer,
                       resolution=resolution, device=device, limit=limit)
     print(format_summary(run_eval(cfg)))

@@ -22,13 +22,14 @@ def _worker(config: dict) -> None:
     train(load_config(Config, None, None, **config), progress=False)
 
 
-def train_on_ray(cfg, num_workers: int, use_gpu: bool, ray_address: str | None = None) -> str:
+def train_on_ray(cfg) -> str:
+    """`cfg.ray_workers` ranks (one GPU each with `cfg.ray_gpu`) on the Ray cluster at `cfg.ray_address`."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipeline.ray_runtime import init_ray
 
-    init_ray(ray_address)
+    init_ray(cfg.ray_address)
     # Workers do not run in this folder: give them absolute paths (or URIs) to data and outputs.
     def absolute(path: str | None) -> str | None:
         return path if path is None or "://" in path else os.path.abspath(path)
@@ -37,8 +38,8 @@ def train_on_ray(cfg, num_workers: int, use_gpu: bool, ray_address: str | None =
     command = "rl" if type(cfg).__name__ == "RLConfig" else "sft"
     trainer = TorchTrainer(
         _worker, train_loop_config={**dataclasses.asdict(cfg), "_command": command},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.ray_workers, use_gpu=cfg.ray_gpu),
+        torch_config=TorchConfig(backend="nccl" if cfg.ray_gpu else "gloo"),
         run_config=RunConfig(name=f"paraforge-{command}", storage_path=f"{cfg.out_dir.rstrip('/')}/ray"))
     trainer.fit()
     return cfg.out_dir

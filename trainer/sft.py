@@ -52,6 +52,9 @@ class SFTConfig:
     resume: str = "auto"  # auto | none | a checkpoint tag or path
     log_every: int = 1
     peak_flops: float | None = None  # per device, for the MFU estimate (e.g. 989e12 for H100 bf16)
+    ray_workers: int = 0  # > 0: this many ranks as Ray Train workers (--ray-workers), else torchrun's or one
+    ray_gpu: bool = False  # one GPU per Ray worker (--ray-gpu)
+    ray_address: str | None = None  # the Ray cluster for ray_workers (else $RAY_ADDRESS, else local)
 
 
 def build_model(cfg: SFTConfig, dataset_tokenizer: str | None) -> tuple[MMaDAModel, TokenLayout]:

@@ -100,6 +100,9 @@ class RLConfig:
     save_every: int = 50
     keep_last: int = 2
     resume: str = "auto"
+    ray_workers: int = 0  # > 0: this many ranks as Ray Train workers (--ray-workers), else torchrun's or one
+    ray_gpu: bool = False  # one GPU per Ray worker (--ray-gpu)
+    ray_address: str | None = None  # the Ray cluster for ray_workers (else $RAY_ADDRESS, else local)
 
     def __post_init__(self) -> None:
         if self.reward_at not in ("trajectory", "final"):
