@@ -74,9 +74,12 @@ def ray_head():
                 if head.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the Ray head did not come up") from None
                 time.sleep(1)
+        # the worker's agents need free ports of their own too (the embedded Ray holds the defaults)
+        agent_ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                              "metrics-export-port", "runtime-env-agent-port")]
         nodes.append(subprocess.Popen(
             [str(BIN / "ray"), "start", "--block", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
-             "--num-cpus", "2", "--disable-usage-stats"],
+             "--num-cpus", "2", "--disable-usage-stats", *agent_ports],
             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         while len([n for n in cluster_nodes(address, token) if n["state"] == "ALIVE"]) < 2:
             if nodes[1].poll() is not None or time.monotonic() > deadline:
