@@ -116,7 +116,7 @@ def test_webdataset_tars(records, jsonl_ids, tmp_path, registry_root):
     assert single.counts.output == 15
 
 
-def test_folder_and_tar_ambiguity_special_files_and_split_samples_are_quarantined(records, tmp_path, registry_root):
+def test_folder_and_tar_ambiguity_and_special_files_are_quarantined_and_tars_grouped_by_key(records, tmp_path, registry_root):
     """Never a silent pick: two candidate images, a duplicated tar member, a text file that is a
     folder, a FIFO or a link out of the sample each get their own reason; a tar out of key order is
     grouped by key, not split into fragments."""

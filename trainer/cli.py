@@ -37,18 +37,10 @@ def sft(legacy: Legacy = None, set_: Overrides = None,
         progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
         ray_workers: RayWorkers = None, ray_gpu: RayGpu = None, ray_address: RayAddress = None) -> None:
     """Supervised fine-tuning on a tokenized version (DeepSpeed; resumes from the newest checkpoint)."""
-    from pipeline.config import load_config
     from trainer.sft import SFTConfig, train
 
-    cfg = load_config(SFTConfig, config, _overrides(set_, legacy), ray_workers=ray_workers, ray_gpu=ray_gpu,
-                      ray_address=ray_address)
-    if cfg.ray_workers:
-        from trainer.ray_train import train_on_ray
-
-        train_on_ray(cfg)
-    else:
-        train(cfg, progress=progress)
-    print(f"run {cfg.out_dir}: checkpoints/ and metrics.jsonl")
+    _launch(SFTConfig, train, config, _overrides(set_, legacy), progress,
+            ray_workers=ray_workers, ray_gpu=ray_gpu, ray_address=ray_address)
 
 
 @app.command()
@@ -57,18 +49,24 @@ def rl(legacy: Legacy = None, set_: Overrides = None,
        progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
        ray_workers: RayWorkers = None, ray_gpu: RayGpu = None, ray_address: RayAddress = None) -> None:
     """ParaRL: GRPO with CLIP rewards along the denoising trajectory; every rank learns and samples."""
-    from pipeline.config import load_config
-    from trainer.rl.pararl import RLConfig
-    from trainer.rl.pararl import train as train_rl
+    from trainer.rl.pararl import RLConfig, train
 
-    cfg = load_config(RLConfig, config, _overrides(set_, legacy), ray_workers=ray_workers, ray_gpu=ray_gpu,
-                      ray_address=ray_address)
+    _launch(RLConfig, train, config, _overrides(set_, legacy), progress,
+            ray_workers=ray_workers, ray_gpu=ray_gpu, ray_address=ray_address)
+
+
+def _launch(config_class, train, config: str | None, overrides: list[str], progress: bool, **ray) -> None:
+    """A training command: here (one process, or a torchrun / deepspeed rank) or, with ray_workers,
+    as that many Ray Train workers."""
+    from pipeline.config import load_config
+
+    cfg = load_config(config_class, config, overrides, **ray)
     if cfg.ray_workers:
         from trainer.ray_train import train_on_ray
 
         train_on_ray(cfg)
     else:
-        train_rl(cfg, progress=progress)
+        train(cfg, progress=progress)
     print(f"run {cfg.out_dir}: checkpoints/ and metrics.jsonl")
 
 
