@@ -43,8 +43,8 @@ from trainer.rl.learner import Item, accumulation_steps, grpo_update
 from trainer.rl.reward import ClipConfig, RewardModel, RewardStats, reference_sample
 from trainer.rl.rollout import Rollout, generate, rollout_plan, score
 from trainer.rundir import RunDir, model_folder
-from trainer.sampling import OutputSlots, ParallelSampler, Prompt, SamplerConfig
-from trainer.sequence import SequenceBuilder, recorded_blank_codes
+from trainer.sampling import ParallelSampler, Prompt, SamplerConfig
+from trainer.sequence import recorded_blank_codes
 
 PROMPT_COLUMNS = ["task", "instruction_ids", "input_image_codes", "output_image_codes"]
 
@@ -159,10 +159,7 @@ class Rank:
     reference: torch.nn.Module | None
     sampler: ParallelSampler
     reward: RewardModel
-    reward_stats: RewardStats
-    builder: SequenceBuilder
-    slots: OutputSlots
-    timeline: int
+    reward_stats: RewardStats  # the sampler holds the sequence builder, output slots and step plan
     rank: int
     world: int
 
@@ -173,6 +170,7 @@ def pararl_step(cfg: RLConfig, me: Rank, prompts: list[Prompt], step: int) -> di
     share = len(prompts) // me.world
     first = me.rank * share
     g = cfg.num_generations
+    builder, timeline = me.sampler.builder, len(me.sampler.schedule)
     started = time.perf_counter()
 
     rollouts: list[Rollout] = []
@@ -180,7 +178,7 @@ def pararl_step(cfg: RLConfig, me: Rank, prompts: list[Prompt], step: int) -> di
         for lo in range(first, first + share, cfg.groups_per_batch):
             batch, seeds, record = [], [], []
             for index in range(lo, min(lo + cfg.groups_per_batch, first + share)):
-                s, r = rollout_plan(cfg.seed, step, index, g, me.timeline, cfg.reward_steps, cfg.reward_at,
+                s, r = rollout_plan(cfg.seed, step, index, g, timeline, cfg.reward_steps, cfg.reward_at,
                                     cfg.step_choice)
                 batch += [prompts[index]] * g
                 seeds += s
@@ -188,14 +186,14 @@ def pararl_step(cfg: RLConfig, me: Rank, prompts: list[Prompt], step: int) -> di
             rollouts += generate(me.sampler, batch, seeds, record)
     generated = time.perf_counter()
 
-    raw = score(me.reward, rollouts, me.slots, me.builder.layout, cfg.reward_batch_size)  # [share * G, S]
+    raw = score(me.reward, rollouts, me.sampler.slots, builder.layout, cfg.reward_batch_size)  # [share * G, S]
     scored = time.perf_counter()
 
     rewards = me.reward_stats.normalise(raw).view(share, g, -1)
     advantages = group_advantages(rewards, cfg.scale_rewards).view(share * g, -1)
     items = [Item(r.prompt, r.before[j], r.after[j], float(advantages[i, j]))
              for i, r in enumerate(rollouts) for j in range(len(r.steps))]
-    update = grpo_update(me.engine, me.reference, items, me.builder, me.sampler.config,
+    update = grpo_update(me.engine, me.reference, items, builder, me.sampler.config,
                          micro_batch_size=cfg.micro_batch_size, mu=cfg.mu, epsilon=cfg.epsilon, beta=cfg.beta)
     updated = time.perf_counter()
 
@@ -253,9 +251,7 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
     engine, reference = build_learner(cfg, reference_dir, checkpoints.directory / resume_tag if regrouped else None)
     reward = RewardModel(cfg.clip, cfg.image_tokenizer, cfg.text_tokenizer or model, engine.device)
     me = Rank(engine, reference, ParallelSampler(engine.module, builder, cfg.sampler), reward,
-              reward_statistics(cfg, prompts, reward, run_dir, rank), builder,
-              OutputSlots(cfg.sampler.image_tokens, builder.config.reasoning_len),
-              len(cfg.sampler.plan(builder.config.reasoning_len)), rank, world)
+              reward_statistics(cfg, prompts, reward, run_dir, rank), rank, world)
 
     state = saved if regrouped else checkpoints.resume(engine, cfg.resume)
     step = 0
@@ -359,11 +355,16 @@ def _node_leader_first(fn):
     return result if leader else fn()
 
 
+def _collective_device() -> str:
+    """Where tensors for a collective must be: NCCL reduces CUDA tensors, gloo CPU ones."""
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
 def _gather_rows(x: torch.Tensor) -> torch.Tensor:
     """Every rank's rows of x (equal shapes), in rank order, on every rank."""
     if dist.get_world_size() == 1:
         return x
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    device = _collective_device()
     parts = [torch.empty_like(x, device=device) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.to(device).contiguous())
     return torch.cat(parts).cpu()
@@ -375,7 +376,7 @@ def _reduce(values: dict[str, float], op: str = "mean") -> dict[str, float]:
     if dist.get_world_size() == 1:
         return dict(values)
     keys = sorted(values)
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    device = _collective_device()
     means = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     maxes = means.clone()
     dist.all_reduce(means)
