@@ -52,9 +52,30 @@ def driver_resources(program: str, stage: str, args: list[str]) -> tuple[float, 
     """(CPUs, GPUs) a stage's driver needs by default. Pipeline drivers plan and gather markers (one
     CPU; the GPU work is in their actors); a trainer driver with --ray-workers only launches Ray
     Train workers, one without them trains in the driver itself, on one GPU."""
-    if program == "trainer" and stage in ("sft", "rl") and not any(a.startswith("--ray-workers") for a in args):
+    if program == "trainer" and stage in ("sft", "rl") and not _ray_workers(args):
         return 1.0, 1.0
     return 1.0, 0.0
+
+
+def _ray_workers(args: list[str]) -> int:
+    """The `ray_workers` a trainer command's arguments resolve to, where the command would find it:
+    its --config file, then --ray-workers, then --set ray_workers=N (or a bare ray_workers=N)."""
+    workers = 0
+    for i, arg in enumerate(args):
+        value = args[i + 1] if i + 1 < len(args) else ""
+        if arg == "--config" and Path(value).is_file():
+            workers = (yaml.safe_load(Path(value).read_text()) or {}).get("ray_workers", workers)
+        elif arg.startswith("--config="):
+            workers = (yaml.safe_load(Path(arg.split("=", 1)[1]).read_text()) or {}).get("ray_workers", workers)
+    for i, arg in enumerate(args):
+        if arg == "--ray-workers" and i + 1 < len(args):
+            workers = int(args[i + 1])
+        elif arg.startswith("--ray-workers="):
+            workers = int(arg.split("=", 1)[1])
+    for arg in args:
+        if arg.startswith("ray_workers="):
+            workers = int(arg.split("=", 1)[1])
+    return int(workers or 0)
 
 
 def resolve_address(address: str | None) -> str:

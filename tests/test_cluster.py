@@ -29,7 +29,7 @@ def test_secrets_never_enter_the_runtime_env():
         runtime_env(SubmitConfig(env=["OPENAI_API_KEY=sk-123"]))
 
 
-def test_runtime_env_templates_install_nothing_and_drivers_ask_for_resources():
+def test_runtime_env_templates_install_nothing_and_drivers_ask_for_resources(tmp_path):
     """Code travels as the working dir and dependencies come from the cluster's image: no template
     installs packages (a job virtualenv would shadow the cluster's ray and torch)."""
     templates = sorted((REPO / "jobs" / "runtime_env").glob("*.yaml"))
@@ -41,6 +41,11 @@ def test_runtime_env_templates_install_nothing_and_drivers_ask_for_resources():
     assert driver_resources("pipeline", "annotate", ["demo", "--backend", "vllm"]) == (1.0, 0.0)
     assert driver_resources("trainer", "rl", ["--ray-workers", "8", "--ray-gpu"]) == (1.0, 0.0)
     assert driver_resources("trainer", "sft", ["dataset=x@1"]) == (1.0, 1.0)  # trains in the driver
+    assert driver_resources("trainer", "sft", ["--set", "ray_workers=16", "--ray-gpu"]) == (1.0, 0.0)
+    config = tmp_path / "rl.yaml"
+    config.write_text("ray_workers: 8\nray_gpu: true\n")
+    assert driver_resources("trainer", "rl", ["--config", str(config)]) == (1.0, 0.0)
+    assert driver_resources("trainer", "rl", ["--config", str(config), "--ray-workers", "0"]) == (1.0, 1.0)
 
 
 @pytest.fixture(scope="module")
