@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,16 +48,10 @@ def synthetic_version(root: str, n: int = 64, seed: int = 0) -> str:
         return writer.publish(Counts(n, n, 0, 0), {"command": "benchmark"}).ref
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(ranks: int, settings: dict, out: Path) -> list[dict]:
     """`trainer rl` on `ranks` gloo processes of one thread each; its metrics lines."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                "--master_port", str(free_port()), "-m", "trainer.cli", "rl", "--no-progress"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
+                "-m", "trainer.cli", "rl", "--no-progress"]
     values = {**settings, "out_dir": out, "prompts_per_step": 2 * ranks}
     subprocess.run([*launcher, *(w for k, v in values.items() for w in ("--set", f"{k}={v}"))], check=True, capture_output=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
