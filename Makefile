@@ -38,6 +38,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ingest
 	$(BIN)/python -m benchmarks.annotate
+	$(BIN)/python -m benchmarks.score
 	$(BIN)/python -m benchmarks.tokenize
 	$(BIN)/python -m benchmarks.sft
 	$(BIN)/python -m benchmarks.sampler

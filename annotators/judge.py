@@ -1,13 +1,16 @@
-"""A VLM judge over any annotator backend: ParaBench's six dimensions, one rubric prompt each, 0-100.
+"""A VLM judge over any annotator backend: one rubric prompt per dimension, 0-100. One copy of it
+serves `trainer eval` (ParaBench's six dimensions, judge-v1.yaml) and `pipeline score` (the four
+curation axes, score-v1.yaml); a rubric file names its dimensions, and each caller says which set
+it needs.
 
 Each (sample, dimension) is one chat request holding only what that dimension is about (the rubric
-file says which images). An answer is kept verbatim; its score comes from `parse_score`, which is
+file says which images, downscaled to the VLM's pixel budget as the annotator sends them). An answer is kept verbatim; its score comes from `parse_score`, which is
 strict: an answer without exactly one clear score on the 0-100 scale is a *failed judgement* with a
 reason code and no score. A failure is never a zero (that would pull the means down for a judge
 fault, not a model fault) and is not retried beyond the backend's transport retries: asking again
 until an answer parses would bias the scores towards what the judge finds easy to grade.
 
-The rubrics are ours (annotators/prompts/judge-v1.yaml), not ParaBench's own prompts: scores compare
+The rubrics are ours (annotators/prompts/), not ParaBench's own prompts: scores compare
 between our runs with the same judge and rubric file (its sha256 is recorded), and only roughly with
 the paper's table.
 """
@@ -25,6 +28,7 @@ from annotators.annotator import Backend, Request, SamplingConfig, generate
 from annotators.config import BACKENDS, build_backend
 from annotators.openai_backend import OpenAIConfig
 from annotators.prompts import builtin_or_file, data_url
+from annotators.vision import DEFAULT_IMAGE_MAX_PIXELS, fit_image
 from annotators.vllm_backend import VLLMConfig
 
 DIMENSIONS = ("text_quality", "text_alignment", "image_consistency", "image_alignment", "image_quality",
@@ -40,6 +44,7 @@ class JudgeConfig:
     revision: str | None = None
     rubrics: str = "judge-v1"  # built-in id or a YAML file
     device: str = "auto"  # transformers backend only
+    image_max_pixels: int = DEFAULT_IMAGE_MAX_PIXELS  # each image downscaled to this before it is sent
     sampling: SamplingConfig = dataclasses.field(
         default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=512))
     openai: OpenAIConfig = dataclasses.field(
@@ -66,15 +71,17 @@ class Rubrics:
     sha256: str
 
     @classmethod
-    def load(cls, name_or_path: str = "judge-v1") -> "Rubrics":
+    def load(cls, name_or_path: str = "judge-v1", dimensions: tuple[str, ...] = DIMENSIONS) -> "Rubrics":
+        """A rubric file that defines exactly `dimensions` (the caller's set: eval's six, score's four)."""
         path = builtin_or_file(name_or_path, "judge rubric file")
         data = path.read_bytes()
         spec = yaml.safe_load(data) or {}
         dims = spec.get("dimensions") or {}
-        if not spec.get("id") or not spec.get("system") or set(dims) != set(DIMENSIONS):
-            raise ValueError(f"{path}: needs id, system and exactly the dimensions {list(DIMENSIONS)}")
+        if not spec.get("id") or not spec.get("system") or set(dims) != set(dimensions):
+            raise ValueError(f"{path}: needs id, system and exactly the dimensions {list(dimensions)}, "
+                             f"has {sorted(dims)}")
         rubrics = {}
-        for name in DIMENSIONS:
+        for name in dimensions:
             d = dims[name]
             images, tasks = tuple(d.get("images") or ()), tuple(d.get("tasks") or TASKS)
             if "{instruction}" not in d.get("user", "") or not set(images) <= set(IMAGE_ROLES) \
@@ -132,15 +139,27 @@ def parse_score(answer: str | None) -> tuple[float | None, str | None]:
 
 
 class Judge:
-    def __init__(self, backend: Backend, rubrics: Rubrics | None = None, sampling: SamplingConfig | None = None):
+    def __init__(self, backend: Backend, rubrics: Rubrics | None = None, sampling: SamplingConfig | None = None,
+                 image_max_pixels: int = DEFAULT_IMAGE_MAX_PIXELS):
         self.backend = backend
         self.rubrics = rubrics or Rubrics.load()
         self.sampling = sampling or JudgeConfig().sampling
+        self.image_max_pixels = image_max_pixels
 
     def applies(self, dimension: str, task: str) -> bool:
         return task in self.rubrics.dimensions[dimension].tasks
 
+    def fitted(self, item: JudgeItem) -> JudgeItem:
+        """The item with its images downscaled to the pixel budget (a 2.5 MP photo would overflow
+        the judge's context); raises ValueError for an image that does not decode."""
+        try:
+            fit = lambda image: None if image is None else fit_image(image, self.image_max_pixels)[0]  # noqa: E731
+            return dataclasses.replace(item, input_image=fit(item.input_image), output_image=fit(item.output_image))
+        except Exception as e:
+            raise ValueError(f"{type(e).__name__}: {e}") from None
+
     def request(self, item: JudgeItem, dimension: str) -> Request:
+        """The chat for one (item, dimension); `item` as `fitted` returns it."""
         rubric = self.rubrics.dimensions[dimension]
         images = {"input": item.input_image, "output": item.output_image}
         parts = [{"type": "image_url", "image_url": {"url": data_url(images[role])}}
@@ -153,10 +172,20 @@ class Judge:
 
     def judge(self, items: list[JudgeItem]) -> list[dict[str, Judgement]]:
         """Per item, a judgement per applicable dimension (a dimension that does not apply to the
-        item's task, like image consistency for a generation, is absent: not failed)."""
-        keys = [(i, d) for i, item in enumerate(items) for d in DIMENSIONS if self.applies(d, item.task)]
-        completions = generate(self.backend, [self.request(items[i], d) for i, d in keys], self.sampling)
+        item's task, like image consistency for a generation, is absent: not failed). Every request
+        of every item goes to the backend in one call, which keeps as many in flight as it can."""
         results: list[dict[str, Judgement]] = [{} for _ in items]
+        keys, requests = [], []
+        for i, item in enumerate(items):
+            dimensions = [d for d in self.rubrics.dimensions if self.applies(d, item.task)]
+            try:
+                fitted = self.fitted(item)
+            except ValueError as e:  # this item's, never the batch's: every dimension fails, unsent
+                results[i] = {d: Judgement(None, None, "undecodable_image", str(e)[:500]) for d in dimensions}
+                continue
+            keys += [(i, d) for d in dimensions]
+            requests += [self.request(fitted, d) for d in dimensions]
+        completions = generate(self.backend, requests, self.sampling)
         for (i, dimension), completion in zip(keys, completions, strict=True):
             if completion.error is not None:
                 judgement = Judgement(None, None, "backend_error", completion.error)
@@ -171,4 +200,4 @@ def build_judge(cfg: JudgeConfig, rubrics: Rubrics | None = None) -> Judge:
     """Loads the judge model (vllm, transformers) or opens nothing yet (openai). `rubrics`: already
     loaded from `cfg.rubrics` (callers check the file before any long work)."""
     backend = build_backend(cfg.backend, cfg.model, cfg.revision, cfg.device, cfg.openai, cfg.vllm, cfg.sampling.seed)
-    return Judge(backend, rubrics or Rubrics.load(cfg.rubrics), cfg.sampling)
+    return Judge(backend, rubrics or Rubrics.load(cfg.rubrics), cfg.sampling, cfg.image_max_pixels)

@@ -23,10 +23,14 @@ from jobs.tiny_models import (
 )
 from pipeline.annotate import AnnotateConfig, report, run_annotate
 from pipeline.demo_data import make_demo_data
+from pipeline.filter import FilterConfig, run_filter
+from pipeline.filter import report as filter_report
 from pipeline.ingest import IngestConfig, accounting_table, run_ingest
 from pipeline.preview import preview
 from pipeline.registry import DatasetRegistry
 from pipeline.report import ReportConfig, write_report
+from pipeline.score import ScoreConfig, run_score
+from pipeline.score import report as score_report
 from pipeline.tokenize import TokenizeConfig, run_tokenize
 from pipeline.tokenize import report as tokenize_report
 from schemas import SequenceConfig
@@ -47,14 +51,16 @@ TINY_MODEL_VALIDATORS = ValidatorConfig(min_words=1, language=None,
                                         disabled=["too_long", "leakage", "refusal", "repetition"])
 
 
-def screenshot(html_page: Path) -> Path | None:
-    """The top of a page as PNG, through Debian's headless Chromium when it is installed."""
+def screenshot(html_page: Path, anchor: str = "") -> Path | None:
+    """The top of a page (or of the element with id `anchor`) as PNG, through Debian's headless
+    Chromium when it is installed."""
     chromium = shutil.which("chromium")
     if chromium is None:
         return None
-    png = html_page.with_suffix(".png")
+    png = html_page.with_name(f"{html_page.stem}{'-' + anchor if anchor else ''}.png")
+    url = html_page.resolve().as_uri() + (f"#{anchor}" if anchor else "")
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--window-size=1280,1600", f"--screenshot={png.resolve()}", html_page.resolve().as_uri()],
+                    "--window-size=1280,1600", f"--screenshot={png.resolve()}", url],
                    capture_output=True, timeout=120, check=True)
     return png
 
@@ -87,12 +93,25 @@ def main() -> None:
     print("[annotate] " + report(annotated).replace("\n", "\n[annotate] "))
     print(f"[annotate] {annotated.ref} (parent {annotated.parent})")
 
+    # The same tiny random VLM as the judge: its answers hardly ever hold a "Score: N", so nearly every
+    # judgement fails (counted, never a 0), and the filter's thresholds are relaxed to let such rows
+    # through; a real run judges with Qwen2.5-VL-72B and cuts with --max-failed 0.
+    scored = run_score(ScoreConfig(
+        dataset=annotated.ref, registry=registry, backend="transformers", model=str(model), device="cpu",
+        sampling=SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16)))
+    print(f"[score] four axes, rubrics score-v1, judged by the tiny random Qwen2.5-VL at {model}")
+    print("[score] " + score_report(scored).replace("\n", "\n[score] "))
+    kept = run_filter(FilterConfig(dataset=scored.ref, registry=registry, max_failed=4,
+                                   min={"reasoning_following": 10, "quality": 10}))
+    print("[filter] " + filter_report(kept).replace("\n", "\n[filter] "))
+    print(f"[filter] {kept.ref} (parent {kept.parent})")
+
     magvit = out / "models" / "magvitv2-random"
     if not (magvit / "pytorch_model.safetensors").exists():
         build_random_magvitv2(magvit)
     text_tokenizer = build_tiny_llada_tokenizer(out / "models" / "tiny-llada-tokenizer")
     tokenized = run_tokenize(TokenizeConfig(
-        dataset=annotated.ref, registry=registry, image_tokenizer=str(magvit), text_tokenizer=str(text_tokenizer),
+        dataset=kept.ref, registry=registry, image_tokenizer=str(magvit), text_tokenizer=str(text_tokenizer),
         resolution=DEMO_TOKENIZE_RESOLUTION, batch_size=4, cpus_per_actor=2))
     print(f"[tokenize] full-size MAGVIT-v2 with random weights (published layout) at {magvit}, "
           f"{DEMO_TOKENIZE_RESOLUTION} px")
@@ -156,8 +175,8 @@ def main() -> None:
 
     page = write_report(ReportConfig(dataset=tokenized.ref, registry=registry, out=str(out / "report.html"), cards=16))
     print(f"[report] {tokenized.ref}: ancestry, quarantine, distributions, cards, diff -> {page}")
-    for html_page in (page, out / "eval" / "eval.html"):
-        shot = screenshot(html_page)
+    for html_page, anchor in ((page, ""), (page, "scores"), (out / "eval" / "eval.html", "")):
+        shot = screenshot(html_page, anchor)
         print(f"[report] screenshot {shot}" if shot else "[report] no screenshot: chromium is not installed")
 
     for stage in NOT_BUILT:

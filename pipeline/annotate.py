@@ -22,6 +22,7 @@ from annotators import AnnotatorConfig, Sample, build_annotator
 from annotators.annotator import TRANSIENT_ERRORS, to_json
 from annotators.openai_backend import check_server
 from annotators.prompts import load_prompts
+from annotators.vllm_backend import VLLMConfig
 from pipeline import ray_runtime
 from pipeline.lineage import lineage
 from pipeline.registry import TARGET_SHARD_BYTES, DatasetRegistry, split_ref
@@ -58,24 +59,8 @@ class AnnotateStage(Stage):
         self.config = config.annotator_config()
         # vllm and openai keep their own number of requests in flight: they take a whole unit at once
         self.batch_size = config.batch_size if config.backend == "transformers" else config.chunk_rows
-        if config.backend == "openai":
-            # Nothing to load: plain tasks run on Ray's warm worker pool, where an actor would start a
-            # fresh process per run (seconds of imports).
-            self.resources = Resources(num_cpus=1, max_tasks=config.concurrency)
-        elif config.backend == "transformers":  # one request at a time: one unit at a time
-            self.resources = Resources(num_cpus=1, actors=config.concurrency, num_gpus=1 if on_gpu else 0)
-        else:
-            # The engine keeps up to max_in_flight requests from several units at once, and one more
-            # unit waits, so the engine never drains between units.
-            units = -(-config.vllm.max_in_flight // config.chunk_rows) + 1
-            tp = config.vllm.tensor_parallel_size
-            if on_gpu and tp > 1:  # the engine's GPUs on one node; vLLM's Ray workers take them from the group
-                self.config.vllm = dataclasses.replace(config.vllm, distributed_executor_backend="ray")
-                self.resources = Resources(num_cpus=1, actors=config.concurrency, units_per_actor=units,
-                                           placement=({"CPU": 1, "GPU": 1},) + ({"GPU": 1},) * (tp - 1))
-            else:
-                self.resources = Resources(num_cpus=1, actors=config.concurrency, units_per_actor=units,
-                                           num_gpus=1 if on_gpu else 0)
+        self.resources, self.config.vllm = backend_resources(config.backend, config.concurrency, config.chunk_rows,
+                                                             config.vllm, on_gpu)
 
     def setup(self) -> None:
         self.annotator = build_annotator(self.config)
@@ -111,6 +96,27 @@ class AnnotateStage(Stage):
         if hasattr(self.annotator.backend, "peak_in_flight"):
             stats["max_requests_in_flight"] = self.annotator.backend.peak_in_flight
         return Processed(kept, rejected, stats)
+
+
+def backend_resources(backend: str, concurrency: int, chunk_rows: int, vllm: VLLMConfig,
+                      on_gpu: bool) -> tuple[Resources, VLLMConfig]:
+    """How a stage that sends requests to a VLM backend runs (annotate, score): the workers' resources,
+    and the vLLM settings to build its engine with."""
+    if backend == "openai":
+        # Nothing to load: plain tasks run on Ray's warm worker pool, where an actor would start a
+        # fresh process per run (seconds of imports).
+        return Resources(num_cpus=1, max_tasks=concurrency), vllm
+    if backend == "transformers":  # one request at a time: one unit at a time
+        return Resources(num_cpus=1, actors=concurrency, num_gpus=1 if on_gpu else 0), vllm
+    # The engine keeps up to max_in_flight requests from several units at once, and one more unit
+    # waits, so the engine never drains between units.
+    units = -(-vllm.max_in_flight // chunk_rows) + 1
+    tp = vllm.tensor_parallel_size
+    if on_gpu and tp > 1:  # the engine's GPUs on one node; vLLM's Ray workers take them from the group
+        return (Resources(num_cpus=1, actors=concurrency, units_per_actor=units,
+                          placement=({"CPU": 1, "GPU": 1},) + ({"GPU": 1},) * (tp - 1)),
+                dataclasses.replace(vllm, distributed_executor_backend="ray"))
+    return Resources(num_cpus=1, actors=concurrency, units_per_actor=units, num_gpus=1 if on_gpu else 0), vllm
 
 
 def _why(result) -> str:

@@ -7,19 +7,22 @@ import sys
 import typer
 
 import paraforge_compat  # noqa: F401
-from pipeline.commands import annotate, cluster, demo_data, ingest, report, tokenize, versions
+from pipeline.commands import annotate, cluster, demo_data, ingest, report, score, tokenize, versions
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  help="paraforge data pipeline: ingest, annotate, tokenize, dataset versions, report, cluster jobs.")
+                  help="paraforge data pipeline: ingest, annotate, score, filter, tokenize, dataset versions, "
+                       "report, cluster jobs.")
 app.command("ingest")(ingest.ingest)
 app.command("annotate")(annotate.annotate)
+app.command("score")(score.score)
+app.command("filter")(score.filter_)
 app.command("tokenize")(tokenize.tokenize)
 app.command("preview")(tokenize.preview)
 app.command("report")(report.report)
 app.command("demo-data")(demo_data.demo_data)
 app.add_typer(versions.app, name="versions")
 app.command("submit", context_settings=cluster.SUBMIT_SETTINGS)(
-    cluster.submit_command("pipeline", ("ingest", "annotate", "tokenize")))
+    cluster.submit_command("pipeline", ("ingest", "annotate", "score", "filter", "tokenize")))
 app.add_typer(cluster.app, name="jobs")
 
 

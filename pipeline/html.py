@@ -80,39 +80,49 @@ def bar_chart(counts: dict[str, int | float], title: str, width: int = 460, attr
         bars.append(f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end" font-size="12">{esc(key)}</text>'
                     f'<rect x="{label_w}" y="{y + 2}" width="{w:.1f}" height="{row_h - 5}" fill="#4a78c2"/>'
                     f'<text x="{label_w + w + 4:.1f}" y="{y + 13}" font-size="12" data-key="{esc(key)}"{extra}>'
-                    f'{esc(_num(value))}</text>')
+                    f'{esc(fmt_number(value))}</text>')
     return (f'<figure><svg width="{width}" height="{height}" role="img" aria-label="{esc(title)}">'
             f'{"".join(bars)}</svg><figcaption>{esc(title)}</figcaption></figure>')
 
 
-def histogram(values: Sequence[float], title: str, bins: int = 20, width: int = 360, height: int = 150) -> str:
-    """Counts per equal-width bin, with the range and the median written underneath."""
+def histogram(values: Sequence[float], title: str, bins: int = 20, width: int = 360, height: int = 150,
+              span: tuple[float, float] | None = None, cut: float | None = None, attrs: dict[str, str] | None = None) -> str:
+    """Counts per equal-width bin, with the range and the median written underneath. `span` fixes
+    the range (scores: 0..100) instead of the values' own; `cut` draws a threshold line there."""
     values = [float(v) for v in values if v is not None]
+    extra = "".join(f' {k}="{esc(v)}"' for k, v in (attrs or {}).items())
     if not values:
-        return f"<figure><figcaption>{esc(title)}: no values</figcaption></figure>"
-    lo, hi = min(values), max(values)
-    bins = max(1, min(bins, len(set(values))))
-    span = (hi - lo) or 1.0
+        return f"<figure{extra}><figcaption>{esc(title)}: no values</figcaption></figure>"
+    lo, hi = span or (min(values), max(values))
+    bins = bins if span else max(1, min(bins, len(set(values))))
+    width_of_range = (hi - lo) or 1.0
     counts = [0] * bins
     for v in values:
-        counts[min(int((v - lo) / span * bins), bins - 1)] += 1
+        counts[min(max(int((v - lo) / width_of_range * bins), 0), bins - 1)] += 1
     top, bottom = 6, 16
     peak = max(counts)
     bar_w = width / bins
     rects = "".join(
         f'<rect x="{i * bar_w + 1:.1f}" y="{top + (height - top - bottom) * (1 - c / peak):.1f}" '
-        f'width="{max(bar_w - 2, 1):.1f}" height="{(height - top - bottom) * c / peak:.1f}" fill="#5b9a68">'
-        f'<title>{esc(_num(lo + i * span / bins))}..{esc(_num(lo + (i + 1) * span / bins))}: {c}</title></rect>'
+        f'width="{max(bar_w - 2, 1):.1f}" height="{(height - top - bottom) * c / peak:.1f}" fill="#5b9a68" '
+        f'data-bin="{i}" data-n="{c}"><title>{esc(fmt_number(lo + i * width_of_range / bins))}..'
+        f'{esc(fmt_number(lo + (i + 1) * width_of_range / bins))}: {c}</title></rect>'
         for i, c in enumerate(counts))
-    axis = (f'<text x="0" y="{height - 3}" font-size="11">{esc(_num(lo))}</text>'
-            f'<text x="{width}" y="{height - 3}" font-size="11" text-anchor="end">{esc(_num(hi))}</text>')
+    axis = (f'<text x="0" y="{height - 3}" font-size="11">{esc(fmt_number(lo))}</text>'
+            f'<text x="{width}" y="{height - 3}" font-size="11" text-anchor="end">{esc(fmt_number(hi))}</text>')
+    line = ""
+    if cut is not None:
+        x = width * (cut - lo) / width_of_range
+        line = (f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height - bottom}" stroke="#c0392b" stroke-width="2" '
+                f'stroke-dasharray="4 2" data-cut="{esc(fmt_number(cut))}"/><text x="{x + 3:.1f}" y="12" font-size="11" '
+                f'fill="#c0392b">cut {esc(fmt_number(cut))}</text>')
     median = sorted(values)[len(values) // 2]
-    return (f'<figure><svg width="{width}" height="{height}" role="img" aria-label="{esc(title)}">{rects}{axis}'
-            f'</svg><figcaption>{esc(title)}: n={len(values)}, median {esc(_num(median))}, peak bin {peak}'
+    return (f'<figure{extra}><svg width="{width}" height="{height}" role="img" aria-label="{esc(title)}">{rects}{axis}'
+            f'{line}</svg><figcaption>{esc(title)}: n={len(values)}, median {esc(fmt_number(median))}, peak bin {peak}'
             f'</figcaption></figure>')
 
 
-def _num(value: float) -> str:
+def fmt_number(value: float) -> str:
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e9):
         return str(int(value))
     return f"{value:.3g}" if math.isfinite(value) else str(value)

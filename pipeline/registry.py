@@ -122,22 +122,24 @@ class DatasetRegistry:
         return {t: self._read_text(self._path(dataset, "tags", t)).strip()
                 for t in self._children(self._path(dataset, "tags"))}
 
-    def resolve(self, ref: str, schema: str | None = None) -> VersionManifest:
-        """NAME (latest), NAME@VERSION, NAME@TAG or NAME@<unique version prefix>. With `schema`,
-        NAME alone means the latest version of that schema (a stage's input lives beside its output),
-        and a version of another schema is an error."""
+    def resolve(self, ref: str, schema: str | tuple[str, ...] | None = None) -> VersionManifest:
+        """NAME (latest), NAME@VERSION, NAME@TAG or NAME@<unique version prefix>. With `schema` (one
+        name or several a stage accepts), NAME alone means the latest version of such a schema (a
+        stage's input lives beside its output), and a version of another schema is an error."""
         dataset, selector = split_ref(ref)
         versions = self.versions(dataset)
         if not versions:
             raise ValueError(f"dataset {dataset!r} has no versions in registry {self.root}")
+        accepted = (schema,) if isinstance(schema, str) else schema
+        wanted = " or ".join(accepted or ())
         if selector is None:
-            candidates = [m for m in versions if schema in (None, m.schema)]
+            candidates = [m for m in versions if accepted is None or m.schema in accepted]
             if not candidates:
-                raise ValueError(f"dataset {dataset!r} has no {schema} version in registry {self.root}")
+                raise ValueError(f"dataset {dataset!r} has no {wanted} version in registry {self.root}")
             return candidates[-1]
         found = self._select(ref, dataset, selector, versions)
-        if schema is not None and found.schema != schema:
-            raise ValueError(f"{found.ref} has schema {found.schema}; a {schema} version is needed here")
+        if accepted is not None and found.schema not in accepted:
+            raise ValueError(f"{found.ref} has schema {found.schema}; a {wanted} version is needed here")
         return found
 
     def manifest(self, ref: str) -> VersionManifest:
@@ -428,16 +430,21 @@ def _row_bytes(table: pa.Table) -> np.ndarray:
     """Approximate encoded size of each row, from column types and value lengths alone."""
     sizes = np.zeros(table.num_rows, dtype=np.int64)
     for column in table.columns:
-        t = column.type
-        if pa.types.is_binary(t) or pa.types.is_string(t) or pa.types.is_large_binary(t):
-            sizes += pc.fill_null(pc.binary_length(column), 0).to_numpy() + 4
-        elif pa.types.is_fixed_size_list(t):
-            sizes += t.list_size * max(t.value_type.bit_width // 8, 1)
-        elif pa.types.is_list(t):
-            sizes += pc.fill_null(pc.list_value_length(column), 0).to_numpy() * max(t.value_type.bit_width // 8, 1) + 4
-        else:
-            sizes += max(getattr(t, "bit_width", 64) // 8, 1)
+        sizes += _value_bytes(column)
     return sizes
+
+
+def _value_bytes(column: pa.ChunkedArray | pa.Array) -> np.ndarray | int:
+    t = column.type
+    if pa.types.is_binary(t) or pa.types.is_string(t) or pa.types.is_large_binary(t):
+        return pc.fill_null(pc.binary_length(column), 0).to_numpy() + 4
+    if pa.types.is_fixed_size_list(t):
+        return t.list_size * max(t.value_type.bit_width // 8, 1)
+    if pa.types.is_list(t):
+        return pc.fill_null(pc.list_value_length(column), 0).to_numpy() * max(t.value_type.bit_width // 8, 1) + 4
+    if pa.types.is_struct(t):  # the scores and the judge's answers: the sum of the fields
+        return sum(_value_bytes(pc.struct_field(column, [i])) for i in range(t.num_fields))
+    return max(getattr(t, "bit_width", 64) // 8, 1)
 
 
 class ShardWriter:

@@ -4,8 +4,10 @@ What a person needs to judge a reasoning dataset: the version's ancestry with th
 every stage (in = out + quarantined + duplicates, and each stage's input equal to its parent's
 output), why rows were rejected (read from the quarantine shards themselves, so the page shows what
 is stored, not what a stage claimed), length and size distributions, categories, sample cards with
-the traces beside the images (and, for tokenized versions, the image decoded from its codes), and a
-diff against the parent or any other version. Filters by category and by rejection reason run in a
+the traces beside the images (and, for tokenized versions, the image decoded from its codes), the
+judge's scores when the chain holds a `pipeline score` version (histograms per axis and per
+category over every scored row, the cut of a `pipeline filter` below it drawn on them, the judge's
+words on the cards), and a diff against the parent or any other version. Filters by category and by rejection reason run in a
 few lines of inline JavaScript; nothing is fetched, so the file opens offline.
 
 Collecting (`collect`) and rendering (`render`) are separate: the first reads the registry into a
@@ -23,11 +25,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.html import FILTER_SCRIPT, bar_chart, esc, histogram, page, png_data_url, table, thumbnail
+from pipeline.html import FILTER_SCRIPT, bar_chart, esc, fmt_number, histogram, page, png_data_url, table, thumbnail
 from pipeline.registry import DatasetRegistry
-from schemas import VersionManifest
+from schemas import SCORE_AXES, VersionManifest
 
-CONTENT_SCHEMAS = ("raw/1", "annotated/1")  # versions that hold the text and the images
+CONTENT_SCHEMAS = ("raw/1", "annotated/1", "scored/1")  # versions that hold the text and the images
+SCORE_COLUMNS = ["sample_id", "task", "category", "scores", "judge_failed"]
 TEXT_COLUMNS = ["sample_id", "task", "instruction", "category", "output_width", "output_height",
                 "input_width", "input_height"]
 
@@ -53,6 +56,9 @@ class ReportData:
     cards: list[dict[str, Any]]
     diff: dict[str, Any] | None
     quarantine_rows: int = 500
+    scored: VersionManifest | None = None  # the chain's `pipeline score` version, if any
+    scores: pa.Table | None = None  # its rows' SCORE_COLUMNS: the population before any cut
+    cut: VersionManifest | None = None  # the chain's `pipeline filter` version below it, if any
 
 
 def ancestry(registry: DatasetRegistry, manifest: VersionManifest) -> list[VersionManifest]:
@@ -73,7 +79,7 @@ def collect(cfg: ReportConfig) -> ReportData:
     quarantine = {m.version: registry.read_table(m, ["stage", "reason", "message", "source_ref", "sample_id"],
                                                  quarantine=True).to_pylist() for m in chain}
     content = next(m for m in reversed(chain) if m.schema in CONTENT_SCHEMAS)
-    columns = TEXT_COLUMNS + (["reasoning"] if content.schema == "annotated/1" else [])
+    columns = TEXT_COLUMNS + (["reasoning"] if content.schema in ("annotated/1", "scored/1") else [])
     rows = registry.read_table(content, columns)
     if manifest is not content:  # a tokenized version: keep its rows, add their token lengths
         tokens = registry.read_table(manifest, ["sample_id", "instruction_len", "reasoning_len"])
@@ -82,20 +88,24 @@ def collect(cfg: ReportConfig) -> ReportData:
     against = cfg.against or manifest.parent
     diff = registry.diff(against, manifest.ref) if against else None
     cards = _cards(registry, manifest, content, rows, cfg)
-    return ReportData(manifest, chain, quarantine, rows, cards, diff, cfg.quarantine_rows)
+    scored = next((m for m in reversed(chain) if m.stage == "score"), None)
+    scores = registry.read_table(scored, SCORE_COLUMNS) if scored else None
+    cut = next((m for m in reversed(chain) if m.stage == "filter"), None)
+    return ReportData(manifest, chain, quarantine, rows, cards, diff, cfg.quarantine_rows, scored, scores, cut)
 
 
 def _cards(registry: DatasetRegistry, manifest: VersionManifest, content: VersionManifest, rows: pa.Table,
            cfg: ReportConfig) -> list[dict[str, Any]]:
     picked = rows.slice(0, cfg.cards).to_pylist()
     wanted = [r["sample_id"] for r in picked]
-    images = registry.rows_by_id(content, wanted, ["input_image", "output_image"])
+    judged = ["scores", "judge_answers", "judge_errors"] if content.schema == "scored/1" else []
+    images = registry.rows_by_id(content, wanted, ["input_image", "output_image", *judged])
     decoded = _decode_codes(registry, manifest, wanted, cfg) if manifest.schema.startswith("tokenized") else {}
     cards = []
     for r in picked:
         found = images.get(r["sample_id"], {})
         cards.append({**r, "input_image": found.get("input_image"), "output_image": found.get("output_image"),
-                      "decoded": decoded.get(r["sample_id"])})
+                      "decoded": decoded.get(r["sample_id"]), **{c: found.get(c) for c in judged}})
     return cards
 
 
@@ -123,14 +133,14 @@ def render(data: ReportData) -> str:
     sections = [
         f"<h1>{esc(m.ref)}</h1><p>stage <b>{esc(m.stage)}</b>, schema <code>{esc(m.schema)}</code>, "
         f"created {esc(m.created_at[:19])} UTC, tags: {esc(', '.join(m.tags) or '-')}</p>",
-        _chain_section(data), _quarantine_section(data), _distributions_section(data),
+        _chain_section(data), _quarantine_section(data), _scores_section(data), _distributions_section(data),
         _diff_section(data), _cards_section(data)]
     return page(f"paraforge report: {m.ref}", "".join(sections), FILTER_SCRIPT)
 
 
-def _count(key: str, value: int, version: str) -> str:
+def _count(key: str, value: int, version: str, tag: str = "td") -> str:
     """A count the page states, tagged so tests (and scripts) can check it against the manifest."""
-    return f'<td class="n" data-count="{key}" data-version="{esc(version)}">{value}</td>'
+    return f'<{tag} class="n" data-count="{key}" data-version="{esc(version)}">{value}</{tag}>'
 
 
 def _chain_section(data: ReportData) -> str:
@@ -150,7 +160,7 @@ def _chain_section(data: ReportData) -> str:
                                              "quarantined", "duplicates", "accounting"))
     lineage = []
     for m in data.chain:
-        detail = {k: v for k, v in m.lineage.items() if k in ("annotate", "tokenize", "sources")}
+        detail = {k: v for k, v in m.lineage.items() if k in ("annotate", "score", "filter", "tokenize", "sources")}
         lineage.append(f"<li><code>{esc(m.version)}</code> {esc(m.lineage.get('command', ''))} "
                        f"(git {esc(m.lineage.get('git_revision'))})<br><code>{esc(json.dumps(detail)[:600])}</code></li>")
     return (f"<h2>Ancestry and accounting</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
@@ -230,13 +240,87 @@ def _cards_section(data: ReportData) -> str:
         cards.append(f'<div class="card" data-category="{esc(c["category"] or "(none)")}">{pictures}'
                      f'<p class="meta">{esc(c["task"])} · {esc(c["category"] or "(none)")} · '
                      f'<code>{esc(c["sample_id"][:12])}</code>{tokens}</p><p><b>{esc(c["instruction"])}</b></p>'
-                     + (f"<p>{esc(reasoning)}</p>" if reasoning is not None else "") + "</div>")
+                     + (f"<p>{esc(reasoning)}</p>" if reasoning is not None else "") + _judged(c) + "</div>")
     categories = sorted({c["category"] or "(none)" for c in data.cards})
     options = "".join(f'<option value="{esc(c)}">{esc(c)}</option>' for c in categories)
     return (f'<h2>Samples</h2><div class="filters">category: <select data-filter="category" '
             f'data-target=".cards .card"><option value="">all</option>{options}</select> <span class="shown"></span>'
             f'</div><div class="cards">{"".join(cards)}</div>'
             f'<p class=muted>the first {len(cards)} of {data.rows.num_rows} rows</p>')
+
+
+def _judged(card: dict[str, Any]) -> str:
+    """A card's scores, each with the judge's words (or why its judgement failed)."""
+    if card.get("scores") is None:
+        return ""
+    items = []
+    for axis in SCORE_AXES:
+        score, answer, error = card["scores"][axis], card["judge_answers"][axis], card["judge_errors"][axis]
+        if score is None and error is None:
+            continue  # does not apply (consistency for a generation)
+        shown = f"<b>{fmt_number(score)}</b>" if score is not None else f'<b class="bad">failed</b> ({esc(error)})'
+        words = f": <i>{esc(answer[:300])}</i>" if answer else ""
+        items.append(f'<li data-axis="{axis}" data-score="{"" if score is None else fmt_number(score)}">'
+                     f"{esc(axis)} {shown}{words}</li>")
+    return f'<ul class="judge">{"".join(items)}</ul>'
+
+
+def _axis_values(scores: pa.Table, axis: str) -> list[float]:
+    """The scored values of one axis (failures and not-applicable rows are null and left out),
+    read column-wise: a million rows stay an Arrow column until the histogram."""
+    return pc.drop_null(pc.struct_field(scores["scores"], axis)).to_pylist()
+
+
+def _scores_section(data: ReportData) -> str:
+    """Histograms of every scored row per axis (before any cut: the filter's threshold is drawn on
+    them) and per category; failed judgements are counted beside, never plotted as 0."""
+    if data.scored is None or data.scores is None:
+        return ""
+    scores, version = data.scores, data.scored.version
+    rule = data.cut.lineage.get("filter", {}) if data.cut else {}
+    floors = rule.get("min", {})
+    judge = data.scored.lineage.get("score", {})
+    charts, summary = [], []
+    for axis in SCORE_AXES:
+        values = _axis_values(scores, axis)
+        floor = floors.get(axis)
+        below = sum(v < floor for v in values) if floor is not None else 0
+        charts.append(histogram(values, f"{axis} (0-100)", bins=10, span=(0, 100), cut=floor,
+                                attrs={"data-axis": axis, "data-kind": "scores"}))
+        mean = f"{sum(values) / len(values):.1f}" if values else "-"
+        summary.append((axis, _count(f"scored-{axis}", len(values), version), mean,
+                        "-" if floor is None else f">= {fmt_number(floor)}", _count(f"below-{axis}", below, version)))
+    head = "".join(f"<th>{h}</th>" for h in ("axis", "scored", "mean", "cut", "scored below the cut"))
+    body = "".join(f"<tr><td>{esc(a)}</td>{n}<td class=n>{m}</td><td>{esc(c)}</td>{b}</tr>" for a, n, m, c, b in summary)
+    failed = pc.sum(scores["judge_failed"]).as_py() or 0
+    categories = pc.fill_null(scores["category"], "(none)")
+    means, per_category = [], []
+    for i, category in enumerate(sorted(pc.unique(categories).to_pylist())):
+        members = scores.filter(pc.equal(categories, category))
+        axes = {axis: _axis_values(members, axis) for axis in SCORE_AXES}
+        means.append((category, members.num_rows,
+                      *(f"{sum(v) / len(v):.1f}" if v else "-" for v in axes.values()),
+                      pc.sum(members["judge_failed"]).as_py() or 0))
+        if i < 24:  # the page stays readable; the table above has every category
+            per_category.append(
+                f'<div class="category-scores" data-category="{esc(category)}"><h4>{esc(category)} '
+                f'({members.num_rows} rows)</h4><div class="charts">'
+                + "".join(histogram(v, axis, bins=10, span=(0, 100), width=220, height=90, cut=floors.get(axis))
+                          for axis, v in axes.items()) + "</div></div>")
+    cut = (f'<p>cut by <code>{esc(data.cut.ref)}</code>: ' + esc(", ".join(f"{a} >= {fmt_number(v)}" for a, v in floors.items())
+           or "no score thresholds") + f"; at most {rule.get('max_failed')} failed judgement(s) per row. "
+           f"It kept {data.cut.counts.output} of {data.cut.counts.input} rows.</p>") if data.cut else \
+        "<p class=muted>no filter below this version yet</p>"
+    rubrics = judge.get("rubrics", {})
+    return (f'<section id="scores"><h2>Judge scores</h2><p>{_count("scored-rows", scores.num_rows, version, "span")} '
+            f'rows of <code>{esc(data.scored.ref)}</code> judged by <code>{esc(judge.get("model"))}</code> with rubrics '
+            f'{esc(rubrics.get("id"))} (sha256 {esc(rubrics.get("sha256", "")[:12])}); '
+            f'{_count("judge-failed", failed, version, "span")} judgements failed '
+            f'(not plotted: a failure is no score, not 0).</p>{cut}<div class="charts">{"".join(charts)}</div>'
+            f'<table id="score-summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+            f'<h3>Mean score per category</h3>'
+            + table(["category", "rows", *SCORE_AXES, "failed judgements"], means, 'id="category-scores"')
+            + f"<details open><summary>histograms per category</summary>{''.join(per_category)}</details></section>")
 
 
 def write_report(cfg: ReportConfig) -> Path:

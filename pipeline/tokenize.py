@@ -1,4 +1,4 @@
-"""`pipeline tokenize`: an annotated version -> a `tokenized` version of Arrow IPC shards.
+"""`pipeline tokenize`: an annotated or scored version -> a `tokenized` version of Arrow IPC shards.
 
 Images become MAGVIT-v2 codes (raw codebook indices, 0..8191), text becomes tokenizer ids with no
 special tokens; the trainer adds task tokens, bos/eos and image offsets from its TokenLayout, so
@@ -12,6 +12,9 @@ takes): at most L - 2 tokens per text part. Over-long text is quarantined by def
 (`overflow=quarantine`): a trace cut at a token limit teaches the model to stop mid-thought, and a
 cut instruction asks for another edit than the image shows. `overflow=truncate` keeps such rows,
 cut to the limit (what the published training did), when losing rows costs more.
+
+A scored version's judge scores travel into the shards (`scores`, null for an annotated input), as
+metadata a trainer may weight or select by; they never change the tokens.
 
 The manifest records what a trainer needs to read the version: the text tokenizer's size (a
 model's image offset must equal it), the codebook size, the sequence settings, and the codes of a
@@ -37,7 +40,7 @@ from pipeline.images import stable_message
 from pipeline.lineage import lineage
 from pipeline.registry import TARGET_SHARD_BYTES, DatasetRegistry, split_ref
 from pipeline.stage import Processed, Resources, Stage, plan_row_ranges, read_row_range, rejected_rows, totals
-from schemas import SequenceConfig, VersionManifest, tokenized_schema
+from schemas import SCORES, SequenceConfig, VersionManifest, tokenized_schema
 
 STAGE = "tokenize"
 _INPUT_COLUMNS = ["sample_id", "task", "instruction", "reasoning", "input_image", "output_image", "source",
@@ -47,7 +50,7 @@ DEFAULT_TEXT_TOKENIZER = "GSAI-ML/LLaDA-8B-Instruct"
 
 @dataclasses.dataclass(kw_only=True)
 class TokenizeConfig:
-    dataset: str  # NAME[@VERSION|@TAG] of an annotated version
+    dataset: str  # NAME[@VERSION|@TAG] of an annotated or scored (`pipeline score` / `filter`) version
     output: str | None = None
     image_tokenizer: str = DEFAULT_ID
     text_tokenizer: str = DEFAULT_TEXT_TOKENIZER
@@ -200,6 +203,7 @@ class TokenizeStage(Stage):
         sequence = self.config.sequence
         instruction_ids, long_instruction = self._ids(rows["instruction"].to_pylist(), sequence.max_instruction_tokens)
         reasoning_ids, long_reasoning = self._ids(rows["reasoning"].to_pylist(), sequence.max_reasoning_tokens)
+        scores = rows["scores"] if "scores" in rows.column_names else pa.nulls(rows.num_rows, SCORES)
         out = pa.table({
             "sample_id": rows["sample_id"], "task": rows["task"],
             "instruction_ids": pa.array(instruction_ids, pa.list_(pa.int32())),
@@ -209,7 +213,7 @@ class TokenizeStage(Stage):
             "grid_h": pa.array([self.grid] * rows.num_rows, pa.int32()),
             "grid_w": pa.array([self.grid] * rows.num_rows, pa.int32()),
             "instruction_len": pa.array([len(x) for x in instruction_ids], pa.int32()),
-            "reasoning_len": pa.array([len(x) for x in reasoning_ids], pa.int32())})
+            "reasoning_len": pa.array([len(x) for x in reasoning_ids], pa.int32()), "scores": scores})
         too_long = [False] * rows.num_rows
         reasons, messages = [], []
         if self.config.overflow == "quarantine":
@@ -233,7 +237,7 @@ class TokenizeStage(Stage):
 
 def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManifest:
     registry = DatasetRegistry(config.registry)
-    source = registry.resolve(config.dataset, schema="annotated/1")
+    source = registry.resolve(config.dataset, schema=("annotated/1", "scored/1"))
     output = config.output or split_ref(config.dataset)[0]
     checkpoint = weights_file(resolve_checkpoint(config.image_tokenizer))
     text = load_text_tokenizer(config.text_tokenizer)
@@ -251,7 +255,8 @@ def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManife
     key = "tokenize-" + hashlib.sha256(json.dumps(
         {"input": source.ref, "chunk_rows": config.chunk_rows, "dtype": config.dtype, **provenance},
         sort_keys=True).encode()).hexdigest()[:16]
-    units = plan_row_ranges(source, registry.root, config.chunk_rows, _INPUT_COLUMNS)
+    columns = _INPUT_COLUMNS + (["scores"] if source.schema == "scored/1" else [])
+    units = plan_row_ranges(source, registry.root, config.chunk_rows, columns)
     ray_runtime.init_ray(config.ray_address)
     work = registry.work_dir(output, key)
     ray_runtime.verify_input(registry, source, work)

@@ -41,6 +41,23 @@ _ANNOTATION_FIELDS = [
     pa.field("verdicts", pa.string()),  # JSON: validator name -> verdict of the accepted attempt
 ]
 
+# The judge's four axes of `pipeline score`, 0-100 each. `consistency` (what the instruction does not
+# ask to change stayed as it was) exists for edits only.
+SCORE_AXES = ("instruction_following", "reasoning_following", "consistency", "quality")
+# One value per axis, null where the axis does not apply or its judgement failed (`judge_errors` says which).
+SCORES = pa.struct([pa.field(axis, pa.float32()) for axis in SCORE_AXES])
+_PER_AXIS_TEXT = pa.struct([pa.field(axis, pa.string()) for axis in SCORE_AXES])
+
+_SCORE_FIELDS = [
+    pa.field("scores", SCORES, nullable=False),
+    pa.field("judge_errors", _PER_AXIS_TEXT, nullable=False),  # reason code of each failed judgement, else null
+    pa.field("judge_answers", _PER_AXIS_TEXT, nullable=False),  # the judge's words, verbatim
+    pa.field("judge_failed", pa.int32(), nullable=False),  # failed judgements of the row: never scored as 0
+    pa.field("judge_model", pa.string(), nullable=False),
+    pa.field("rubric_id", pa.string(), nullable=False),
+    pa.field("rubric_hash", pa.string(), nullable=False),
+]
+
 QUARANTINE_FIELDS = [
     pa.field("stage", pa.string(), nullable=False),  # which stage rejected the row
     pa.field("reason", pa.string(), nullable=False),  # a stable reason code, e.g. "undecodable_image"
@@ -73,12 +90,17 @@ def tokenized_schema(num_image_tokens: int = 1024) -> pa.Schema:
             pa.field("grid_w", pa.int32(), nullable=False),
             pa.field("instruction_len", pa.int32(), nullable=False),
             pa.field("reasoning_len", pa.int32(), nullable=False),
+            # The judge's scores when the version was tokenized from a scored one, else null: metadata
+            # for trainers that weight or select by them. Added after the first tokenized versions,
+            # nullable: readers select the columns they need, and older shards simply lack it.
+            pa.field("scores", SCORES),
         ],
     )
 
 
 RAW = _named("raw/1", _RAW_FIELDS)
 ANNOTATED = _named("annotated/1", _RAW_FIELDS + _ANNOTATION_FIELDS)
+SCORED = _named("scored/1", _RAW_FIELDS + _ANNOTATION_FIELDS + _SCORE_FIELDS)
 TOKENIZED = tokenized_schema(1024)
 QUARANTINE = _named("quarantine/1", QUARANTINE_FIELDS)
 
@@ -90,7 +112,7 @@ def schema_name(schema: pa.Schema) -> str | None:
     return name.decode() if name else None
 
 
-SCHEMAS = {schema_name(s): s for s in (RAW, ANNOTATED, TOKENIZED, QUARANTINE)}
+SCHEMAS = {schema_name(s): s for s in (RAW, ANNOTATED, SCORED, TOKENIZED, QUARANTINE)}
 
 
 def get_schema(name: str, num_image_tokens: int | None = None) -> pa.Schema:

@@ -1,5 +1,7 @@
 """The annotator backends on a real (tiny, random) Qwen2.5-VL built on the fly: transformers in
-process, vLLM's engine in a Ray actor, and vLLM's OpenAI-compatible server."""
+process, vLLM's engine in a Ray actor, and vLLM's OpenAI-compatible server; and the same model as
+`pipeline score`'s judge (transformers, and vLLM's server), whose random answers fail to parse:
+counted as failed judgements, never scores, and cut by `pipeline filter`."""
 
 import importlib.util
 import json
@@ -14,7 +16,10 @@ from annotators.openai_backend import OpenAIConfig
 from annotators.vllm_backend import VLLMConfig
 from jobs.tiny_models import build_tiny_qwen25vl
 from pipeline.annotate import AnnotateConfig, run_annotate
+from pipeline.filter import FilterConfig, run_filter
 from pipeline.registry import DatasetRegistry
+from pipeline.score import ScoreConfig, run_score
+from schemas import SCORE_AXES
 from tests.servers import free_port, wait_http
 from tests.test_ingest import ingest
 
@@ -45,6 +50,32 @@ def check(m, registry_root, model):
     return [r["reasoning"] for r in rows]
 
 
+def check_scored(m, registry_root, model):
+    """Whatever a random judge answers, every judgement is a score in 0..100 or a failure with a
+    reason (never both, never a 0 standing in for a failure), and the counts add up."""
+    assert (m.counts.input, m.counts.output, m.counts.quarantined) == (4, 4, 0), m.stats
+    assert m.schema == "scored/1" and m.lineage["score"]["model"] == model
+    rows = DatasetRegistry(registry_root).read_table(m).to_pylist()
+    failed = {axis: 0 for axis in SCORE_AXES}
+    for r in rows:
+        applies = [a for a in SCORE_AXES if a != "consistency" or r["task"] == "edit"]
+        for axis in applies:
+            score, error = r["scores"][axis], r["judge_errors"][axis]
+            assert (score is None) != (error is None), (axis, score, error)
+            assert score is None or 0 <= score <= 100
+            failed[axis] += error is not None
+        assert r["judge_failed"] == sum(r["judge_errors"][a] is not None for a in applies)
+        assert r["judge_model"] == model and r["rubric_id"] == "score-v1"
+    assert {a: m.stats["axes"][a]["failed"] for a in SCORE_AXES} == failed
+    # the filter cuts every row the judge could not grade, and says so
+    kept = run_filter(FilterConfig(dataset=f"{m.dataset}@{m.version}", registry=registry_root, max_failed=0),
+                      progress=False)
+    assert kept.counts.input == kept.counts.output + kept.counts.quarantined == 4
+    assert kept.counts.quarantined == sum(r["judge_failed"] > 0 for r in rows)
+    assert set(kept.stats["quarantine_reasons"]) <= {"judge_failed"}
+    return failed
+
+
 def test_transformers_backend(small_raw, tiny_qwen, registry_root, capsys):
     cfg = AnnotateConfig(dataset="small", registry=registry_root, backend="transformers", model=tiny_qwen,
                          validators=GIBBERISH_OK, sampling=SAMPLING, device="cpu")
@@ -57,6 +88,13 @@ def test_transformers_backend(small_raw, tiny_qwen, registry_root, capsys):
     assert "1 of 1 units already done" in capsys.readouterr().out
     assert again.version == m.version
     assert check(again, registry_root, tiny_qwen) == first
+
+    # the same tiny model as the judge of `pipeline score`, through the same backend
+    scored = run_score(ScoreConfig(dataset="small", registry=registry_root, backend="transformers", model=tiny_qwen,
+                                   device="cpu", sampling=SamplingConfig(temperature=0.0, max_tokens=16)),
+                       progress=False)
+    failed = check_scored(scored, registry_root, tiny_qwen)
+    print("tiny random judge, failed judgements per axis:", failed, scored.stats["axes"]["quality"]["failed_reasons"])
 
 
 @pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (pip install '.[cpu-vllm]' or '.[gpu]')")
@@ -97,6 +135,12 @@ def test_openai_backend_against_vllm_server(small_raw, tiny_qwen, registry_root,
                              validators=GIBBERISH_OK, sampling=SAMPLING,
                              openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1", concurrency=4))
         check(run_annotate(cfg, progress=False), registry_root, "tiny-qwen")
+        # the judge the way a 72B judge is served: vLLM's server, requests from plain Ray tasks
+        scored = run_score(ScoreConfig(dataset="small", registry=registry_root, backend="openai", model="tiny-qwen",
+                                       sampling=SamplingConfig(temperature=0.0, max_tokens=16),
+                                       openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1", concurrency=8)),
+                           progress=False)
+        check_scored(scored, registry_root, "tiny-qwen")
     finally:
         server.terminate()
         server.wait(60)

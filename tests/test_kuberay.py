@@ -11,8 +11,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 KUBERAY = REPO / "jobs" / "kuberay"
-TEMPLATE = {"ingest": "cpu-data", "annotate": "gpu-annotate", "tokenize": "gpu-train", "sft": "gpu-train",
-            "rl": "gpu-train"}
+TEMPLATE = {"ingest": "cpu-data", "annotate": "gpu-annotate", "score": "gpu-annotate", "filter": "cpu-data",
+            "tokenize": "gpu-train", "sft": "gpu-train", "rl": "gpu-train"}
 # RayJob spec fields of ray.io/v1 (KubeRay 1.x); anything else is rejected by the CRD's schema
 RAYJOB_FIELDS = {"entrypoint", "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "runtimeEnvYAML",
                  "shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "submissionMode", "rayClusterSpec", "jobId",
@@ -84,9 +84,9 @@ def test_worker_shapes_fit_what_each_stage_asks_for():
         entry = spec["entrypoint"]
         workers = spec["rayClusterSpec"]["workerGroupSpecs"]
         gpu_groups = [(g, gpus(g["template"]["spec"])) for g in workers if gpus(g["template"]["spec"])]
-        if stage == "ingest":
+        if stage in ("ingest", "filter"):
             assert not gpu_groups and spec.get("entrypointNumGpus", 0) == 0
-        if stage == "annotate":  # one tensor-parallel engine per pod: its GPUs on one node
+        if stage in ("annotate", "score"):  # one tensor-parallel engine per pod: its GPUs on one node
             tp = int(flag(entry, "--tensor-parallel-size"))
             assert tp > 1 and all(n == tp for _, n in gpu_groups)
             assert int(flag(entry, "--concurrency")) <= sum(g["maxReplicas"] for g, _ in gpu_groups)

@@ -3,15 +3,16 @@ import dataclasses
 import pyarrow as pa
 import pytest
 
-from schemas import (ANNOTATED, MMADA_M, QUARANTINE, RAW, TOKENIZED, Counts, TokenLayout,
+from schemas import (ANNOTATED, MMADA_M, QUARANTINE, RAW, SCORED, TOKENIZED, Counts, TokenLayout,
                      VersionManifest, conform, get_schema, sample_id, schema_name, tokenized_schema)
 
 
 def test_schemas_are_named_and_versioned():
-    assert [schema_name(s) for s in (RAW, ANNOTATED, TOKENIZED, QUARANTINE)] == [
-        "raw/1", "annotated/1", "tokenized/1", "quarantine/1"]
+    assert [schema_name(s) for s in (RAW, ANNOTATED, SCORED, TOKENIZED, QUARANTINE)] == [
+        "raw/1", "annotated/1", "scored/1", "tokenized/1", "quarantine/1"]
     assert get_schema("raw/1") is RAW
-    assert set(RAW.names) < set(ANNOTATED.names)
+    assert set(RAW.names) < set(ANNOTATED.names) < set(SCORED.names)
+    assert ANNOTATED.names == SCORED.names[:len(ANNOTATED.names)]  # a scored row is its annotated row, then scores
     with pytest.raises(ValueError, match="unknown schema"):
         get_schema("raw/9")
 

@@ -19,7 +19,7 @@ from pipeline.annotate import AnnotateConfig, run_annotate
 from pipeline.preview import preview
 from pipeline.registry import DatasetRegistry
 from pipeline.tokenize import TokenizeConfig, run_tokenize
-from schemas import SequenceConfig
+from schemas import SCORES, SequenceConfig
 from tests.servers import kill_when
 from tests.test_ingest import ingest
 from tests.test_sft import run_trainer, sft_args
@@ -68,8 +68,9 @@ def test_shards_have_the_contract_types(annotated, magvit_dir, llada_tokenizer_d
     expected = {"sample_id": pa.string(), "task": pa.string(), "instruction_ids": pa.list_(pa.int32()),
                 "reasoning_ids": pa.list_(pa.int32()), "input_image_codes": pa.list_(pa.int32(), 16),
                 "output_image_codes": pa.list_(pa.int32(), 16), "grid_h": pa.int32(), "grid_w": pa.int32(),
-                "instruction_len": pa.int32(), "reasoning_len": pa.int32()}
+                "instruction_len": pa.int32(), "reasoning_len": pa.int32(), "scores": SCORES}
     assert {f.name: f.type for f in table.schema} == expected
+    assert table["scores"].null_count == table.num_rows  # an annotated input has no judge scores
 
     text = AutoTokenizer.from_pretrained(str(llada_tokenizer_dir))
     sources = {r["sample_id"]: r for r in registry.read_table(annotated).to_pylist()}

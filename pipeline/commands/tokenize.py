@@ -11,7 +11,7 @@ Opt = typer.Option
 
 
 def tokenize(
-    dataset: Annotated[str, typer.Argument(help="NAME[@VERSION|@TAG] of an annotated version")],
+    dataset: Annotated[str, typer.Argument(help="NAME[@VERSION|@TAG] of an annotated or scored version")],
     image_tokenizer: Annotated[Optional[str], Opt(help="MAGVIT-v2 folder or hub id (showlab/magvitv2)")] = None,
     text_tokenizer: Annotated[Optional[str], Opt(help="tokenizer folder or hub id (GSAI-ML/LLaDA-8B-Instruct)")] = None,
     resolution: Annotated[Optional[int], Opt(help="square pixels per image, a multiple of 16")] = None,

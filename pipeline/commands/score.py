@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.commands.options import ConfigFile, Overrides, Progress, RayAddress, Registry
+from pipeline.config import load_config
+
+Opt = typer.Option
+
+
+def score(
+    dataset: Annotated[str, typer.Argument(help="NAME[@VERSION|@TAG] of an annotated version")],
+    backend: Annotated[Optional[str], Opt(help="vllm | openai | transformers")] = None,
+    model: Annotated[Optional[str], Opt(help="the judge: hub id or local folder (the served name for openai)")] = None,
+    revision: Annotated[Optional[str], Opt()] = None,
+    rubrics: Annotated[Optional[str], Opt(help="rubric id (score-v1) or a YAML file defining the four axes")] = None,
+    base_url: Annotated[Optional[str], Opt(help="openai: server URL, e.g. http://host:8000/v1")] = None,
+    concurrency: Annotated[Optional[int], Opt(help="judge actors (vllm: one per GPU or tensor-parallel group)")] = None,
+    request_concurrency: Annotated[Optional[int], Opt(help="openai: requests in flight per task")] = None,
+    tensor_parallel_size: Annotated[Optional[int], Opt()] = None,
+    max_model_len: Annotated[Optional[int], Opt()] = None,
+    gpu_memory_utilization: Annotated[Optional[float], Opt()] = None,
+    output: Annotated[Optional[str], Opt(help="output dataset name (default: the input's)")] = None,
+    registry: Registry = None,
+    ray_address: RayAddress = None,
+    config: ConfigFile = None,
+    set_: Overrides = None,
+    progress: Progress = True,
+) -> None:
+    """Judge every annotated row on four axes, 0-100 (resumable); prints the version id last."""
+    from pipeline.score import ScoreConfig, report, run_score
+
+    nested = {"openai": {"base_url": base_url, "concurrency": request_concurrency},
+              "vllm": {"tensor_parallel_size": tensor_parallel_size, "max_model_len": max_model_len,
+                       "gpu_memory_utilization": gpu_memory_utilization}}
+    nested = {k: {f: v for f, v in d.items() if v is not None} for k, d in nested.items()}
+    cfg = load_config(ScoreConfig, config, set_, dataset=dataset, backend=backend, model=model, revision=revision,
+                      rubrics=rubrics, concurrency=concurrency, output=output, registry=registry,
+                      ray_address=ray_address, **{k: v for k, v in nested.items() if v})
+    manifest = run_score(cfg, progress=progress)
+    print(report(manifest))
+    print(f"published {manifest.ref} (parent {manifest.parent})")
+    print(manifest.version)
+
+
+def filter_(
+    dataset: Annotated[str, typer.Argument(help="NAME[@VERSION|@TAG] of a scored version")],
+    min_: Annotated[Optional[list[str]], Opt("--min", help="AXIS=N: keep rows scoring at least N on AXIS "
+                                                           "(repeatable; axes: instruction_following, "
+                                                           "reasoning_following, consistency, quality)")] = None,
+    max_failed: Annotated[Optional[int], Opt(help="failed judgements a row may have and pass (default 0)")] = None,
+    output: Annotated[Optional[str], Opt(help="output dataset name (default: the input's)")] = None,
+    registry: Registry = None,
+    ray_address: RayAddress = None,
+    config: ConfigFile = None,
+    set_: Overrides = None,
+    progress: Progress = True,
+) -> None:
+    """Keep the rows that pass score thresholds, quarantine the rest with why; prints the version id last."""
+    from pipeline.filter import FilterConfig, parse_thresholds, report, run_filter
+
+    cfg = load_config(FilterConfig, config, set_, dataset=dataset, max_failed=max_failed, output=output,
+                      registry=registry, ray_address=ray_address, min=parse_thresholds(min_) if min_ else None)
+    manifest = run_filter(cfg, progress=progress)
+    print(report(manifest))
+    print(f"published {manifest.ref} (parent {manifest.parent})")
+    print(manifest.version)

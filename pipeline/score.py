@@ -1,0 +1,207 @@
+"""`pipeline score`: an annotated version -> a `scored` version, every row graded by a VLM judge on
+four axes, 0-100 each (schemas.SCORE_AXES):
+
+- instruction_following: the target image carries out the instruction;
+- reasoning_following: the target image shows what the reasoning trace says (the alignment the
+  method is about: a fluent trace that is wrong about its pair teaches the model to say one thing
+  and draw another);
+- consistency (edits only): what the instruction does not ask to change stayed as it was;
+- quality: the target image itself.
+
+The judge is `annotators.judge` (the one `trainer eval` uses) over any backend: the vLLM engine in
+actors, an OpenAI-compatible server from plain tasks (the same in-flight discipline as annotate:
+every request of a unit goes out at once, `openai.concurrency` at a time), or transformers. The
+rubrics are a versioned YAML file (default score-v1), its sha256 in the lineage and on every row.
+
+Every row is kept, with its scores, the judge's answers and the reason of each failed judgement.
+A failed judgement (no parseable score, a refused request) is null with a reason, counted per axis,
+never a 0, and is not asked again: retrying until an answer parses biases scores towards what the
+judge finds easy. Only a row the server could not answer at all (an outage that outlasted the
+transport retries) is quarantined with the transient reason, and its unit is redone by a rerun
+with the same arguments, like annotate. `pipeline filter` then cuts on the scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+import pyarrow as pa
+
+from annotators.annotator import TRANSIENT_ERRORS, to_json
+from annotators.judge import JudgeConfig, JudgeItem, Judgement, Rubrics, build_judge
+from annotators.openai_backend import OpenAIConfig, check_server
+from pipeline import ray_runtime
+from pipeline.annotate import backend_resources
+from pipeline.lineage import lineage
+from pipeline.registry import TARGET_SHARD_BYTES, DatasetRegistry, split_ref
+from pipeline.stage import Processed, Stage, plan_row_ranges, read_row_range, rejected_rows, totals
+from schemas import ANNOTATED, SCORE_AXES, SCORED, SCORES, VersionManifest
+
+STAGE = "score"
+_PER_AXIS_TEXT = SCORED.field("judge_errors").type
+
+
+@dataclasses.dataclass(kw_only=True)
+class ScoreConfig(JudgeConfig):
+    dataset: str  # NAME[@VERSION|@TAG] of an annotated version
+    backend: str = "vllm"  # vllm | openai | transformers
+    model: str = "Qwen/Qwen2.5-VL-72B-Instruct"  # the judge (served name for openai)
+    rubrics: str = "score-v1"  # built-in id or a YAML file defining the four axes
+    openai: OpenAIConfig = dataclasses.field(default_factory=OpenAIConfig)  # a local vLLM server, 64 in flight
+    output: str | None = None  # dataset name of the result; default: the input's name
+    concurrency: int = 1  # judge actors; with vllm, one per GPU (or tensor-parallel group)
+    batch_size: int = 16  # rows per call of the transformers backend (the others take whole units)
+    chunk_rows: int = 256  # unit of durable progress (~4 requests per row)
+    gpu_wait_s: float = 600.0  # with device=cuda: how long to wait for GPUs to join the cluster
+    registry: str | None = None
+    ray_address: str | None = None
+
+    def judge_config(self) -> JudgeConfig:
+        fields = {f.name for f in dataclasses.fields(JudgeConfig)}
+        return JudgeConfig(**{k: v for k, v in vars(self).items() if k in fields})
+
+
+def failure(judgement: Judgement) -> str | None:
+    """A failed judgement's reason code ("no_score", or the backend's: "client_error", "timeout")."""
+    text = _error_text(judgement)
+    return None if text is None else text.split(":", 1)[0]
+
+
+class ScoreStage(Stage):
+    """Annotated rows -> scored rows; a row the server could not answer is quarantined (transient)."""
+
+    name = STAGE
+    output_schema = SCORED
+    transient_reasons = TRANSIENT_ERRORS  # a server outage: the unit is redone on a rerun
+
+    def __init__(self, config: ScoreConfig, rubrics: Rubrics, on_gpu: bool = False):
+        self.config = config.judge_config()
+        self.rubrics = rubrics
+        self.batch_size = config.batch_size if config.backend == "transformers" else config.chunk_rows
+        self.resources, self.config.vllm = backend_resources(config.backend, config.concurrency, config.chunk_rows,
+                                                             config.vllm, on_gpu)
+
+    def setup(self) -> None:
+        self.judge = build_judge(self.config, self.rubrics)
+
+    def process(self, rows: pa.Table) -> Processed:
+        fields = ("sample_id", "task", "instruction", "reasoning", "output_image", "input_image")
+        items = [JudgeItem(**r) for r in rows.select(fields).to_pylist()]
+        judged = self.judge.judge(items)
+        outage = [sorted({why for j in row.values() if (why := failure(j)) in TRANSIENT_ERRORS}) for row in judged]
+        ok = [not reasons for reasons in outage]
+        good = [row for row, keep in zip(judged, ok) if keep]
+        kept = rows.filter(pa.array(ok, pa.bool_()))
+        n = kept.num_rows
+        per_axis = lambda value: [{a: value(row[a]) if a in row else None for a in SCORE_AXES} for row in good]  # noqa: E731
+        kept = (kept.append_column("scores", pa.array(per_axis(lambda j: j.score), SCORES))
+                .append_column("judge_errors", pa.array(per_axis(_error_text), _PER_AXIS_TEXT))
+                .append_column("judge_answers", pa.array(per_axis(lambda j: j.raw), _PER_AXIS_TEXT))
+                .append_column("judge_failed", pa.array([sum(not j.ok for j in row.values()) for row in good], pa.int32()))
+                .append_column("judge_model", pa.array([self.config.model] * n, pa.string()))
+                .append_column("rubric_id", pa.array([self.rubrics.id] * n, pa.string()))
+                .append_column("rubric_hash", pa.array([self.rubrics.sha256] * n, pa.string())))
+        down = [(row, reasons) for row, reasons in zip(judged, outage) if reasons]
+        rejected = rejected_rows(
+            rows.filter(pa.array([not x for x in ok], pa.bool_())), [reasons[0] for _, reasons in down],
+            ["; ".join(f"{axis}: {j.detail}"[:300] for axis, j in row.items() if failure(j) in TRANSIENT_ERRORS)
+             for row, _ in down],
+            [to_json({a: _error_text(j) for a, j in row.items()}) for row, _ in down])
+        stats = {**judgement_stats(good), "requests": sum(len(row) for row in judged)}
+        if hasattr(self.judge.backend, "peak_in_flight"):
+            stats["max_requests_in_flight"] = self.judge.backend.peak_in_flight
+        return Processed(kept, rejected, stats)
+
+
+def _error_text(judgement: Judgement) -> str | None:
+    """What `judge_errors` holds: the reason code, then the backend's message when there is one."""
+    if judgement.ok:
+        return None
+    if judgement.error == "backend_error":  # the backend's message starts with its reason code
+        return (judgement.detail or "backend_error")[:500]
+    return f"{judgement.error}: {judgement.detail}"[:500] if judgement.detail else judgement.error
+
+
+def judgement_stats(judged: list[dict[str, Judgement]]) -> dict:
+    """Per axis over the kept rows: judgements scored, failed and not applicable, the sum of the
+    scores (for the mean), and the failures by reason; merged over units by addition."""
+    axes = {}
+    for axis in SCORE_AXES:
+        mine = [row[axis] for row in judged if axis in row]
+        scored = [j.score for j in mine if j.ok]
+        reasons: dict[str, int] = {}
+        for j in mine:
+            if not j.ok:
+                reasons[failure(j)] = reasons.get(failure(j), 0) + 1
+        axes[axis] = {"scored": len(scored), "failed": len(mine) - len(scored),
+                      "not_applicable": len(judged) - len(mine), "score_sum": float(sum(scored)),
+                      "failed_reasons": reasons}
+    return {"axes": axes}
+
+
+def run_key(config: ScoreConfig, source: VersionManifest, rubrics: Rubrics) -> str:
+    """Same arguments -> the same work folder to resume from; settings that change only speed are
+    left out, so they may change on resume."""
+    judge = dataclasses.asdict(config.judge_config())
+    for speed_only in ("concurrency", "timeout_s", "max_retries", "backoff_base_s", "backoff_max_s", "base_url"):
+        judge["openai"].pop(speed_only, None)
+    for where in ("vllm", "device"):
+        judge.pop(where)
+    identity = {"input": source.ref, "chunk_rows": config.chunk_rows, "judge": judge, "rubrics": rubrics.sha256}
+    return "score-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_score(config: ScoreConfig, progress: bool = True) -> VersionManifest:
+    registry = DatasetRegistry(config.registry)
+    source = registry.resolve(config.dataset, schema="annotated/1")
+    output = config.output or split_ref(config.dataset)[0]
+    rubrics = Rubrics.load(config.rubrics, SCORE_AXES)  # a bad rubric file fails now, before any work
+    key = run_key(config, source, rubrics)
+    units = plan_row_ranges(source, registry.root, config.chunk_rows, ANNOTATED.names)
+    if config.backend == "openai":  # a rejected key, an unknown model, no server: stop before any work
+        check_server(config.model, config.openai)
+    ray_runtime.init_ray(config.ray_address)
+    work = registry.work_dir(output, key)
+    ray_runtime.verify_input(registry, source, work)
+    on_gpu = config.backend in ("vllm", "transformers") and ray_runtime.use_gpus(config.device, config.gpu_wait_s)
+    api_key = os.environ.get("OPENAI_API_KEY") if config.backend == "openai" else None
+    results, resumed, seconds = ray_runtime.run_units(
+        ScoreStage(config, rubrics, on_gpu), units, read_row_range, registry=registry, dataset=output, work=work,
+        target_bytes=TARGET_SHARD_BYTES, progress=progress, secrets={"OPENAI_API_KEY": api_key} if api_key else None)
+    counts, reasons, stats = totals(results)
+    provenance = {"backend": config.backend, "model": config.model, "revision": config.revision,
+                  "rubrics": {"id": rubrics.id, "sha256": rubrics.sha256}, "axes": list(SCORE_AXES),
+                  "sampling": dataclasses.asdict(config.sampling), "image_max_pixels": config.image_max_pixels,
+                  "run_key": key}
+    stats = {"axes": stats.get("axes", {}), "quarantine_reasons": reasons, "requests": stats.get("requests", 0),
+             **({"max_requests_in_flight": stats["max_requests_in_flight"]} if "max_requests_in_flight" in stats else {}),
+             "seconds": round(seconds, 3), "resumed_chunks": resumed,
+             "rows_per_s": round(counts.input / seconds, 2) if seconds else None}
+    return registry.publish(output, STAGE, "scored/1", source.ref, counts,
+                            [s for r in results for s in r.shards], [s for r in results for s in r.quarantine_shards],
+                            lineage(dataclasses.asdict(config), score=provenance), stats)
+
+
+def report(manifest: VersionManifest) -> str:
+    """The accounting, then one line per axis: judgements scored / failed / not applicable, the mean
+    over scored judgements only, and why judgements failed."""
+    s = manifest.stats
+    lines = [manifest.counts.line().replace("output", "scored"),
+             f"rows/s {s.get('rows_per_s')}  requests {s.get('requests')}  (this run: {s.get('seconds')} s, "
+             f"{s.get('resumed_chunks')} chunk(s) resumed)",
+             f"| {'axis':<21} | {'scored':>6} | {'failed':>6} | {'n/a':>5} | {'mean':>5} | failed by reason",
+             f"|{'-' * 23}|{'-' * 8}|{'-' * 8}|{'-' * 7}|{'-' * 7}|{'-' * 17}"]
+    for axis in SCORE_AXES:  # the manifest's JSON has them sorted by name
+        if axis not in s.get("axes", {}):
+            continue
+        a = s["axes"][axis]
+        mean = f"{a['score_sum'] / a['scored']:.1f}" if a["scored"] else "-"
+        why = ", ".join(f"{k} {v}" for k, v in sorted(a["failed_reasons"].items())) or "-"
+        lines.append(f"| {axis:<21} | {a['scored']:>6} | {a['failed']:>6} | {a['not_applicable']:>5} | {mean:>5} | {why}")
+    lines.append("failed judgements are null with a reason, never 0; the means leave them out")
+    lines += [f"  quarantined {reason}: {n} (the server did not answer; a rerun redoes these units)"
+              for reason, n in s.get("quarantine_reasons", {}).items()]
+    return "\n".join(lines)
