@@ -4,9 +4,9 @@ curation axes, score-v1.yaml); a rubric file names its dimensions, and each call
 it needs.
 
 Each (sample, dimension) is one chat request holding only what that dimension is about (the rubric
-file says which images, downscaled to the VLM's pixel budget as the annotator sends them). An answer is kept verbatim; its score comes from `parse_score`, which is
-strict: an answer without exactly one clear score on the 0-100 scale is a *failed judgement* with a
-reason code and no score. A failure is never a zero (that would pull the means down for a judge
+file says which images, downscaled to the VLM's pixel budget as the annotator sends them). An
+answer is kept verbatim; its score comes from `parse_score`, which is strict: an answer without
+exactly one clear score on the 0-100 scale is a *failed judgement* with a reason code and no score. A failure is never a zero (that would pull the means down for a judge
 fault, not a model fault) and is not retried beyond the backend's transport retries: asking again
 until an answer parses would bias the scores towards what the judge finds easy to grade.
 

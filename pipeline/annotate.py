@@ -15,6 +15,8 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from typing import Any
 
 import pyarrow as pa
 
@@ -26,7 +28,8 @@ from annotators.vllm_backend import VLLMConfig
 from pipeline import ray_runtime
 from pipeline.lineage import lineage
 from pipeline.registry import TARGET_SHARD_BYTES, DatasetRegistry, split_ref
-from pipeline.stage import Processed, Resources, Stage, plan_row_ranges, read_row_range, rejected_rows, totals
+from pipeline.stage import (Processed, Resources, Stage, UnitResult, plan_row_ranges, read_row_range, rejected_rows,
+                            totals)
 from schemas import ANNOTATED, RAW, VersionManifest
 
 STAGE = "annotate"
@@ -126,17 +129,44 @@ def _why(result) -> str:
     return " | ".join(part for part in (attempts, error) if part)
 
 
+# OpenAI client settings that change only pacing: left out of run keys, so they may change on resume
+SPEED_ONLY = ("concurrency", "timeout_s", "max_retries", "backoff_base_s", "backoff_max_s", "base_url")
+
+
+def backend_identity(settings: dict[str, Any]) -> dict[str, Any]:
+    """A VLM stage's backend settings (as a dict) without what changes only speed or placement (the
+    client's pacing, the engine's memory settings, the device), for its run key."""
+    out = {k: v for k, v in settings.items() if k not in ("vllm", "device")}
+    out["openai"] = {k: v for k, v in settings["openai"].items() if k not in SPEED_ONLY}
+    return out
+
+
+def run_backend_stage(make_stage: Callable[[bool], Stage], config, registry: DatasetRegistry,
+                      source: VersionManifest, output: str, key: str, columns: list[str],
+                      progress: bool) -> tuple[list[UnitResult], int, float]:
+    """How a stage that sends requests to a VLM (annotate, score) runs over `source`: check the server
+    before any work, hash the input once, wait for GPUs where asked, then run the units, with the API
+    key passed beside the config, never inside it. `make_stage(on_gpu)` builds the stage."""
+    units = plan_row_ranges(source, registry.root, config.chunk_rows, columns)
+    if config.backend == "openai":  # a rejected key, an unknown model, no server: stop before any work
+        check_server(config.model, config.openai)
+    ray_runtime.init_ray(config.ray_address)
+    work = registry.work_dir(output, key)
+    ray_runtime.verify_input(registry, source, work)
+    on_gpu = config.backend in ("vllm", "transformers") and ray_runtime.use_gpus(config.device, config.gpu_wait_s)
+    api_key = os.environ.get("OPENAI_API_KEY") if config.backend == "openai" else None
+    return ray_runtime.run_units(make_stage(on_gpu), units, read_row_range, registry=registry, dataset=output,
+                                 work=work, target_bytes=TARGET_SHARD_BYTES, progress=progress,
+                                 secrets={"OPENAI_API_KEY": api_key} if api_key else None)
+
+
 def run_key(config: AnnotateConfig, source: VersionManifest) -> str:
     """Same arguments -> same key -> the same work folder to resume from. Settings that change
     only speed (concurrency, batch size, Ray address) are left out, so they may change on resume."""
     prompts = load_prompts(config.prompt_edit, config.prompt_generate)
     identity = {"input": source.ref, "chunk_rows": config.chunk_rows,
-                "annotator": dataclasses.asdict(config.annotator_config()),
+                "annotator": backend_identity(dataclasses.asdict(config.annotator_config())),
                 "prompt_hashes": {t: p.sha256 for t, p in prompts.items()}}
-    for speed_only in ("concurrency", "timeout_s", "max_retries", "backoff_base_s", "backoff_max_s", "base_url"):
-        identity["annotator"]["openai"].pop(speed_only, None)
-    identity["annotator"].pop("vllm")
-    identity["annotator"].pop("device")
     return "annotate-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -144,20 +174,8 @@ def run_annotate(config: AnnotateConfig, progress: bool = True) -> VersionManife
     registry = DatasetRegistry(config.registry)
     source = registry.resolve(config.dataset, schema="raw/1")
     output = config.output or split_ref(config.dataset)[0]
-    key = run_key(config, source)
-    units = plan_row_ranges(source, registry.root, config.chunk_rows, RAW.names)
-    if config.backend == "openai":  # a rejected key, an unknown model, no server: stop before any work
-        check_server(config.model, config.openai)
-    ray_runtime.init_ray(config.ray_address)
-    work = registry.work_dir(output, key)
-    ray_runtime.verify_input(registry, source, work)
-    on_gpu = config.backend in ("vllm", "transformers") and ray_runtime.use_gpus(config.device, config.gpu_wait_s)
-    # The key travels to the workers' environment beside the config, never inside it.
-    api_key = os.environ.get("OPENAI_API_KEY") if config.backend == "openai" else None
-    results, resumed, seconds = ray_runtime.run_units(
-        AnnotateStage(config, on_gpu), units, read_row_range, registry=registry, dataset=output,
-        work=work, target_bytes=TARGET_SHARD_BYTES, progress=progress,
-        secrets={"OPENAI_API_KEY": api_key} if api_key else None)
+    results, resumed, seconds = run_backend_stage(lambda on_gpu: AnnotateStage(config, on_gpu), config, registry,
+                                                  source, output, run_key(config, source), RAW.names, progress)
     counts, reasons, stats = totals(results)
     prompts = load_prompts(config.prompt_edit, config.prompt_generate)
     provenance = {"backend": config.backend, "model": config.model, "revision": config.revision,
@@ -165,7 +183,7 @@ def run_annotate(config: AnnotateConfig, progress: bool = True) -> VersionManife
                   "sampling": dataclasses.asdict(config.sampling),
                   "validators": dataclasses.asdict(config.validators), "max_attempts": config.max_attempts,
                   "image_max_pixels": config.image_max_pixels, "max_model_len": config.model_len,
-                  "run_key": key}
+                  "run_key": run_key(config, source)}
     tokens = stats.get("generated_tokens", 0)
     stats = {"attempts": dict(sorted(stats.get("attempts", {}).items())),
              "rejected_attempts": dict(sorted(stats.get("rejected_attempts", {}).items())),

@@ -92,11 +92,11 @@ class FilterStage(Stage):
         scores, failed = rows["scores"].to_pylist(), rows["judge_failed"].to_pylist()
         verdicts = [verdict(s, f, self.config) for s, f in zip(scores, failed)]
         passed = pa.array([reason is None for reason, _ in verdicts], pa.bool_())
-        cut = [i for i, (reason, _) in enumerate(verdicts) if reason is not None]
+        cut = pa.array([i for i, (reason, _) in enumerate(verdicts) if reason is not None], pa.int64())
         record_columns = ["task", "instruction", "category", "reasoning", "scores", "judge_errors", "judge_answers"]
         records = rows.select(record_columns).take(cut).to_pylist()
-        rejected = rejected_rows(rows.take(cut), [verdicts[i][0] for i in cut], [verdicts[i][1] for i in cut],
-                                 [json.dumps(r, sort_keys=True) for r in records])
+        rejected = rejected_rows(rows.take(cut), [verdicts[i][0] for i in cut.to_pylist()],
+                                 [verdicts[i][1] for i in cut.to_pylist()], [json.dumps(r, sort_keys=True) for r in records])
         below = {axis: sum(1 for s in scores if s[axis] is not None and s[axis] < floor)
                  for axis, floor in self.config.min.items()}
         return Processed(rows.filter(passed), rejected, {"below_threshold": below})

@@ -26,18 +26,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 
 import pyarrow as pa
 
 from annotators.annotator import TRANSIENT_ERRORS, to_json
 from annotators.judge import JudgeConfig, JudgeItem, Judgement, Rubrics, build_judge
-from annotators.openai_backend import OpenAIConfig, check_server
-from pipeline import ray_runtime
-from pipeline.annotate import backend_resources
+from annotators.openai_backend import OpenAIConfig
+from pipeline.annotate import backend_identity, backend_resources, run_backend_stage
 from pipeline.lineage import lineage
-from pipeline.registry import TARGET_SHARD_BYTES, DatasetRegistry, split_ref
-from pipeline.stage import Processed, Stage, plan_row_ranges, read_row_range, rejected_rows, totals
+from pipeline.registry import DatasetRegistry, split_ref
+from pipeline.stage import Processed, Stage, rejected_rows, totals
 from schemas import ANNOTATED, SCORE_AXES, SCORED, SCORES, VersionManifest
 
 STAGE = "score"
@@ -110,7 +108,8 @@ class ScoreStage(Stage):
             ["; ".join(f"{axis}: {j.detail}"[:300] for axis, j in row.items() if failure(j) in TRANSIENT_ERRORS)
              for row, _ in down],
             [to_json({a: _error_text(j) for a, j in row.items()}) for row, _ in down])
-        stats = {**judgement_stats(good), "requests": sum(len(row) for row in judged)}
+        sent = sum(failure(j) != "undecodable_image" for row in judged for j in row.values())  # transport retries aside
+        stats = {**judgement_stats(good), "requests": sent}
         if hasattr(self.judge.backend, "peak_in_flight"):
             stats["max_requests_in_flight"] = self.judge.backend.peak_in_flight
         return Processed(kept, rejected, stats)
@@ -145,12 +144,8 @@ def judgement_stats(judged: list[dict[str, Judgement]]) -> dict:
 def run_key(config: ScoreConfig, source: VersionManifest, rubrics: Rubrics) -> str:
     """Same arguments -> the same work folder to resume from; settings that change only speed are
     left out, so they may change on resume."""
-    judge = dataclasses.asdict(config.judge_config())
-    for speed_only in ("concurrency", "timeout_s", "max_retries", "backoff_base_s", "backoff_max_s", "base_url"):
-        judge["openai"].pop(speed_only, None)
-    for where in ("vllm", "device"):
-        judge.pop(where)
-    identity = {"input": source.ref, "chunk_rows": config.chunk_rows, "judge": judge, "rubrics": rubrics.sha256}
+    identity = {"input": source.ref, "chunk_rows": config.chunk_rows,
+                "judge": backend_identity(dataclasses.asdict(config.judge_config())), "rubrics": rubrics.sha256}
     return "score-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -160,17 +155,8 @@ def run_score(config: ScoreConfig, progress: bool = True) -> VersionManifest:
     output = config.output or split_ref(config.dataset)[0]
     rubrics = Rubrics.load(config.rubrics, SCORE_AXES)  # a bad rubric file fails now, before any work
     key = run_key(config, source, rubrics)
-    units = plan_row_ranges(source, registry.root, config.chunk_rows, ANNOTATED.names)
-    if config.backend == "openai":  # a rejected key, an unknown model, no server: stop before any work
-        check_server(config.model, config.openai)
-    ray_runtime.init_ray(config.ray_address)
-    work = registry.work_dir(output, key)
-    ray_runtime.verify_input(registry, source, work)
-    on_gpu = config.backend in ("vllm", "transformers") and ray_runtime.use_gpus(config.device, config.gpu_wait_s)
-    api_key = os.environ.get("OPENAI_API_KEY") if config.backend == "openai" else None
-    results, resumed, seconds = ray_runtime.run_units(
-        ScoreStage(config, rubrics, on_gpu), units, read_row_range, registry=registry, dataset=output, work=work,
-        target_bytes=TARGET_SHARD_BYTES, progress=progress, secrets={"OPENAI_API_KEY": api_key} if api_key else None)
+    results, resumed, seconds = run_backend_stage(lambda on_gpu: ScoreStage(config, rubrics, on_gpu), config,
+                                                  registry, source, output, key, ANNOTATED.names, progress)
     counts, reasons, stats = totals(results)
     provenance = {"backend": config.backend, "model": config.model, "revision": config.revision,
                   "rubrics": {"id": rubrics.id, "sha256": rubrics.sha256}, "axes": list(SCORE_AXES),

@@ -8,17 +8,18 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from annotators.judge import Rubrics
 from annotators.openai_backend import OpenAIConfig
 from pipeline.annotate import AnnotateConfig, run_annotate
-from pipeline.filter import FilterConfig, parse_thresholds, verdict
+from pipeline.filter import FilterConfig, FilterStage, parse_thresholds, verdict
 from pipeline.registry import DatasetRegistry
 from pipeline.report import ReportConfig, write_report
 from pipeline.score import ScoreConfig, report, run_score
 from pipeline.tokenize import TokenizeConfig, run_tokenize
-from schemas import SCORE_AXES
+from schemas import SCORE_AXES, SCORED
 from tests.servers import SERVER, free_port, wait_http
 from tests.test_cli import cli
 from tests.test_ingest import ingest
@@ -54,6 +55,17 @@ def test_the_filter_rule_by_hand():
     assert verdict({**full, "consistency": None, "quality": None}, 2, cfg)[0] == "judge_failed"
     assert verdict({**full, "instruction_following": 1.0, "quality": 2.0}, 0, cfg) == (
         "low_instruction_following", "instruction_following 1 < 50; quality 2 < 30")
+    # the stage over a batch: every row comes out once, kept or quarantined, also when none is cut
+    full_row = {"sample_id": "a", "task": "edit", "instruction": "x", "reasoning": "y", "category": None,
+                "scores": full, "judge_failed": 0, "judge_errors": dict.fromkeys(SCORE_AXES),
+                "judge_answers": dict.fromkeys(SCORE_AXES, "Score: 1")}
+    rows = pa.Table.from_pylist([full_row, {**full_row, "sample_id": "b", "scores": {**full, "quality": 3.0}}],
+                                schema=SCORED)
+    kept, rejected, stats = FilterStage(cfg).process(rows)
+    assert kept["sample_id"].to_pylist() == ["a"] and rejected["reason"].to_pylist() == ["low_quality"]
+    assert json.loads(rejected["record"][0].as_py())["scores"]["quality"] == 3.0 and stats["below_threshold"]["quality"] == 1
+    kept, rejected, _ = FilterStage(cfg).process(rows.slice(0, 1))
+    assert (kept.num_rows, rejected.num_rows) == (1, 0)
     with pytest.raises(ValueError, match="unknown score axis bogus"):
         FilterConfig(dataset="d", min={"bogus": 1})
     with pytest.raises(ValueError, match="0 to 100"):
@@ -185,7 +197,10 @@ def test_scores_and_thresholds_cut_exactly_the_rows_they_should(ray_local, demo_
     assert judged and any("Score:" in li.text for li in judged)
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
     shot = tmp_path / "score-section.png"
-    browser.find_element("css selector", "#scores").screenshot(str(shot))
+    section = browser.find_element("css selector", "#scores")
+    browser.set_window_size(1280, section.rect["y"] + section.rect["height"] + 200)  # all of it in the viewport
+    section.screenshot(str(shot))
+    browser.set_window_size(1280, 2000)
     print(f"score section screenshot: {shot}")
 
     # the filter version's own page: its diff against the scored parent is what the filter removed

@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.commands.options import ConfigFile, Overrides, Progress, RayAddress, Registry
+from pipeline.commands.options import ConfigFile, Overrides, Progress, RayAddress, Registry, backend_settings
 from pipeline.config import load_config
 
 Opt = typer.Option
@@ -35,14 +35,13 @@ def annotate(
     """Write a reasoning trace per sample (validated, retried, resumable); prints the version id last."""
     from pipeline.annotate import AnnotateConfig, report, run_annotate
 
-    nested = {"openai": {"base_url": base_url, "concurrency": request_concurrency},
-              "vllm": {"tensor_parallel_size": tensor_parallel_size, "max_model_len": max_model_len,
-                       "limit_mm_per_prompt": limit_mm_per_prompt, "gpu_memory_utilization": gpu_memory_utilization}}
-    nested = {k: {f: v for f, v in d.items() if v is not None} for k, d in nested.items()}
     cfg = load_config(AnnotateConfig, config, set_, dataset=dataset, backend=backend, model=model,
                       revision=revision, concurrency=concurrency, max_attempts=max_attempts,
                       prompt_edit=prompt_edit, prompt_generate=prompt_generate, output=output,
-                      registry=registry, ray_address=ray_address, **{k: v for k, v in nested.items() if v})
+                      registry=registry, ray_address=ray_address, **backend_settings(
+                          base_url, request_concurrency, tensor_parallel_size=tensor_parallel_size,
+                          max_model_len=max_model_len, limit_mm_per_prompt=limit_mm_per_prompt,
+                          gpu_memory_utilization=gpu_memory_utilization))
     manifest = run_annotate(cfg, progress=progress)
     print(report(manifest))
     print(f"published {manifest.ref} (parent {manifest.parent})")

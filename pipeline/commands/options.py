@@ -12,3 +12,12 @@ ConfigFile = Annotated[Optional[str], typer.Option(help="YAML config file")]
 Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="key=value config override, repeatable "
                                                                           "(nested: sampling.temperature=0.2)")]
 Progress = Annotated[bool, typer.Option(help="show progress bars")]
+
+
+def backend_settings(base_url: str | None = None, request_concurrency: int | None = None,
+                     **vllm: int | float | None) -> dict[str, dict]:
+    """The VLM backend's named options (annotate, score) as the nested config keys they set; options
+    not given are left out, so a config file's values stand."""
+    nested = {"openai": {"base_url": base_url, "concurrency": request_concurrency}, "vllm": vllm}
+    nested = {k: {f: v for f, v in d.items() if v is not None} for k, d in nested.items()}
+    return {k: v for k, v in nested.items() if v}

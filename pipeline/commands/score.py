@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.commands.options import ConfigFile, Overrides, Progress, RayAddress, Registry
+from pipeline.commands.options import ConfigFile, Overrides, Progress, RayAddress, Registry, backend_settings
 from pipeline.config import load_config
 
 Opt = typer.Option
@@ -32,13 +32,11 @@ def score(
     """Judge every annotated row on four axes, 0-100 (resumable); prints the version id last."""
     from pipeline.score import ScoreConfig, report, run_score
 
-    nested = {"openai": {"base_url": base_url, "concurrency": request_concurrency},
-              "vllm": {"tensor_parallel_size": tensor_parallel_size, "max_model_len": max_model_len,
-                       "gpu_memory_utilization": gpu_memory_utilization}}
-    nested = {k: {f: v for f, v in d.items() if v is not None} for k, d in nested.items()}
     cfg = load_config(ScoreConfig, config, set_, dataset=dataset, backend=backend, model=model, revision=revision,
                       rubrics=rubrics, concurrency=concurrency, output=output, registry=registry,
-                      ray_address=ray_address, **{k: v for k, v in nested.items() if v})
+                      ray_address=ray_address, **backend_settings(
+                          base_url, request_concurrency, tensor_parallel_size=tensor_parallel_size,
+                          max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization))
     manifest = run_score(cfg, progress=progress)
     print(report(manifest))
     print(f"published {manifest.ref} (parent {manifest.parent})")
