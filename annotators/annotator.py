@@ -66,6 +66,8 @@ class Backend(Protocol):
 
 def generate(backend: Backend, requests: list[Request], sampling: SamplingConfig) -> list[Completion]:
     """One completion per request, in order, without follow-ups (the judge's batch calls)."""
+    if not requests:  # a batch whose every item failed before sending: nothing to start
+        return []
     keyed = [dataclasses.replace(r, key=str(i)) for i, r in enumerate(requests)]
     completions: list[Completion | None] = [None] * len(keyed)
 

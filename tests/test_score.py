@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from annotators.judge import Rubrics
+from annotators.judge import Judge, JudgeItem, Rubrics
 from annotators.openai_backend import OpenAIConfig
 from pipeline.annotate import AnnotateConfig, run_annotate
 from pipeline.filter import FilterConfig, FilterStage, parse_thresholds, verdict
@@ -72,6 +72,11 @@ def test_the_filter_rule_by_hand():
         FilterConfig(dataset="d", min={"quality": 140})
     with pytest.raises(ValueError, match="is not AXIS=N"):
         parse_thresholds(["quality"])
+    # an image that does not decode fails its item's judgements, unsent (no backend is even needed)
+    judge = Judge(backend=None, rubrics=Rubrics.load("score-v1", SCORE_AXES))
+    [broken] = judge.judge([JudgeItem("s", "generate", "draw", "plan", b"not an image")])
+    assert set(broken) == {"instruction_following", "reasoning_following", "quality"}  # no consistency
+    assert all(j.score is None and j.error == "undecodable_image" for j in broken.values())
     # one judge, two rubric sets: a rubric file must define exactly the axes its caller grades
     assert list(Rubrics.load("score-v1", SCORE_AXES).dimensions) == list(SCORE_AXES)
     with pytest.raises(ValueError, match="exactly the dimensions"):
