@@ -119,6 +119,15 @@ def test_vllm_engine_backend_in_a_ray_actor(ray_local, demo_dir, tiny_qwen, regi
     rows = DatasetRegistry(registry_root).read_table(m).to_pylist()
     assert len(rows) == 4 and all(r["reasoning"].strip() for r in rows)
 
+    # the same engine setup as the judge of `pipeline score`: every request of the unit is in the
+    # engine at once (the in-flight discipline of annotate), and what it answers is counted
+    scored = run_score(ScoreConfig(dataset="mixed", registry=registry_root, backend="vllm", model=tiny_qwen,
+                                   sampling=SamplingConfig(temperature=0.0, max_tokens=16),
+                                   vllm=VLLMConfig(max_model_len=2048, enforce_eager=True)), progress=False)
+    check_scored(scored, registry_root, tiny_qwen)
+    assert scored.stats["max_requests_in_flight"] == scored.stats["requests"] == sum(
+        4 if r["task"] == "edit" else 3 for r in rows)
+
 
 @pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (pip install '.[cpu-vllm]' or '.[gpu]')")
 def test_openai_backend_against_vllm_server(small_raw, tiny_qwen, registry_root, tmp_path):
