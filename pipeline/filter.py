@@ -126,11 +126,12 @@ def run_filter(config: FilterConfig, progress: bool = True) -> VersionManifest:
 
 def report(manifest: VersionManifest) -> str:
     s, rule = manifest.stats, manifest.lineage["filter"]
-    thresholds = ", ".join(f"{axis} >= {floor:g}" for axis, floor in rule["min"].items()) or "none"
+    floors = {axis: rule["min"][axis] for axis in SCORE_AXES if axis in rule["min"]}  # the JSON sorted them by name
+    thresholds = ", ".join(f"{axis} >= {floor:g}" for axis, floor in floors.items()) or "none"
     lines = [manifest.counts.line().replace("output", "kept"),
              f"thresholds: {thresholds}; max_failed {rule['max_failed']}  (this run: {s['seconds']} s, "
              f"{s['resumed_chunks']} chunk(s) resumed)"]
     lines += [f"  quarantined {reason}: {n}" for reason, n in s["quarantine_reasons"].items()]
-    lines += [f"  rows with {axis} below {rule['min'][axis]:g}: {n} (a row may be below on several axes)"
-              for axis, n in s["below_threshold"].items()]
+    lines += [f"  rows with {axis} below {floor:g}: {s['below_threshold'].get(axis, 0)} (a row may be below on "
+              "several axes)" for axis, floor in floors.items()]
     return "\n".join(lines)

@@ -278,7 +278,7 @@ def _scores_section(data: ReportData) -> str:
         return ""
     scores, version = data.scores, data.scored.version
     rule = data.cut.lineage.get("filter", {}) if data.cut else {}
-    floors = rule.get("min", {})
+    floors = {axis: rule["min"][axis] for axis in SCORE_AXES if axis in rule.get("min", {})}  # JSON sorted them
     judge = data.scored.lineage.get("score", {})
     charts, summary = [], []
     for axis in SCORE_AXES:
