@@ -114,6 +114,15 @@ class Judgement:
         return self.score is not None
 
 
+PLACEHOLDER = re.compile(r"\{(instruction|reasoning)\}")
+
+
+def image_urls(item: JudgeItem) -> dict[str, str]:
+    """The item's images as data URLs, by role ("input", "output")."""
+    images = {"input": item.input_image, "output": item.output_image}
+    return {role: data_url(image) for role, image in images.items() if image is not None}
+
+
 # "Score: 72", "**Score:** 72", "score = 72/100"; a sign is captured so "-5" reads out of range
 SCORE = re.compile(r"\bscore\b[*_\s]*[:=][*_\s]*(-?\d+(?:\.\d+)?)(?:\s*/\s*(\d+))?", re.I)
 
@@ -158,14 +167,16 @@ class Judge:
         except Exception as e:
             raise ValueError(f"{type(e).__name__}: {e}") from None
 
-    def request(self, item: JudgeItem, dimension: str) -> Request:
-        """The chat for one (item, dimension); `item` as `fitted` returns it."""
+    def request(self, item: JudgeItem, dimension: str, urls: dict[str, str] | None = None) -> Request:
+        """The chat for one (item, dimension); `item` as `fitted` returns it, `urls` its images as data
+        URLs when the caller encoded them once for all its dimensions."""
         rubric = self.rubrics.dimensions[dimension]
-        images = {"input": item.input_image, "output": item.output_image}
-        parts = [{"type": "image_url", "image_url": {"url": data_url(images[role])}}
-                 for role in rubric.images if images[role] is not None]
-        text = rubric.user.replace("{instruction}", item.instruction).replace("{reasoning}", item.reasoning)
-        parts.append({"type": "text", "text": text})
+        urls = urls if urls is not None else image_urls(item)
+        parts = [{"type": "image_url", "image_url": {"url": urls[role]}} for role in rubric.images if role in urls]
+        fills = {"instruction": item.instruction, "reasoning": item.reasoning}
+        # one pass: an instruction holding the text "{reasoning}" must not pull the trace into an
+        # axis that is not meant to see it
+        parts.append({"type": "text", "text": PLACEHOLDER.sub(lambda m: fills[m.group(1)], rubric.user)})
         # a seed per (sample, dimension): a rerun asks exactly the same questions in any order
         seed = (self.sampling.seed + zlib.crc32(f"{item.sample_id}/{dimension}".encode())) % (2**31 - 1)
         return Request([{"role": "system", "content": self.rubrics.system}, {"role": "user", "content": parts}], seed)
@@ -183,8 +194,13 @@ class Judge:
             except ValueError as e:  # this item's, never the batch's: every dimension fails, unsent
                 results[i] = {d: Judgement(None, None, "undecodable_image", str(e)[:500]) for d in dimensions}
                 continue
-            keys += [(i, d) for d in dimensions]
-            requests += [self.request(fitted, d) for d in dimensions]
+            urls = image_urls(fitted)  # encoded once: every request of the item shares the strings
+            for d in dimensions:
+                if item.task == "edit" and item.input_image is None and "input" in self.rubrics.dimensions[d].images:
+                    results[i][d] = Judgement(None, None, "missing_image", "an edit without its input image")
+                    continue
+                keys.append((i, d))
+                requests.append(self.request(fitted, d, urls))
         completions = generate(self.backend, requests, self.sampling)
         for (i, dimension), completion in zip(keys, completions, strict=True):
             if completion.error is not None:

@@ -102,9 +102,9 @@ class AnnotateStage(Stage):
 
 
 def backend_resources(backend: str, concurrency: int, chunk_rows: int, vllm: VLLMConfig,
-                      on_gpu: bool) -> tuple[Resources, VLLMConfig]:
-    """How a stage that sends requests to a VLM backend runs (annotate, score): the workers' resources,
-    and the vLLM settings to build its engine with."""
+                      on_gpu: bool, requests_per_row: int = 1) -> tuple[Resources, VLLMConfig]:
+    """How a stage that sends requests to a VLM backend runs (annotate: one request per row at a time;
+    score: one per axis): the workers' resources, and the vLLM settings to build its engine with."""
     if backend == "openai":
         # Nothing to load: plain tasks run on Ray's warm worker pool, where an actor would start a
         # fresh process per run (seconds of imports).
@@ -113,7 +113,7 @@ def backend_resources(backend: str, concurrency: int, chunk_rows: int, vllm: VLL
         return Resources(num_cpus=1, actors=concurrency, num_gpus=1 if on_gpu else 0), vllm
     # The engine keeps up to max_in_flight requests from several units at once, and one more unit
     # waits, so the engine never drains between units.
-    units = -(-vllm.max_in_flight // chunk_rows) + 1
+    units = -(-vllm.max_in_flight // (chunk_rows * requests_per_row)) + 1
     tp = vllm.tensor_parallel_size
     if on_gpu and tp > 1:  # the engine's GPUs on one node; vLLM's Ray workers take them from the group
         return (Resources(num_cpus=1, actors=concurrency, units_per_actor=units,

@@ -102,9 +102,21 @@ class FilterStage(Stage):
         return Processed(rows.filter(passed), rejected, {"below_threshold": below})
 
 
+def scored_input(registry: DatasetRegistry, ref: str) -> VersionManifest:
+    """NAME alone means the newest *score* version, never an earlier filter's output (filtering that
+    again could never bring back what the first cut removed); NAME@VERSION is taken as given."""
+    dataset, selector = split_ref(ref)
+    if selector is not None:
+        return registry.resolve(ref, schema="scored/1")
+    scored = [m for m in registry.versions(dataset) if m.stage == "score"]
+    if not scored:
+        raise ValueError(f"dataset {dataset!r} has no version made by `pipeline score` in registry {registry.root}")
+    return scored[-1]
+
+
 def run_filter(config: FilterConfig, progress: bool = True) -> VersionManifest:
     registry = DatasetRegistry(config.registry)
-    source = registry.resolve(config.dataset, schema="scored/1")
+    source = scored_input(registry, config.dataset)
     output = config.output or split_ref(config.dataset)[0]
     rule = {"min": config.min, "max_failed": config.max_failed, "rule": RULE}
     key = "filter-" + hashlib.sha256(json.dumps({"input": source.ref, "chunk_rows": config.chunk_rows, **rule},
@@ -121,7 +133,7 @@ def run_filter(config: FilterConfig, progress: bool = True) -> VersionManifest:
              "seconds": round(seconds, 3), "resumed_chunks": resumed}
     return registry.publish(output, STAGE, "scored/1", source.ref, counts,
                             [s for r in results for s in r.shards], [s for r in results for s in r.quarantine_shards],
-                            lineage(dataclasses.asdict(config), filter=rule), stats)
+                            lineage(dataclasses.asdict(config), filter=rule), stats, rule=rule)
 
 
 def report(manifest: VersionManifest) -> str:

@@ -227,12 +227,30 @@ class DatasetRegistry:
 
     def iter_batches(self, manifest: VersionManifest, columns: list[str] | None = None,
                      quarantine: bool = False) -> Iterator[pa.RecordBatch]:
+        """The version's record batches; with `columns`, only those columns' buffers are read (the
+        text of image-bearing shards costs the text, not the images)."""
         for path in self.shard_paths(manifest, quarantine):
             with self.fs.open_input_file(path) as f:
                 reader = ipc.open_file(f)
+                if columns:
+                    names = reader.schema.names
+                    missing = [c for c in columns if c not in names]
+                    if missing:
+                        raise KeyError(f"{path} has no column(s) {missing}")
+                    reader = ipc.open_file(f, options=ipc.IpcReadOptions(
+                        included_fields=sorted(names.index(c) for c in set(columns))))
                 for i in range(reader.num_record_batches):
                     batch = reader.get_batch(i)
                     yield batch.select(columns) if columns else batch
+
+    def stored_names(self, manifest: VersionManifest) -> list[str]:
+        """The columns the version's shards hold (its first shard's; the schema's when it has none):
+        a column added to a schema later is absent from versions written before."""
+        paths = self.shard_paths(manifest)
+        if not paths:
+            return get_schema(manifest.schema).names
+        with self.fs.open_input_file(paths[0]) as f:
+            return ipc.open_file(f).schema.names
 
     def rows_by_id(self, manifest: VersionManifest, sample_ids: list[str],
                    columns: list[str]) -> dict[str, dict[str, Any]]:
@@ -325,16 +343,18 @@ class DatasetRegistry:
 
     def publish(self, dataset: str, stage: str, schema: str, parent: str | None, counts: Counts,
                 shards: list[ShardInfo], quarantine_shards: list[ShardInfo], lineage: dict[str, Any],
-                stats: dict[str, Any] | None = None) -> VersionManifest:
+                stats: dict[str, Any] | None = None, rule: dict[str, Any] | None = None) -> VersionManifest:
         """Make a version of shards already in the store: write its manifest, the one commit point.
-        Publishing content that was published before returns the existing version unchanged."""
+        Publishing content that was published before returns the existing version unchanged.
+        `rule`: what decided the content beyond its input (a filter's thresholds), part of the
+        version's identity, so two rules that happen to keep the same rows are two versions."""
         if not counts.reconciles():
             raise AssertionError(f"row accounting does not reconcile: {counts.line()}")
         written, kept = sum(s.rows for s in shards), sum(s.rows for s in quarantine_shards)
         assert (written, kept) == (counts.output, counts.quarantined), (written, kept, counts)
         identity = {"store": STORE_LAYOUT, "dataset": dataset, "stage": stage, "schema": schema, "parent": parent,
                     "counts": dataclasses.asdict(counts), "shards": [s.sha256 for s in shards],
-                    "quarantine": [s.sha256 for s in quarantine_shards]}
+                    "quarantine": [s.sha256 for s in quarantine_shards], **({"rule": rule} if rule else {})}
         version = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         path = self._path(_check_name("dataset", dataset), "versions", version, "manifest.json")
         if self.exists(path):  # versions are immutable
@@ -381,8 +401,8 @@ class DatasetRegistry:
         content columns both versions have (so a raw version diffs cleanly against its annotated
         child); where a row was read from (`source`, `source_ref`) is provenance, not content."""
         a, b = self.resolve(ref_a), self.resolve(ref_b)
-        common = [c for c in get_schema(a.schema).names
-                  if c in get_schema(b.schema).names and c not in ("source", "source_ref")]
+        theirs = self.stored_names(b)
+        common = [c for c in self.stored_names(a) if c in theirs and c not in ("source", "source_ref")]
         frames = [_row_hashes(self.read_table(m, common)) for m in (a, b)]
         joined = frames[0].join(frames[1], on="sample_id", how="full", suffix="_b", coalesce=True)
         added = joined.filter(pl.col("row_hash").is_null())["sample_id"]

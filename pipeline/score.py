@@ -80,7 +80,7 @@ class ScoreStage(Stage):
         self.rubrics = rubrics
         self.batch_size = config.batch_size if config.backend == "transformers" else config.chunk_rows
         self.resources, self.config.vllm = backend_resources(config.backend, config.concurrency, config.chunk_rows,
-                                                             config.vllm, on_gpu)
+                                                             config.vllm, on_gpu, requests_per_row=len(SCORE_AXES))
 
     def setup(self) -> None:
         self.judge = build_judge(self.config, self.rubrics)
@@ -161,6 +161,8 @@ def run_score(config: ScoreConfig, progress: bool = True) -> VersionManifest:
     provenance = {"backend": config.backend, "model": config.model, "revision": config.revision,
                   "rubrics": {"id": rubrics.id, "sha256": rubrics.sha256}, "axes": list(SCORE_AXES),
                   "sampling": dataclasses.asdict(config.sampling), "image_max_pixels": config.image_max_pixels,
+                  # the engine's context decides which judgements fail as too long
+                  "max_model_len": config.vllm.max_model_len if config.backend == "vllm" else None,
                   "run_key": key}
     stats = {"axes": stats.get("axes", {}), "quarantine_reasons": reasons, "requests": stats.get("requests", 0),
              **({"max_requests_in_flight": stats["max_requests_in_flight"]} if "max_requests_in_flight" in stats else {}),

@@ -45,11 +45,12 @@ _ANNOTATION_FIELDS = [
 # ask to change stayed as it was) exists for edits only.
 SCORE_AXES = ("instruction_following", "reasoning_following", "consistency", "quality")
 # One value per axis, null where the axis does not apply or its judgement failed (`judge_errors` says which).
-SCORES = pa.struct([pa.field(axis, pa.float32()) for axis in SCORE_AXES])
+# float64: a threshold typed as 60.1 compares with a stored 60.1 exactly (float32 would store 60.0999...).
+SCORES = pa.struct([pa.field(axis, pa.float64()) for axis in SCORE_AXES])
 _PER_AXIS_TEXT = pa.struct([pa.field(axis, pa.string()) for axis in SCORE_AXES])
 
 _SCORE_FIELDS = [
-    pa.field("scores", SCORES, nullable=False),
+    pa.field("scores", SCORES, nullable=False),  # see SCORES
     pa.field("judge_errors", _PER_AXIS_TEXT, nullable=False),  # reason code of each failed judgement, else null
     pa.field("judge_answers", _PER_AXIS_TEXT, nullable=False),  # the judge's words, verbatim
     pa.field("judge_failed", pa.int32(), nullable=False),  # failed judgements of the row: never scored as 0

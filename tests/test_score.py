@@ -14,7 +14,7 @@ import pytest
 from annotators.judge import Judge, JudgeItem, Rubrics
 from annotators.openai_backend import OpenAIConfig
 from pipeline.annotate import AnnotateConfig, run_annotate
-from pipeline.filter import FilterConfig, FilterStage, parse_thresholds, verdict
+from pipeline.filter import FilterConfig, FilterStage, parse_thresholds, run_filter, scored_input, verdict
 from pipeline.registry import DatasetRegistry
 from pipeline.report import ReportConfig, write_report
 from pipeline.score import ScoreConfig, report, run_score
@@ -77,6 +77,10 @@ def test_the_filter_rule_by_hand():
     [broken] = judge.judge([JudgeItem("s", "generate", "draw", "plan", b"not an image")])
     assert set(broken) == {"instruction_following", "reasoning_following", "quality"}  # no consistency
     assert all(j.score is None and j.error == "undecodable_image" for j in broken.values())
+    # the rubric is filled in one pass: an instruction quoting "{reasoning}" does not pull the trace in
+    item = JudgeItem("s", "generate", "write {reasoning} on a sign", "SECRET PLAN", b"")
+    text = judge.request(item, "quality", urls={"output": "data:,"}).messages[1]["content"][-1]["text"]
+    assert "write {reasoning} on a sign" in text and "SECRET PLAN" not in text
     # one judge, two rubric sets: a rubric file must define exactly the axes its caller grades
     assert list(Rubrics.load("score-v1", SCORE_AXES).dimensions) == list(SCORE_AXES)
     with pytest.raises(ValueError, match="exactly the dimensions"):
@@ -177,10 +181,17 @@ def test_scores_and_thresholds_cut_exactly_the_rows_they_should(ray_local, demo_
     assert cut[by_row[9]]["message"] == "instruction_following 20 < 50; reasoning_following 30 < 60"
     assert json.loads(cut[by_row[1]]["record"])["scores"]["reasoning_following"] == 59  # scores travel along
     assert "low_reasoning_following: 1" in out.stdout and "judge_failed: 1" in out.stdout
+    # `cal` alone means the newest *score* version, never the filter's output
+    assert scored_input(registry, "cal").ref == scored.ref
+    # two rules that keep the same rows are two versions, each with its own rule in the lineage
+    loose = [run_filter(FilterConfig(dataset="cal", registry=registry_root, max_failed=4, min=floor), progress=False)
+             for floor in ({}, {"quality": 0})]
+    assert [m.counts.output for m in loose] == [10, 10] and loose[0].version != loose[1].version
+    assert [m.lineage["filter"]["min"] for m in loose] == [{}, {"quality": 0.0}]
 
-    tokenized = run_tokenize(TokenizeConfig(dataset="cal", registry=registry_root, image_tokenizer=str(magvit_dir),
+    tokenized = run_tokenize(TokenizeConfig(dataset=kept.ref, registry=registry_root, image_tokenizer=str(magvit_dir),
                                             text_tokenizer=str(llada_tokenizer_dir), resolution=64), progress=False)
-    assert tokenized.parent == kept.ref and tokenized.counts.output == 5  # `cal` alone: the filtered version
+    assert tokenized.parent == kept.ref and tokenized.counts.output == 5
     carried = {r["sample_id"]: r["scores"] for r in registry.read_table(tokenized, ["sample_id", "scores"]).to_pylist()}
     assert carried == {s: got[s]["scores"] for s in carried} and len(carried) == 5
 
