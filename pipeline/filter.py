@@ -119,8 +119,8 @@ def run_filter(config: FilterConfig, progress: bool = True) -> VersionManifest:
     source = scored_input(registry, config.dataset)
     output = config.output or split_ref(config.dataset)[0]
     rule = {"min": config.min, "max_failed": config.max_failed, "rule": RULE}
-    key = "filter-" + hashlib.sha256(json.dumps({"input": source.ref, "chunk_rows": config.chunk_rows, **rule},
-                                                sort_keys=True).encode()).hexdigest()[:16]
+    key = "filter-" + hashlib.sha256(json.dumps({"input": source.ref, "chunk_rows": config.chunk_rows,
+                                                 "schema": SCORED.to_string(), **rule}, sort_keys=True).encode()).hexdigest()[:16]
     units = plan_row_ranges(source, registry.root, config.chunk_rows, SCORED.names)
     ray_runtime.init_ray(config.ray_address)
     work = registry.work_dir(output, key)

@@ -144,7 +144,7 @@ def judgement_stats(judged: list[dict[str, Judgement]]) -> dict:
 def run_key(config: ScoreConfig, source: VersionManifest, rubrics: Rubrics) -> str:
     """Same arguments -> the same work folder to resume from; settings that change only speed are
     left out, so they may change on resume."""
-    identity = {"input": source.ref, "chunk_rows": config.chunk_rows,
+    identity = {"input": source.ref, "chunk_rows": config.chunk_rows, "schema": SCORED.to_string(),
                 "judge": backend_identity(dataclasses.asdict(config.judge_config())), "rubrics": rubrics.sha256}
     return "score-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 

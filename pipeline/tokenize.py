@@ -253,9 +253,9 @@ def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManife
                   "blank_image_codes": encode_blank_image(magvit, config.resolution)}
     del magvit
     key = "tokenize-" + hashlib.sha256(json.dumps(
-        # the output columns too: a run started before a column was added must not resume into this one
+        # the output schema too: a run started before a column was added must not resume into this one
         {"input": source.ref, "chunk_rows": config.chunk_rows, "dtype": config.dtype, **provenance,
-         "columns": tokenized_schema(1).names},
+         "schema": tokenized_schema(1).to_string()},
         sort_keys=True).encode()).hexdigest()[:16]
     columns = _INPUT_COLUMNS + (["scores"] if source.schema == "scored/1" else [])
     units = plan_row_ranges(source, registry.root, config.chunk_rows, columns)
