@@ -6,9 +6,10 @@ it needs.
 Each (sample, dimension) is one chat request holding only what that dimension is about (the rubric
 file says which images, downscaled to the VLM's pixel budget as the annotator sends them). An
 answer is kept verbatim; its score comes from `parse_score`, which is strict: an answer without
-exactly one clear score on the 0-100 scale is a *failed judgement* with a reason code and no score. A failure is never a zero (that would pull the means down for a judge
-fault, not a model fault) and is not retried beyond the backend's transport retries: asking again
-until an answer parses would bias the scores towards what the judge finds easy to grade.
+exactly one clear score on the 0-100 scale is a *failed judgement* with a reason code and no score.
+A failure is never a zero (that would pull the means down for a judge fault, not a model fault) and
+is not retried beyond the backend's transport retries: asking again until an answer parses would
+bias the scores towards what the judge finds easy to grade.
 
 The rubrics are ours (annotators/prompts/), not ParaBench's own prompts: scores compare
 between our runs with the same judge and rubric file (its sha256 is recorded), and only roughly with
@@ -113,14 +114,16 @@ class Judgement:
     def ok(self) -> bool:
         return self.score is not None
 
+    @property
+    def reason(self) -> str | None:
+        """A failure's reason code; for a backend error the backend's own ("client_error", "timeout"),
+        which starts its message."""
+        if self.ok:
+            return None
+        return self.detail.split(":", 1)[0] if self.error == "backend_error" and self.detail else self.error
+
 
 PLACEHOLDER = re.compile(r"\{(instruction|reasoning)\}")
-
-
-def image_urls(item: JudgeItem) -> dict[str, str]:
-    """The item's images as data URLs, by role ("input", "output")."""
-    images = {"input": item.input_image, "output": item.output_image}
-    return {role: data_url(image) for role, image in images.items() if image is not None}
 
 
 # "Score: 72", "**Score:** 72", "score = 72/100"; a sign is captured so "-5" reads out of range
@@ -158,20 +161,20 @@ class Judge:
     def applies(self, dimension: str, task: str) -> bool:
         return task in self.rubrics.dimensions[dimension].tasks
 
-    def fitted(self, item: JudgeItem) -> JudgeItem:
-        """The item with its images downscaled to the pixel budget (a 2.5 MP photo would overflow
-        the judge's context); raises ValueError for an image that does not decode."""
+    def image_urls(self, item: JudgeItem) -> dict[str, str]:
+        """The item's images by role ("input", "output"), downscaled to the pixel budget (a 2.5 MP
+        photo would overflow the judge's context) and encoded as data URLs, once for all its
+        requests; raises ValueError for an image that does not decode."""
+        images = {"input": item.input_image, "output": item.output_image}
         try:
-            fit = lambda image: None if image is None else fit_image(image, self.image_max_pixels)[0]  # noqa: E731
-            return dataclasses.replace(item, input_image=fit(item.input_image), output_image=fit(item.output_image))
+            return {role: data_url(fit_image(image, self.image_max_pixels)[0])
+                    for role, image in images.items() if image is not None}
         except Exception as e:
             raise ValueError(f"{type(e).__name__}: {e}") from None
 
-    def request(self, item: JudgeItem, dimension: str, urls: dict[str, str] | None = None) -> Request:
-        """The chat for one (item, dimension); `item` as `fitted` returns it, `urls` its images as data
-        URLs when the caller encoded them once for all its dimensions."""
+    def request(self, item: JudgeItem, dimension: str, urls: dict[str, str]) -> Request:
+        """The chat for one (item, dimension), with the item's `image_urls`."""
         rubric = self.rubrics.dimensions[dimension]
-        urls = urls if urls is not None else image_urls(item)
         parts = [{"type": "image_url", "image_url": {"url": urls[role]}} for role in rubric.images if role in urls]
         fills = {"instruction": item.instruction, "reasoning": item.reasoning}
         # one pass: an instruction holding the text "{reasoning}" must not pull the trace into an
@@ -190,17 +193,16 @@ class Judge:
         for i, item in enumerate(items):
             dimensions = [d for d in self.rubrics.dimensions if self.applies(d, item.task)]
             try:
-                fitted = self.fitted(item)
+                urls = self.image_urls(item)  # encoded once: every request of the item shares the strings
             except ValueError as e:  # this item's, never the batch's: every dimension fails, unsent
                 results[i] = {d: Judgement(None, None, "undecodable_image", str(e)[:500]) for d in dimensions}
                 continue
-            urls = image_urls(fitted)  # encoded once: every request of the item shares the strings
             for d in dimensions:
                 if item.task == "edit" and item.input_image is None and "input" in self.rubrics.dimensions[d].images:
                     results[i][d] = Judgement(None, None, "missing_image", "an edit without its input image")
                     continue
                 keys.append((i, d))
-                requests.append(self.request(fitted, d, urls))
+                requests.append(self.request(item, d, urls))
         completions = generate(self.backend, requests, self.sampling)
         for (i, dimension), completion in zip(keys, completions, strict=True):
             if completion.error is not None:

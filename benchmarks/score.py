@@ -71,8 +71,10 @@ def judge_requests(registry: DatasetRegistry, ref: str) -> list:
     fields = ["sample_id", "task", "instruction", "reasoning", "output_image", "input_image"]
     requests = []
     for row in registry.read_table(registry.resolve(ref), fields).to_pylist():
-        item = judge.fitted(JudgeItem(**row))
-        requests += [judge.request(item, axis) for axis in judge.rubrics.dimensions if judge.applies(axis, item.task)]
+        item = JudgeItem(**row)
+        urls = judge.image_urls(item)
+        requests += [judge.request(item, axis, urls) for axis in judge.rubrics.dimensions
+                     if judge.applies(axis, item.task)]
     return requests
 
 

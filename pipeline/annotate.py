@@ -26,10 +26,10 @@ from annotators.openai_backend import check_server
 from annotators.prompts import load_prompts
 from annotators.vllm_backend import VLLMConfig
 from pipeline import ray_runtime
+from pipeline.config import narrowed
 from pipeline.lineage import lineage
-from pipeline.registry import TARGET_SHARD_BYTES, DatasetRegistry, split_ref
-from pipeline.stage import (Processed, Resources, Stage, UnitResult, plan_row_ranges, read_row_range, rejected_rows,
-                            totals)
+from pipeline.registry import DatasetRegistry, split_ref
+from pipeline.stage import Processed, Resources, Stage, UnitResult, rejected_rows, totals
 from schemas import ANNOTATED, RAW, VersionManifest
 
 STAGE = "annotate"
@@ -47,8 +47,7 @@ class AnnotateConfig(AnnotatorConfig):
     ray_address: str | None = None
 
     def annotator_config(self) -> AnnotatorConfig:
-        fields = {f.name for f in dataclasses.fields(AnnotatorConfig)}
-        return AnnotatorConfig(**{k: v for k, v in vars(self).items() if k in fields})
+        return narrowed(self, AnnotatorConfig)
 
 
 class AnnotateStage(Stage):
@@ -144,20 +143,18 @@ def backend_identity(settings: dict[str, Any]) -> dict[str, Any]:
 def run_backend_stage(make_stage: Callable[[bool], Stage], config, registry: DatasetRegistry,
                       source: VersionManifest, output: str, key: str, columns: list[str],
                       progress: bool) -> tuple[list[UnitResult], int, float]:
-    """How a stage that sends requests to a VLM (annotate, score) runs over `source`: check the server
-    before any work, hash the input once, wait for GPUs where asked, then run the units, with the API
-    key passed beside the config, never inside it. `make_stage(on_gpu)` builds the stage."""
-    units = plan_row_ranges(source, registry.root, config.chunk_rows, columns)
+    """A stage that sends requests to a VLM (annotate, score) over `source`: the server checked before
+    any work, GPUs waited for where asked (`make_stage(on_gpu)` builds the stage), the API key passed
+    beside the config, never inside it."""
     if config.backend == "openai":  # a rejected key, an unknown model, no server: stop before any work
         check_server(config.model, config.openai)
-    ray_runtime.init_ray(config.ray_address)
-    work = registry.work_dir(output, key)
-    ray_runtime.verify_input(registry, source, work)
-    on_gpu = config.backend in ("vllm", "transformers") and ray_runtime.use_gpus(config.device, config.gpu_wait_s)
+    on_gpu = lambda: config.backend in ("vllm", "transformers") and ray_runtime.use_gpus(config.device,  # noqa: E731
+                                                                                           config.gpu_wait_s)
     api_key = os.environ.get("OPENAI_API_KEY") if config.backend == "openai" else None
-    return ray_runtime.run_units(make_stage(on_gpu), units, read_row_range, registry=registry, dataset=output,
-                                 work=work, target_bytes=TARGET_SHARD_BYTES, progress=progress,
-                                 secrets={"OPENAI_API_KEY": api_key} if api_key else None)
+    return ray_runtime.run_over_version(
+        lambda: make_stage(on_gpu()), source, registry=registry, output=output, key=key, columns=columns,
+        rows_per_unit=config.chunk_rows, ray_address=config.ray_address, progress=progress,
+        secrets={"OPENAI_API_KEY": api_key} if api_key else None)
 
 
 def run_key(config: AnnotateConfig, source: VersionManifest) -> str:
@@ -174,8 +171,9 @@ def run_annotate(config: AnnotateConfig, progress: bool = True) -> VersionManife
     registry = DatasetRegistry(config.registry)
     source = registry.resolve(config.dataset, schema="raw/1")
     output = config.output or split_ref(config.dataset)[0]
+    key = run_key(config, source)
     results, resumed, seconds = run_backend_stage(lambda on_gpu: AnnotateStage(config, on_gpu), config, registry,
-                                                  source, output, run_key(config, source), RAW.names, progress)
+                                                  source, output, key, RAW.names, progress)
     counts, reasons, stats = totals(results)
     prompts = load_prompts(config.prompt_edit, config.prompt_generate)
     provenance = {"backend": config.backend, "model": config.model, "revision": config.revision,
@@ -183,7 +181,7 @@ def run_annotate(config: AnnotateConfig, progress: bool = True) -> VersionManife
                   "sampling": dataclasses.asdict(config.sampling),
                   "validators": dataclasses.asdict(config.validators), "max_attempts": config.max_attempts,
                   "image_max_pixels": config.image_max_pixels, "max_model_len": config.model_len,
-                  "run_key": run_key(config, source)}
+                  "run_key": key}
     tokens = stats.get("generated_tokens", 0)
     stats = {"attempts": dict(sorted(stats.get("attempts", {}).items())),
              "rejected_attempts": dict(sorted(stats.get("rejected_attempts", {}).items())),

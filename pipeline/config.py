@@ -94,5 +94,12 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     return _build(cls, merged, "")
 
 
+def narrowed(config: Any, cls: type[C]) -> C:
+    """A command's config (a subclass of `cls`) as a plain `cls`: the settings a worker needs, without
+    the command's own (dataset, registry, concurrency)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(config).items() if k in names})
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)

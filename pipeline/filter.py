@@ -25,8 +25,8 @@ import pyarrow as pa
 
 from pipeline import ray_runtime
 from pipeline.lineage import lineage
-from pipeline.registry import TARGET_SHARD_BYTES, DatasetRegistry, split_ref
-from pipeline.stage import Processed, Resources, Stage, plan_row_ranges, read_row_range, rejected_rows, totals
+from pipeline.registry import DatasetRegistry, split_ref
+from pipeline.stage import Processed, Resources, Stage, rejected_rows, totals
 from schemas import SCORE_AXES, SCORED, VersionManifest
 
 STAGE = "filter"
@@ -119,15 +119,11 @@ def run_filter(config: FilterConfig, progress: bool = True) -> VersionManifest:
     source = scored_input(registry, config.dataset)
     output = config.output or split_ref(config.dataset)[0]
     rule = {"min": config.min, "max_failed": config.max_failed, "rule": RULE}
-    key = "filter-" + hashlib.sha256(json.dumps({"input": source.ref, "chunk_rows": config.chunk_rows,
-                                                 "schema": SCORED.to_string(), **rule}, sort_keys=True).encode()).hexdigest()[:16]
-    units = plan_row_ranges(source, registry.root, config.chunk_rows, SCORED.names)
-    ray_runtime.init_ray(config.ray_address)
-    work = registry.work_dir(output, key)
-    ray_runtime.verify_input(registry, source, work)
-    results, resumed, seconds = ray_runtime.run_units(
-        FilterStage(config), units, read_row_range, registry=registry, dataset=output, work=work,
-        target_bytes=TARGET_SHARD_BYTES, progress=progress)
+    key = "filter-" + hashlib.sha256(json.dumps({"input": source.ref, "chunk_rows": config.chunk_rows, **rule},
+                                                sort_keys=True).encode()).hexdigest()[:16]
+    results, resumed, seconds = ray_runtime.run_over_version(
+        lambda: FilterStage(config), source, registry=registry, output=output, key=key, columns=SCORED.names,
+        rows_per_unit=config.chunk_rows, ray_address=config.ray_address, progress=progress)
     counts, reasons, stats = totals(results)
     stats = {"quarantine_reasons": reasons, "below_threshold": stats.get("below_threshold", {}),
              "seconds": round(seconds, 3), "resumed_chunks": resumed}

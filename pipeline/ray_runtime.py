@@ -24,8 +24,10 @@ import ray
 import ray.data
 from tqdm import tqdm
 
-from pipeline.registry import DatasetRegistry
-from pipeline.stage import Stage, UnitResult, ipc_bytes, read_ipc, run_unit
+from pipeline.registry import TARGET_SHARD_BYTES, DatasetRegistry
+from pipeline.stage import (Stage, UnitResult, ipc_bytes, plan_row_ranges, read_ipc, read_row_range, run_unit,
+                            schema_fingerprint)
+from schemas import VersionManifest
 
 # Every Ray worker runs this first, so torchvision imports cleanly beside a CPU torch.
 RUNTIME_ENV = {"worker_process_setup_hook": "paraforge_compat.install"}
@@ -134,16 +136,33 @@ def _placement(bundles: tuple[dict[str, float], ...], groups: list[Any]) -> Any:
                                             placement_group_capture_child_tasks=True)
 
 
-def done_units(registry: DatasetRegistry, work: str, transient: tuple[str, ...] = ()) -> dict[int, UnitResult]:
+def done_units(registry: DatasetRegistry, work: str, transient: tuple[str, ...] = (),
+               schema: str | None = None) -> dict[int, UnitResult]:
     """The completion markers a previous run of the same work left, less the units that
-    quarantined rows for a `transient` reason (those are redone)."""
+    quarantined rows for a `transient` reason and those written in another layout than `schema`
+    (a fingerprint; a marker from before fingerprints counts as another layout): those are redone,
+    so a version never mixes shards of two layouts."""
     folder = f"{work}/units"
     if not registry.exists(folder):
         return {}
     paths = [i.path for i in registry.fs.get_file_info(pafs.FileSelector(folder)) if i.path.endswith(".json")]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:  # thousands of small GETs on an object store
         results = list(pool.map(lambda p: UnitResult.from_json(registry.read_text(p)), paths))
-    return {r.unit: r for r in results if not set(r.reasons) & set(transient)}
+    return {r.unit: r for r in results if not set(r.reasons) & set(transient) and (schema is None or r.schema == schema)}
+
+
+def run_over_version(make_stage: Callable[[], Stage], source: VersionManifest, *, registry: DatasetRegistry,
+                     output: str, key: str, columns: list[str], rows_per_unit: int, ray_address: str | None,
+                     progress: bool = True, secrets: dict[str, str] | None = None) -> tuple[list[UnitResult], int, float]:
+    """A stage over a version's rows (annotate, score, filter, tokenize): row-range units, Ray up,
+    the input hashed once per run folder, then the units. `make_stage` runs once Ray is up, so the
+    stage may ask it for GPUs."""
+    units = plan_row_ranges(source, registry.root, rows_per_unit, columns)
+    init_ray(ray_address)
+    work = registry.work_dir(output, key)
+    verify_input(registry, source, work)
+    return run_units(make_stage(), units, read_row_range, registry=registry, dataset=output, work=work,
+                     target_bytes=TARGET_SHARD_BYTES, progress=progress, secrets=secrets)
 
 
 def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, registry: DatasetRegistry,
@@ -151,7 +170,7 @@ def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, regist
               secrets: dict[str, str] | None = None) -> tuple[list[UnitResult], int, float]:
     """Run `stage` over the units with no completion marker yet. Returns (every unit's result in unit
     order, units resumed from an earlier run, seconds spent)."""
-    done = done_units(registry, work, stage.transient_reasons)
+    done = done_units(registry, work, stage.transient_reasons, schema_fingerprint(stage.output_schema))
     missing = [u for u in units if u["unit"] not in done]
     resumed = len(units) - len(missing)
     if resumed:
@@ -199,7 +218,7 @@ def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, regist
     return [done[u["unit"]] for u in units], resumed, time.perf_counter() - started
 
 
-def verify_input(registry: DatasetRegistry, manifest: Any, work: str, tasks: int = 64) -> None:
+def verify_input(registry: DatasetRegistry, manifest: VersionManifest, work: str, tasks: int = 64) -> None:
     """Hash the row shards of the version a stage reads against its manifest, in parallel tasks,
     before any unit runs, and once per work folder (a resumed run does not read them again). A
     corrupt or missing shard stops the job naming it: rows read from it would be wrong in silence."""

@@ -228,17 +228,18 @@ class DatasetRegistry:
     def iter_batches(self, manifest: VersionManifest, columns: list[str] | None = None,
                      quarantine: bool = False) -> Iterator[pa.RecordBatch]:
         """The version's record batches; with `columns`, only those columns' buffers are read (the
-        text of image-bearing shards costs the text, not the images)."""
+        text of image-bearing shards costs the text, not the images). A version's shards share one
+        layout, so the columns are looked up once, in its first shard."""
+        options = None
         for path in self.shard_paths(manifest, quarantine):
             with self.fs.open_input_file(path) as f:
-                reader = ipc.open_file(f)
-                if columns:
-                    names = reader.schema.names
+                if columns and options is None:
+                    names = ipc.open_file(f).schema.names
                     missing = [c for c in columns if c not in names]
                     if missing:
                         raise KeyError(f"{path} has no column(s) {missing}")
-                    reader = ipc.open_file(f, options=ipc.IpcReadOptions(
-                        included_fields=sorted(names.index(c) for c in set(columns))))
+                    options = ipc.IpcReadOptions(included_fields=sorted(names.index(c) for c in set(columns)))
+                reader = ipc.open_file(f, options=options)
                 for i in range(reader.num_record_batches):
                     batch = reader.get_batch(i)
                     yield batch.select(columns) if columns else batch

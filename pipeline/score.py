@@ -23,6 +23,7 @@ with the same arguments, like annotate. `pipeline filter` then cuts on the score
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -33,6 +34,7 @@ from annotators.annotator import TRANSIENT_ERRORS, to_json
 from annotators.judge import JudgeConfig, JudgeItem, Judgement, Rubrics, build_judge
 from annotators.openai_backend import OpenAIConfig
 from pipeline.annotate import backend_identity, backend_resources, run_backend_stage
+from pipeline.config import narrowed
 from pipeline.lineage import lineage
 from pipeline.registry import DatasetRegistry, split_ref
 from pipeline.stage import Processed, Stage, rejected_rows, totals
@@ -58,14 +60,7 @@ class ScoreConfig(JudgeConfig):
     ray_address: str | None = None
 
     def judge_config(self) -> JudgeConfig:
-        fields = {f.name for f in dataclasses.fields(JudgeConfig)}
-        return JudgeConfig(**{k: v for k, v in vars(self).items() if k in fields})
-
-
-def failure(judgement: Judgement) -> str | None:
-    """A failed judgement's reason code ("no_score", or the backend's: "client_error", "timeout")."""
-    text = _error_text(judgement)
-    return None if text is None else text.split(":", 1)[0]
+        return narrowed(self, JudgeConfig)
 
 
 class ScoreStage(Stage):
@@ -89,7 +84,7 @@ class ScoreStage(Stage):
         fields = ("sample_id", "task", "instruction", "reasoning", "output_image", "input_image")
         items = [JudgeItem(**r) for r in rows.select(fields).to_pylist()]
         judged = self.judge.judge(items)
-        outage = [sorted({why for j in row.values() if (why := failure(j)) in TRANSIENT_ERRORS}) for row in judged]
+        outage = [sorted({j.reason for j in row.values() if j.reason in TRANSIENT_ERRORS}) for row in judged]
         ok = [not reasons for reasons in outage]
         good = [row for row, keep in zip(judged, ok) if keep]
         kept = rows.filter(pa.array(ok, pa.bool_()))
@@ -105,10 +100,11 @@ class ScoreStage(Stage):
         down = [(row, reasons) for row, reasons in zip(judged, outage) if reasons]
         rejected = rejected_rows(
             rows.filter(pa.array([not x for x in ok], pa.bool_())), [reasons[0] for _, reasons in down],
-            ["; ".join(f"{axis}: {j.detail}"[:300] for axis, j in row.items() if failure(j) in TRANSIENT_ERRORS)
+            ["; ".join(f"{axis}: {j.detail}"[:300] for axis, j in row.items() if j.reason in TRANSIENT_ERRORS)
              for row, _ in down],
             [to_json({a: _error_text(j) for a, j in row.items()}) for row, _ in down])
-        sent = sum(failure(j) != "undecodable_image" for row in judged for j in row.values())  # transport retries aside
+        unsent = ("undecodable_image", "missing_image")
+        sent = sum(j.reason not in unsent for row in judged for j in row.values())  # transport retries aside
         stats = {**judgement_stats(good), "requests": sent}
         if hasattr(self.judge.backend, "peak_in_flight"):
             stats["max_requests_in_flight"] = self.judge.backend.peak_in_flight
@@ -116,12 +112,11 @@ class ScoreStage(Stage):
 
 
 def _error_text(judgement: Judgement) -> str | None:
-    """What `judge_errors` holds: the reason code, then the backend's message when there is one."""
-    if judgement.ok:
-        return None
-    if judgement.error == "backend_error":  # the backend's message starts with its reason code
-        return (judgement.detail or "backend_error")[:500]
-    return f"{judgement.error}: {judgement.detail}"[:500] if judgement.detail else judgement.error
+    """What `judge_errors` holds: the reason code, then the message when there is one (a backend's
+    message already starts with its code)."""
+    if judgement.ok or not judgement.detail:
+        return judgement.reason
+    return (judgement.detail if judgement.error == "backend_error" else f"{judgement.reason}: {judgement.detail}")[:500]
 
 
 def judgement_stats(judged: list[dict[str, Judgement]]) -> dict:
@@ -131,20 +126,16 @@ def judgement_stats(judged: list[dict[str, Judgement]]) -> dict:
     for axis in SCORE_AXES:
         mine = [row[axis] for row in judged if axis in row]
         scored = [j.score for j in mine if j.ok]
-        reasons: dict[str, int] = {}
-        for j in mine:
-            if not j.ok:
-                reasons[failure(j)] = reasons.get(failure(j), 0) + 1
         axes[axis] = {"scored": len(scored), "failed": len(mine) - len(scored),
                       "not_applicable": len(judged) - len(mine), "score_sum": float(sum(scored)),
-                      "failed_reasons": reasons}
+                      "failed_reasons": dict(collections.Counter(j.reason for j in mine if not j.ok))}
     return {"axes": axes}
 
 
 def run_key(config: ScoreConfig, source: VersionManifest, rubrics: Rubrics) -> str:
     """Same arguments -> the same work folder to resume from; settings that change only speed are
     left out, so they may change on resume."""
-    identity = {"input": source.ref, "chunk_rows": config.chunk_rows, "schema": SCORED.to_string(),
+    identity = {"input": source.ref, "chunk_rows": config.chunk_rows,
                 "judge": backend_identity(dataclasses.asdict(config.judge_config())), "rubrics": rubrics.sha256}
     return "score-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 

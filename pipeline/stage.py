@@ -13,6 +13,7 @@ The driver only plans units, collects the markers and publishes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import time
@@ -119,6 +120,7 @@ class UnitResult:
     stats: dict[str, Any]
     seconds: float
     keys: str | None = None  # path of the kept rows' sample_ids, when the stage deduplicates
+    schema: str | None = None  # fingerprint of the layout the shards were written in (`schema_fingerprint`)
 
     @property
     def output(self) -> int:
@@ -137,6 +139,11 @@ class UnitResult:
         d["shards"] = [ShardInfo(**s) for s in d["shards"]]
         d["quarantine_shards"] = [ShardInfo(**s) for s in d["quarantine_shards"]]
         return cls(**d)
+
+
+def schema_fingerprint(schema: pa.Schema) -> str:
+    """A short hash of a layout: a unit written in another one (a column added since) is not done."""
+    return hashlib.sha256(schema.to_string().encode()).hexdigest()[:16]
 
 
 def marker_path(work: str, unit: int) -> str:
@@ -173,7 +180,8 @@ def run_unit(stage: Stage, unit: int, tables: Iterable[pa.Table], *, registry: D
             stats = merge_stats(stats, batch_stats)
     result = UnitResult(unit=unit, input=n_in, shards=kept_writer.flush(), quarantine_shards=rejected_writer.flush(),
                         reasons=dict(sorted(reasons.items())), stats=stats,
-                        seconds=round(time.perf_counter() - started, 3))
+                        seconds=round(time.perf_counter() - started, 3),
+                        schema=schema_fingerprint(stage.output_schema))
     if keys:
         result.keys = keys_path(work, unit)
         registry.write_atomic(result.keys, ipc_bytes(pa.table({"sample_id": pa.array(ids, pa.string())})))

@@ -38,8 +38,8 @@ from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2
 from pipeline.image_tokenizer.magvit import resolve_checkpoint, sha256_file, weights_file
 from pipeline.images import stable_message
 from pipeline.lineage import lineage
-from pipeline.registry import TARGET_SHARD_BYTES, DatasetRegistry, split_ref
-from pipeline.stage import Processed, Resources, Stage, plan_row_ranges, read_row_range, rejected_rows, totals
+from pipeline.registry import DatasetRegistry, split_ref
+from pipeline.stage import Processed, Resources, Stage, rejected_rows, totals
 from schemas import SCORES, SequenceConfig, VersionManifest, tokenized_schema
 
 STAGE = "tokenize"
@@ -253,19 +253,13 @@ def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManife
                   "blank_image_codes": encode_blank_image(magvit, config.resolution)}
     del magvit
     key = "tokenize-" + hashlib.sha256(json.dumps(
-        # the output schema too: a run started before a column was added must not resume into this one
-        {"input": source.ref, "chunk_rows": config.chunk_rows, "dtype": config.dtype, **provenance,
-         "schema": tokenized_schema(1).to_string()},
+        {"input": source.ref, "chunk_rows": config.chunk_rows, "dtype": config.dtype, **provenance},
         sort_keys=True).encode()).hexdigest()[:16]
     columns = _INPUT_COLUMNS + (["scores"] if source.schema == "scored/1" else [])
-    units = plan_row_ranges(source, registry.root, config.chunk_rows, columns)
-    ray_runtime.init_ray(config.ray_address)
-    work = registry.work_dir(output, key)
-    ray_runtime.verify_input(registry, source, work)
-    stage = TokenizeStage(config, on_gpu=ray_runtime.use_gpus(config.device, config.gpu_wait_s))
-    results, resumed, seconds = ray_runtime.run_units(
-        stage, units, read_row_range, registry=registry, dataset=output, work=work,
-        target_bytes=TARGET_SHARD_BYTES, progress=progress)
+    results, resumed, seconds = ray_runtime.run_over_version(
+        lambda: TokenizeStage(config, on_gpu=ray_runtime.use_gpus(config.device, config.gpu_wait_s)), source,
+        registry=registry, output=output, key=key, columns=columns, rows_per_unit=config.chunk_rows,
+        ray_address=config.ray_address, progress=progress)
     counts, reasons, facts = totals(results)
     images = facts.pop("images", 0)
     stats = {"quarantine_reasons": reasons, "images": images, "seconds": round(seconds, 3),

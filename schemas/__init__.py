@@ -23,7 +23,7 @@ from schemas.sequence import SequenceConfig
 from schemas.token_layout import MMADA_M, TokenLayout
 
 __all__ = [
-    "ANNOTATED", "QUARANTINE", "RAW", "SCHEMAS", "SCORE_AXES", "SCORED", "SCORES", "TASKS", "TOKENIZED", "Counts", "MMADA_M",
-    "SequenceConfig", "ShardInfo", "TokenLayout", "VersionManifest", "conform", "get_schema", "sample_id",
+    "ANNOTATED", "QUARANTINE", "RAW", "SCHEMAS", "SCORE_AXES", "SCORED", "SCORES", "TASKS", "TOKENIZED", "Counts",
+    "MMADA_M", "SequenceConfig", "ShardInfo", "TokenLayout", "VersionManifest", "conform", "get_schema", "sample_id",
     "schema_name", "tokenized_schema",
 ]

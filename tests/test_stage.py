@@ -13,7 +13,7 @@ import pytest
 from pipeline.ingest import IngestConfig, IngestStage, plan
 from pipeline.registry import DatasetRegistry
 from pipeline.sources import read_unit
-from pipeline.stage import UnitResult, marker_path, merge_stats, run_unit
+from pipeline.stage import UnitResult, marker_path, merge_stats, run_unit, schema_fingerprint
 from schemas import RAW, Counts
 from tests.test_registry import raw_rows
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).parent.parent
 
 def test_stage_modules_do_not_import_ray():
     """Stages are plain transforms; only the adapter (pipeline/ray_runtime.py) knows Ray."""
-    for name in ("stage", "ingest", "annotate", "tokenize", "sources", "dedup", "registry", "images"):
+    for name in ("stage", "ingest", "annotate", "score", "filter", "tokenize", "sources", "dedup", "registry", "images"):
         tree = ast.parse((ROOT / "pipeline" / f"{name}.py").read_text())
         imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
@@ -56,6 +56,12 @@ def test_a_unit_runs_in_process_and_leaves_shards_keys_and_a_marker(demo_dir, tm
     assert len(keys) == 10
     # how batches are cut never changes the shards: the same unit gives the same files
     assert [s.sha256 for s in run(7).shards] == [s.sha256 for s in result.shards]
+    # a marker counts as done only for the layout it was written in: after a column is added to the
+    # stage's schema, a rerun redoes the unit instead of publishing shards of two layouts
+    from pipeline.ray_runtime import done_units
+
+    assert list(done_units(registry, work, (), schema_fingerprint(RAW))) == [1]
+    assert done_units(registry, work, (), schema_fingerprint(RAW.append(pa.field("new", pa.int32())))) == {}
 
 
 def test_merge_stats_adds_counters_and_keeps_maxima():

@@ -12,6 +12,24 @@ ConfigFile = Annotated[Optional[str], typer.Option(help="YAML config file")]
 Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="key=value config override, repeatable "
                                                                           "(nested: sampling.temperature=0.2)")]
 Progress = Annotated[bool, typer.Option(help="show progress bars")]
+Output = Annotated[Optional[str], typer.Option(help="output dataset name (default: the input's)")]
+
+# The VLM backend's options (annotate, score): the same words reach the same config keys.
+Backend = Annotated[Optional[str], typer.Option(help="vllm | openai | transformers")]
+Revision = Annotated[Optional[str], typer.Option()]
+BaseUrl = Annotated[Optional[str], typer.Option(help="openai: server URL, e.g. http://host:8000/v1")]
+RequestConcurrency = Annotated[Optional[int], typer.Option(help="openai: requests in flight per task")]
+TensorParallelSize = Annotated[Optional[int], typer.Option()]
+MaxModelLen = Annotated[Optional[int], typer.Option()]
+GpuMemoryUtilization = Annotated[Optional[float], typer.Option()]
+
+
+def print_published(manifest, report: str) -> None:
+    """What every stage command prints last: its report, where the version went, and the version id
+    alone on the last line (for scripts)."""
+    print(report)
+    print(f"published {manifest.ref} (parent {manifest.parent})")
+    print(manifest.version)
 
 
 def backend_settings(base_url: str | None = None, request_concurrency: int | None = None,

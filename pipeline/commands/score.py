@@ -4,7 +4,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.commands.options import ConfigFile, Overrides, Progress, RayAddress, Registry, backend_settings
+from pipeline.commands.options import (Backend, BaseUrl, ConfigFile, GpuMemoryUtilization, MaxModelLen, Output,
+                                       Overrides, Progress, RayAddress, Registry, RequestConcurrency, Revision,
+                                       TensorParallelSize, backend_settings, print_published)
 from pipeline.config import load_config
 
 Opt = typer.Option
@@ -12,17 +14,17 @@ Opt = typer.Option
 
 def score(
     dataset: Annotated[str, typer.Argument(help="NAME[@VERSION|@TAG] of an annotated version")],
-    backend: Annotated[Optional[str], Opt(help="vllm | openai | transformers")] = None,
+    backend: Backend = None,
     model: Annotated[Optional[str], Opt(help="the judge: hub id or local folder (the served name for openai)")] = None,
-    revision: Annotated[Optional[str], Opt()] = None,
+    revision: Revision = None,
     rubrics: Annotated[Optional[str], Opt(help="rubric id (score-v1) or a YAML file defining the four axes")] = None,
-    base_url: Annotated[Optional[str], Opt(help="openai: server URL, e.g. http://host:8000/v1")] = None,
+    base_url: BaseUrl = None,
     concurrency: Annotated[Optional[int], Opt(help="judge actors (vllm: one per GPU or tensor-parallel group)")] = None,
-    request_concurrency: Annotated[Optional[int], Opt(help="openai: requests in flight per task")] = None,
-    tensor_parallel_size: Annotated[Optional[int], Opt()] = None,
-    max_model_len: Annotated[Optional[int], Opt()] = None,
-    gpu_memory_utilization: Annotated[Optional[float], Opt()] = None,
-    output: Annotated[Optional[str], Opt(help="output dataset name (default: the input's)")] = None,
+    request_concurrency: RequestConcurrency = None,
+    tensor_parallel_size: TensorParallelSize = None,
+    max_model_len: MaxModelLen = None,
+    gpu_memory_utilization: GpuMemoryUtilization = None,
+    output: Output = None,
     registry: Registry = None,
     ray_address: RayAddress = None,
     config: ConfigFile = None,
@@ -38,9 +40,7 @@ def score(
                           base_url, request_concurrency, tensor_parallel_size=tensor_parallel_size,
                           max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization))
     manifest = run_score(cfg, progress=progress)
-    print(report(manifest))
-    print(f"published {manifest.ref} (parent {manifest.parent})")
-    print(manifest.version)
+    print_published(manifest, report(manifest))
 
 
 def filter_(
@@ -49,7 +49,7 @@ def filter_(
                                                            "(repeatable; axes: instruction_following, "
                                                            "reasoning_following, consistency, quality)")] = None,
     max_failed: Annotated[Optional[int], Opt(help="failed judgements a row may have and pass (default 0)")] = None,
-    output: Annotated[Optional[str], Opt(help="output dataset name (default: the input's)")] = None,
+    output: Output = None,
     registry: Registry = None,
     ray_address: RayAddress = None,
     config: ConfigFile = None,
@@ -62,6 +62,4 @@ def filter_(
     cfg = load_config(FilterConfig, config, set_, dataset=dataset, max_failed=max_failed, output=output,
                       registry=registry, ray_address=ray_address, min=parse_thresholds(min_) if min_ else None)
     manifest = run_filter(cfg, progress=progress)
-    print(report(manifest))
-    print(f"published {manifest.ref} (parent {manifest.parent})")
-    print(manifest.version)
+    print_published(manifest, report(manifest))

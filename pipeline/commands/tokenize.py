@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.commands.options import ConfigFile, Overrides, Progress, RayAddress, Registry
+from pipeline.commands.options import ConfigFile, Output, Overrides, Progress, RayAddress, Registry, print_published
 from pipeline.config import load_config
 
 Opt = typer.Option
@@ -20,7 +20,7 @@ def tokenize(
     dtype: Annotated[Optional[str], Opt(help="auto (bfloat16 on a GPU) | float32 | bfloat16")] = None,
     overflow: Annotated[Optional[str], Opt(help="over-long text: quarantine (default) | truncate")] = None,
     concurrency: Annotated[Optional[int], Opt(help="MAGVIT actors (one per GPU)")] = None,
-    output: Annotated[Optional[str], Opt(help="output dataset name (default: the input's)")] = None,
+    output: Output = None,
     registry: Registry = None,
     ray_address: RayAddress = None,
     config: ConfigFile = None,
@@ -35,9 +35,7 @@ def tokenize(
                       device=device, dtype=dtype, overflow=overflow, concurrency=concurrency,
                       output=output, registry=registry, ray_address=ray_address)
     manifest = run_tokenize(cfg, progress=progress)
-    print(report(manifest))
-    print(f"published {manifest.ref} (parent {manifest.parent})")
-    print(manifest.version)
+    print_published(manifest, report(manifest))
 
 
 def preview(
