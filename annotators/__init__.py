@@ -3,9 +3,7 @@ transformers, versioned prompt templates, trace validators, and the VLM judge of
 the same backends. Imports only `schemas`."""
 
 import paraforge_compat  # noqa: F401  (first, in every process)
-
-from annotators.annotator import (Annotation, Completion, ReasoningAnnotator, Request, Sample,
-                                  SamplingConfig)
+from annotators.annotator import Annotation, Completion, ReasoningAnnotator, Request, Sample, SamplingConfig
 from annotators.config import AnnotatorConfig, build_annotator, build_backend
 from annotators.judge import Judge, JudgeConfig, Judgement, build_judge, parse_score
 from annotators.prompts import PromptTemplate, load_prompts

@@ -40,8 +40,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import numpy as np
 import openai
 from PIL import Image
@@ -56,6 +54,8 @@ from pipeline.ray_runtime import init_ray
 from pipeline.registry import DatasetRegistry
 from schemas import VersionManifest
 from tests.servers import free_port, wait_http
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PHOTO = (2000, 1250)  # a real photo pair's size: 2.5 MP, well above the annotator's ~1 MP budget
 REFUSED_AT, OVERSIZED_AT = 99, 49  # row index mod 100: n // 100 rows of each kind, never the same row
@@ -293,11 +293,13 @@ def engine(bench: Bench) -> None:
 
         if path == "engine loop":
             annotator = ReasoningAnnotator(backend, validators=validators, sampling=sampling, max_attempts=3)
-            work = lambda: list(concurrent.futures.ThreadPoolExecutor(units_per_actor).map(
-                lambda u: annotate(annotator, u), units))
+            def work():
+                return list(concurrent.futures.ThreadPoolExecutor(units_per_actor).map(
+                            lambda u: annotate(annotator, u), units))
         else:
             annotator = ReasoningAnnotator(Synchronous(), validators=validators, sampling=sampling, max_attempts=3)
-            work = lambda: [annotate(annotator, u[i:i + batch]) for u in units for i in range(0, len(u), batch)]
+            def work():
+                return [annotate(annotator, u[i:i + batch]) for u in units for i in range(0, len(u), batch)]
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         start = time.monotonic()

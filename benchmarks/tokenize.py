@@ -18,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import pyarrow as pa
 import torch
 
@@ -31,6 +29,8 @@ from pipeline.ray_runtime import init_ray
 from pipeline.registry import DatasetRegistry
 from pipeline.tokenize import TokenizeConfig, TokenizeStage, run_tokenize
 from schemas import ANNOTATED, Counts
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def annotated_version(registry: DatasetRegistry, raw) -> str:
@@ -71,8 +71,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     model = MagvitV2.from_pretrained(str(magvit_dir), device=args.device, dtype=dtype)
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     images = [Image.open(io.BytesIO(b)) for b in registry.read_table(raw, ["output_image"])["output_image"].to_pylist()]
     batches = [MagvitV2.preprocess(images[i:i + args.batch_size], args.resolution).to(args.device, dtype)

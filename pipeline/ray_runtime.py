@@ -25,8 +25,16 @@ import ray.data
 from tqdm import tqdm
 
 from pipeline.registry import TARGET_SHARD_BYTES, DatasetRegistry
-from pipeline.stage import (Stage, UnitResult, ipc_bytes, plan_row_ranges, read_ipc, read_row_range, run_unit,
-                            schema_fingerprint)
+from pipeline.stage import (
+    Stage,
+    UnitResult,
+    ipc_bytes,
+    plan_row_ranges,
+    read_ipc,
+    read_row_range,
+    run_unit,
+    schema_fingerprint,
+)
 from schemas import VersionManifest
 
 # Every Ray worker runs this first, so torchvision imports cleanly beside a CPU torch.

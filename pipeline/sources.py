@@ -27,10 +27,10 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
-import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.images import Rejected, stable_message
@@ -460,7 +460,7 @@ def read_folder(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
         names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(sample))}
         row: dict[str, Any] = {"source_ref": key, "record": json.dumps({"id": key, "files": sorted(names)}),
                                "meta": json.dumps({"source_id": key})}
-        row.update(_files_row(names, key, lambda side, name: {f"{side}_image_path": f"{key}/{name}" if name else None}))
+        row.update(_files_row(names, key, lambda side, name, key=key: {f"{side}_image_path": f"{key}/{name}" if name else None}))
         for text in ("category.txt", "instruction.txt"):
             if text not in names or row.get("error_reason"):
                 continue

@@ -1,8 +1,8 @@
 """The data contract: stage schemas, the version manifest the token layout and the sequence length contract (pyarrow only)."""
 
 import paraforge_compat  # noqa: F401  (first, in every process: see the module)
-
 from schemas.manifest import Counts, ShardInfo, VersionManifest
+from schemas.sequence import SequenceConfig
 from schemas.stages import (
     ANNOTATED,
     QUARANTINE,
@@ -19,7 +19,6 @@ from schemas.stages import (
     schema_name,
     tokenized_schema,
 )
-from schemas.sequence import SequenceConfig
 from schemas.token_layout import MMADA_M, TokenLayout
 
 __all__ = [

@@ -4,14 +4,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM-CPU would take far more by default
 
-import paraforge_compat  # noqa: E402,F401
+import subprocess
+import sys
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
+import pytest
 
-import pytest  # noqa: E402
-
-from tests.servers import SERVER, free_port, wait_http  # noqa: E402
+import paraforge_compat  # noqa: F401
+from tests.servers import SERVER, free_port, wait_http
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from pipeline.registry import DatasetRegistry
 from tests.servers import kill_when
 from tests.test_ingest import ingest
 
+
 def server_log(url: str) -> list[dict]:
     return json.load(urllib.request.urlopen(f"{url}/stats"))["log"]
 
@@ -70,7 +71,7 @@ def test_faults_are_retried_validated_and_accounted(fault_dataset, fake_server, 
     assert m.stats["quarantine_reasons"] == {r: 1 for *_x, r in FAULTS if r}
     registry = DatasetRegistry(registry_root)
     rows = {r["instruction"].split(":")[0]: r for r in registry.read_table(m).to_pylist()}
-    for i, (marker, ok, attempts, _) in enumerate(FAULTS):
+    for i, (_marker, ok, attempts, _) in enumerate(FAULTS):
         if ok:
             row = rows[f"Sample {i}"]
             assert row["attempts"] == attempts and row["reasoning"].startswith("The request is to")

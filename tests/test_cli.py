@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from pipeline.demo_data import make_demo_data
 from pipeline.registry import DatasetRegistry
 from tests.servers import kill_when

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.servers import free_port
 from trainer.rl.grpo import clipped_objective, group_advantages, k3_kl
 from trainer.rl.reward import ClipConfig, RewardStats
-from tests.servers import free_port
 
 BIN = Path(sys.executable).parent
 

@@ -3,8 +3,22 @@ import dataclasses
 import pyarrow as pa
 import pytest
 
-from schemas import (ANNOTATED, MMADA_M, QUARANTINE, RAW, SCORED, TOKENIZED, Counts, TokenLayout,
-                     VersionManifest, conform, get_schema, sample_id, schema_name, tokenized_schema)
+from schemas import (
+    ANNOTATED,
+    MMADA_M,
+    QUARANTINE,
+    RAW,
+    SCORED,
+    TOKENIZED,
+    Counts,
+    TokenLayout,
+    VersionManifest,
+    conform,
+    get_schema,
+    sample_id,
+    schema_name,
+    tokenized_schema,
+)
 
 
 def test_schemas_are_named_and_versioned():

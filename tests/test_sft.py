@@ -124,7 +124,6 @@ def test_a_version_the_sequences_cannot_hold_is_refused_before_the_first_step(to
     short = SequenceConfig(instruction_len=longest + 1, reasoning_len=longest + 1)
     with pytest.raises(ValueError, match=f"reasoning of {longest} tokens; sequence.reasoning_len {longest + 1} holds"):
         ShardLoader(ref, registry, 2, builder=SequenceBuilder(layout, short, blank))
-    from pipeline.registry import DatasetRegistry
     from trainer.data import check_compatible
     with pytest.raises(ValueError, match=f"reasoning of {longest} tokens"):  # a version without the recorded facts
         check_compatible(dataclasses.replace(fits.manifest, stats={}), SequenceBuilder(layout, short, blank),

@@ -1,12 +1,11 @@
 """`pipeline tokenize`: MAGVIT-v2 codes and LLaDA-style text ids into memory-mappable Arrow shards."""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import json
 
 import pyarrow as pa
 import pyarrow.fs as pafs

@@ -14,7 +14,7 @@ import torch
 from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2
 from trainer.export import load_model, sequence_builder
 from trainer.rundir import model_folder
-from trainer.sampling import ParallelSampler, Prompt, SampleResult, SamplerConfig, filled
+from trainer.sampling import ParallelSampler, Prompt, SamplerConfig, SampleResult, filled
 
 
 @dataclasses.dataclass(kw_only=True)

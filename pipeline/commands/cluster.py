@@ -26,7 +26,8 @@ def submit_command(program: str, stages: tuple[str, ...]):
                entrypoint_num_cpus: Annotated[Optional[float], typer.Option(help="the driver's CPUs (default: the stage's)")] = None,
                entrypoint_num_gpus: Annotated[Optional[float], typer.Option(help="the driver's GPUs (default: the stage's)")] = None,
                wait: Annotated[bool, typer.Option(help="follow the logs until the job ends")] = True) -> None:
-        from pipeline.cluster import SubmitConfig, submit as run_submit
+        from pipeline.cluster import SubmitConfig
+        from pipeline.cluster import submit as run_submit
 
         if stage not in stages:
             raise ValueError(f"unknown stage {stage!r} for `{program} submit`: {', '.join(stages)}")

@@ -4,9 +4,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.commands.options import (Backend, BaseUrl, ConfigFile, GpuMemoryUtilization, MaxModelLen, Output,
-                                       Overrides, Progress, RayAddress, Registry, RequestConcurrency, Revision,
-                                       TensorParallelSize, backend_settings, print_published)
+from pipeline.commands.options import (
+    Backend,
+    BaseUrl,
+    ConfigFile,
+    GpuMemoryUtilization,
+    MaxModelLen,
+    Output,
+    Overrides,
+    Progress,
+    RayAddress,
+    Registry,
+    RequestConcurrency,
+    Revision,
+    TensorParallelSize,
+    backend_settings,
+    print_published,
+)
 from pipeline.config import load_config
 
 Opt = typer.Option

@@ -138,7 +138,7 @@ class PromptSource:
             self.position += 1
         return out
 
-    @functools.lru_cache(maxsize=2)
+    @functools.lru_cache(maxsize=2)  # noqa: B019 (one source per run: it lives as long as the cache)
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.table.num_rows)
 
