@@ -50,6 +50,9 @@ def _build(cls: type[C], values: dict[str, Any], where: str) -> C:
     for name, value in values.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            default = fields[name].default_factory
+            if default is not dataclasses.MISSING:  # a command's own defaults for the part (a factory) stay
+                value = _merge(dataclasses.asdict(default()), value)
             value = _build(hint, value, f"{where}{name}.")
         kwargs[name] = _coerce(value, hint, where + name)
     return cls(**kwargs)

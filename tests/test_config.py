@@ -36,3 +36,14 @@ def test_unknown_keys_and_bad_types_are_errors():
         load_config(Outer, None, ["name=a", "steps=many"])
     with pytest.raises(ValueError, match="not key=value"):
         parse_overrides(["steps"])
+
+
+@dataclasses.dataclass(kw_only=True)
+class Command:
+    optim: Inner = dataclasses.field(default_factory=lambda: Inner(lr=1e-6))  # this command's defaults: data
+
+
+def test_a_partial_section_keeps_the_commands_own_defaults():
+    assert load_config(Command).optim == Inner(lr=1e-6)
+    assert load_config(Command, None, ["optim.betas=[0.8, 0.9]"]).optim == Inner(lr=1e-6, betas=(0.8, 0.9))
+    assert load_config(Command, None, ["optim.lr=1e-3"]).optim.lr == 1e-3
