@@ -34,8 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import ray_runtime
-from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2
-from pipeline.image_tokenizer.magvit import resolve_checkpoint, sha256_file, weights_file
+from pipeline.hub import load_text_tokenizer, sha256_file
+from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2, encode_blank_image
+from pipeline.image_tokenizer.magvit import checkpoint_file
 from pipeline.images import stable_message
 from pipeline.lineage import lineage
 from pipeline.registry import DatasetRegistry, split_ref
@@ -76,16 +77,6 @@ class TokenizeConfig:
             raise ValueError(f"dtype must be auto, float32 or bfloat16, not {self.dtype!r}")
 
 
-def encode_blank_image(magvit: MagvitV2, resolution: int) -> list[int]:
-    """The codes of a black image at `resolution` (what the published -M training feeds as the
-    input image of a generation)."""
-    from PIL import Image
-
-    pixels = MagvitV2.preprocess([Image.new("RGB", (resolution, resolution))], resolution)
-    param = next(magvit.parameters())
-    return magvit.encode(pixels.to(param.device, param.dtype))[0].tolist()
-
-
 TEXT_FACTS = ("max_text_id", "max_instruction_len", "max_reasoning_len", "tasks")
 
 
@@ -98,12 +89,6 @@ def text_facts(table: pa.Table) -> dict:
             "max_instruction_len": pc.max(table["instruction_len"]).as_py(),
             "max_reasoning_len": pc.max(table["reasoning_len"]).as_py(),
             "tasks": {r["values"]: r["counts"] for r in pc.value_counts(table["task"]).to_pylist()}}
-
-
-def load_text_tokenizer(name: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(name)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -239,7 +224,7 @@ def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManife
     registry = DatasetRegistry(config.registry)
     source = registry.resolve(config.dataset, schema=("annotated/1", "scored/1"))
     output = config.output or split_ref(config.dataset)[0]
-    checkpoint = weights_file(resolve_checkpoint(config.image_tokenizer))
+    checkpoint = checkpoint_file(config.image_tokenizer)
     text = load_text_tokenizer(config.text_tokenizer)
     # One small MAGVIT forward on the driver: the black image every generation row stands on.
     magvit = MagvitV2.from_pretrained(config.image_tokenizer)

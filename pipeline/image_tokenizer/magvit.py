@@ -2,50 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.hub import hub_folder
 from pipeline.image_tokenizer.model import Decoder, Encoder, LookupFreeQuantizer, MagvitV2Config
 
 DEFAULT_ID = "showlab/magvitv2"
 WEIGHT_FILES = ("pytorch_model.safetensors", "model.safetensors", "pytorch_model.bin")
+HUB_FILES = ["*.json", "*.safetensors", "*.bin"]
 
 
-def resolve_checkpoint(path_or_hub_id: str) -> Path:
-    """A local folder, or a hub repo fetched through the local cache (no download when offline)."""
-    path = Path(path_or_hub_id)
-    if path.is_dir():
-        return path
-    if path.exists() or path_or_hub_id.startswith((".", "/")):
-        raise ValueError(f"{path_or_hub_id}: not a checkpoint folder")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(path_or_hub_id, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
-    except Exception as e:
-        raise ValueError(f"cannot fetch {path_or_hub_id!r} from the hub or its cache "
-                         f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): {e}") from None
-
-
-def weights_file(folder: Path) -> Path:
+def checkpoint_file(path_or_hub_id: str) -> Path:
+    """The weights file of a checkpoint given as a local folder or a hub id."""
+    folder = hub_folder(path_or_hub_id, HUB_FILES)
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
     raise ValueError(f"{folder}: no weights file (expected one of {WEIGHT_FILES})")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class MagvitV2(nn.Module):
@@ -55,12 +35,12 @@ class MagvitV2(nn.Module):
         self.encoder = Encoder(self.config)
         self.decoder = Decoder(self.config)
         self.quantize = LookupFreeQuantizer(self.config.latent_channels)
-        self.checkpoint_sha256: str | None = None  # of the weights file it was loaded from
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str = DEFAULT_ID, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32) -> "MagvitV2":
-        folder = resolve_checkpoint(path_or_hub_id)
+        path = checkpoint_file(path_or_hub_id)
+        folder = path.parent
         spec = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
         if spec.get("_class_name", "MAGVITv2").lower() != "magvitv2":
             raise ValueError(f"{folder}/config.json is for {spec['_class_name']!r}, not MAGVITv2")
@@ -68,21 +48,12 @@ class MagvitV2(nn.Module):
         # Built on the meta device: every tensor comes from the checkpoint, so skip the random init.
         with torch.device("meta"):
             model = cls()
-        path = weights_file(folder)
-        if path.suffix == ".bin":
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            from safetensors.torch import load_file
-
-            state = load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True) if path.suffix == ".bin" else load_file(path)
         model.load_state_dict(state, strict=True, assign=True)
-        model.checkpoint_sha256 = sha256_file(path)
         return model.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(self, path: str | Path) -> Path:
         """The published layout: a diffusers-style config.json and pytorch_model.safetensors."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / "config.json").write_text(json.dumps({"_class_name": "MAGVITv2", "_diffusers_version": "0.30.1"}))
@@ -110,8 +81,6 @@ class MagvitV2(nn.Module):
     @staticmethod
     def resize(image, resolution: int = 512) -> np.ndarray:
         """One PIL image -> [R, R, 3] uint8 (the CPU half of `preprocess`, done on CPU workers)."""
-        from PIL import Image
-
         return np.asarray(image.convert("RGB").resize((resolution, resolution), Image.BICUBIC), dtype=np.uint8)
 
     @staticmethod
@@ -122,7 +91,13 @@ class MagvitV2(nn.Module):
     @staticmethod
     def postprocess(pixels: torch.Tensor) -> list:
         """`decode`'s [B, 3, H, W] in [0, 1] -> B PIL images (8-bit RGB)."""
-        from PIL import Image
-
         arrays = (pixels.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
         return [Image.fromarray(a) for a in arrays]
+
+
+def encode_blank_image(magvit: MagvitV2, resolution: int) -> list[int]:
+    """The codes of a black image at `resolution` (what the published -M training feeds as the
+    input image of a generation)."""
+    pixels = MagvitV2.preprocess([Image.new("RGB", (resolution, resolution))], resolution)
+    param = next(magvit.parameters())
+    return magvit.encode(pixels.to(param.device, param.dtype))[0].tolist()

@@ -1,0 +1,42 @@
+"""Where a named model comes from: a local folder, or a hub repo fetched through the local cache.
+The one resolver behind every checkpoint and tokenizer that the pipeline and the trainer load
+(MAGVIT-v2 here, MMaDA through trainer/model_io.py, which adds runs and URIs on top)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from huggingface_hub import snapshot_download
+
+
+def hub_folder(path_or_hub_id: str, patterns: list[str]) -> Path:
+    """A local folder as it is, or a hub repo's files matching `patterns` (no download when the
+    cache holds them or HF_HUB_OFFLINE=1)."""
+    path = Path(path_or_hub_id)
+    if path.is_dir():
+        return path
+    if path.exists() or path_or_hub_id.startswith((".", "/")):
+        raise ValueError(f"{path_or_hub_id}: not a model folder")
+    try:
+        return Path(snapshot_download(path_or_hub_id, allow_patterns=patterns))
+    except Exception as e:
+        raise ValueError(f"cannot find {path_or_hub_id!r} locally or in the hub or its cache "
+                         f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): {e}") from None
+
+
+def load_text_tokenizer(name: str):
+    """A text tokenizer by hub id or folder (the LLaDA tokenizer of the -M family)."""
+    from transformers import AutoTokenizer  # why: transformers takes seconds to import; only tokenizer users pay
+
+    return AutoTokenizer.from_pretrained(name)
+
+
+def sha256_file(path: Path) -> str:
+    """A checkpoint file's hash, for the lineage that names it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
