@@ -53,7 +53,7 @@ from pipeline.ingest import IngestConfig, run_ingest
 from pipeline.ray_runtime import init_ray
 from pipeline.registry import DatasetRegistry
 from schemas import VersionManifest
-from tests.servers import free_port, wait_http
+from tests.helpers import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -43,7 +43,7 @@ from pipeline.ray_runtime import init_ray
 from pipeline.registry import DatasetRegistry
 from pipeline.score import ScoreConfig, run_score
 from schemas import SCORE_AXES
-from tests.servers import free_port, wait_http
+from tests.helpers import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 

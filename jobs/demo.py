@@ -64,6 +64,7 @@ def screenshot(html_page: Path, element: str = "") -> Path | None:
                        capture_output=True, timeout=120, check=True)
         return png
     try:
+        # selenium is a test extra: without it the demo takes whole-page screenshots only
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:

@@ -21,7 +21,7 @@ def run(program: str, stage: str) -> None:
                  "environment (a Kubernetes secret in the RayJob pod spec, or the environment `ray start` ran in)")
     sys.argv = [program, stage, *args]
     if program == "pipeline":
-        from pipeline.cli import main
+        from pipeline.cli import main  # one CLI's imports, not both: a job pays only for its own start-up
     else:
-        from trainer.cli import main
+        from trainer.cli import main  # likewise
     main()

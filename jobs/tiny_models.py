@@ -5,7 +5,25 @@ real checkpoint (`from_pretrained` on a local directory)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import open_clip
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForImageTextToText,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLProcessor,
+    Qwen2TokenizerFast,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+)
+
+from pipeline.image_tokenizer import MagvitV2
+from trainer.model import MMaDAConfig, MMaDAModel
 
 # A vocabulary-building corpus: enough words for the BPE to learn merges, nothing more.
 _CORPUS = [
@@ -33,8 +51,6 @@ CHAT_TEMPLATE = (
 
 
 def _train_bpe(special_tokens: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -45,16 +61,6 @@ def _train_bpe(special_tokens: list[str], vocab_size: int):
 
 def build_tiny_qwen25vl(out: str | Path, seed: int = 0, vocab_size: int = 600) -> Path:
     """A 2-layer Qwen2.5-VL (head_dim 64, which vLLM's CPU kernels need) with a BPE tokenizer."""
-    import torch
-    from transformers import (
-        AutoModelForImageTextToText,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLProcessor,
-        Qwen2TokenizerFast,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = Qwen2TokenizerFast(tokenizer_object=_train_bpe(QWEN_SPECIAL_TOKENS, vocab_size), eos_token="<|im_end|>", pad_token="<|endoftext|>",
@@ -103,8 +109,6 @@ LLADA_SIZE = 126349
 
 def build_tiny_llada_tokenizer(out: str | Path, vocab_size: int = 800) -> Path:
     """A small byte-level BPE with LLaDA's and MMaDA's special tokens (a compact token layout)."""
-    from transformers import PreTrainedTokenizerFast
-
     out = Path(out)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=_train_bpe(LLADA_SPECIAL_TOKENS + MMADA_TOKENS, vocab_size),
                                         bos_token="<|startoftext|>", eos_token="<|endoftext|>", mask_token="<|mdm_mask|>")
@@ -115,11 +119,6 @@ def build_tiny_llada_tokenizer(out: str | Path, vocab_size: int = 800) -> Path:
 def build_published_llada_tokenizer(out: str | Path, vocab_size: int = 800) -> Path:
     """A tokenizer in the published LLaDA layout: 126349 entries, special tokens at LLaDA's ids, MMaDA's
     reserved ids unnamed. Its first ids are a small BPE; the rest are placeholders no text maps to."""
-    import json
-
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
     spec = json.loads(_train_bpe([], vocab_size).to_str())
     vocab = dict(spec["model"]["vocab"])
     by_id = {i: t for t, i in LLADA_IDS.items()}
@@ -140,10 +139,6 @@ def build_published_layout_mmada(out: str | Path, seed: int = 0, d_model: int = 
     """A tiny MMaDA in the published -M layout: the published LLaDA-size tokenizer and an embedding of
     134656 rows (LLaDA's 126464 padded text ids + 8192 codes), random weights, saved as the
     published checkpoints are (config.json, model.safetensors, tokenizer files)."""
-    import torch
-
-    from trainer.model import MMaDAConfig, MMaDAModel
-
     torch.manual_seed(seed)
     config = MMaDAConfig(d_model=d_model, n_heads=4, n_layers=2, mlp_hidden_size=2 * d_model,
                          embedding_size=134656, vocab_size=126464, max_sequence_length=4096)
@@ -153,10 +148,6 @@ def build_published_layout_mmada(out: str | Path, seed: int = 0, d_model: int = 
 
 def build_random_magvitv2(out: str | Path, seed: int = 0) -> Path:
     """Full-size MAGVIT-v2 with random weights, saved in the published `showlab/magvitv2` layout."""
-    import torch
-
-    from pipeline.image_tokenizer import MagvitV2
-
     torch.manual_seed(seed)
     return MagvitV2().save_pretrained(out)
 
@@ -169,12 +160,6 @@ TINY_CLIP = {"embed_dim": 32,
 def build_tiny_clip(out: str | Path, seed: int = 0) -> Path:
     """A tiny open_clip CLIP with random weights, saved as an open_clip folder (load it with
     `local-dir:<out>`, the format open_clip's hub models use); its BPE ships with open_clip."""
-    import json
-
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import os
 import re
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ def auth_token() -> str | None:
 
 
 def client(address: str | None):
+    # the job SDK pulls Ray's dashboard client: loaded only by the commands that submit
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
@@ -136,8 +138,6 @@ def runtime_env(cfg: SubmitConfig) -> dict[str, Any]:
 
 
 def entrypoint(program: str, stage: str, args: list[str], secret_env: list[str]) -> str:
-    import shlex
-
     command = ["python", "-m", f"jobs.{stage}", *args]
     if secret_env:
         command[3:3] = [f"--require-env={name}" for name in secret_env]

@@ -11,6 +11,8 @@ import io
 import math
 from collections.abc import Iterable, Sequence
 
+from PIL import Image
+
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:16px 24px;color:#222}
 h1{font-size:22px;margin:8px 0} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
@@ -31,8 +33,6 @@ def esc(value: object) -> str:
 
 def png_data_url(image) -> str:
     """A PIL image or encoded image bytes -> a data URL (bytes are re-encoded as PNG)."""
-    from PIL import Image
-
     if isinstance(image, (bytes, bytearray)):
         image = Image.open(io.BytesIO(image))
     buffer = io.BytesIO()
@@ -41,8 +41,6 @@ def png_data_url(image) -> str:
 
 
 def thumbnail(image, side: int = 112):
-    from PIL import Image
-
     if isinstance(image, (bytes, bytearray)):
         image = Image.open(io.BytesIO(image))
     image = image.convert("RGB")

@@ -112,6 +112,7 @@ def _cards(registry: DatasetRegistry, manifest: VersionManifest, content: Versio
 def _decode_codes(registry: DatasetRegistry, manifest: VersionManifest, wanted: list[str], cfg: ReportConfig) -> dict:
     if not cfg.decode_codes or not wanted:
         return {}
+    # torch and MAGVIT only for a report that decodes codes back to pictures
     import torch
 
     from pipeline.image_tokenizer import MagvitV2

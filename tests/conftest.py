@@ -10,18 +10,36 @@ import sys
 import pytest
 
 import paraforge_compat  # noqa: F401
-from tests.servers import SERVER, free_port, wait_http
+from tests.helpers import SERVER, free_port, wait_http
+
+# Markers come from the fixtures a test uses (directly or through other fixtures), so they cannot
+# drift from what the test really starts: `pytest -m "not slow"`, `-m "not s3"`, `-m ray`.
+MARKED_BY_FIXTURE = {"ray": ("ray_local",), "s3": ("s3_server", "s3_bucket"),
+                     "slow": ("trained_tiny_run", "tokenized_demo", "tiny_qwen")}
+_SESSION_USES_S3 = False
+
+
+def pytest_collection_modifyitems(config, items):
+    global _SESSION_USES_S3
+    for item in items:
+        for marker, fixtures in MARKED_BY_FIXTURE.items():
+            if set(fixtures) & set(getattr(item, "fixturenames", ())):
+                item.add_marker(marker)
+    _SESSION_USES_S3 = any(item.get_closest_marker("s3") for item in items)
 
 
 @pytest.fixture(scope="session")
-def ray_local(s3_server):
-    """One embedded local Ray for the whole test session (starting one costs ~5 s). It starts after
-    the S3-compatible server, so its workers inherit AWS_ENDPOINT_URL, as a cluster's workers
-    inherit their nodes' storage settings."""
+def ray_local(request):
+    """One embedded local Ray for the whole test session (starting one costs ~5 s). When the
+    session holds S3 tests, it starts after the S3-compatible server, so its workers inherit
+    AWS_ENDPOINT_URL, as a cluster's workers inherit their nodes' storage settings; a session
+    without them starts no S3 server."""
     import ray
 
     from pipeline.ray_runtime import init_ray
 
+    if _SESSION_USES_S3:
+        request.getfixturevalue("s3_server")
     os.environ.pop("RAY_ADDRESS", None)
     init_ray()
     yield ray.get_runtime_context().gcs_address
@@ -52,8 +70,6 @@ def fake_server():
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait()
-
-
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +114,7 @@ def tokenized_demo(ray_local, demo_dir, magvit_dir, llada_tokenizer_dir, tmp_pat
 def trained_tiny_run(tokenized_demo, tmp_path_factory):
     """A tiny compact-layout MMaDA trained 80 steps on the tokenized demo (DeepSpeed, CPU): the
     starting point of the sampler and ParaRL tests. Returns the run folder."""
-    from tests.test_sft import run_trainer, sft_args
+    from tests.helpers import run_trainer, sft_args
 
     registry, ref = tokenized_demo
     run = tmp_path_factory.mktemp("sft-run") / "learn"

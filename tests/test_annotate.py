@@ -14,8 +14,7 @@ from annotators import ValidatorConfig
 from annotators.openai_backend import OpenAIConfig
 from pipeline.annotate import AnnotateConfig, report, run_annotate
 from pipeline.registry import DatasetRegistry
-from tests.servers import kill_when
-from tests.test_ingest import ingest
+from tests.helpers import ingest, kill_when
 
 
 def server_log(url: str) -> list[dict]:
@@ -237,7 +236,7 @@ def test_a_trickling_answer_and_junk_retry_after_stay_bounded(fake_server):
 @pytest.fixture
 def keyed_server():
     """The scripted server demanding one API key."""
-    from tests.servers import free_port, wait_http
+    from tests.helpers import free_port, wait_http
 
     port = free_port()
     server = Path(__file__).parent / "fake_openai_server.py"
@@ -252,7 +251,7 @@ def test_job_errors_stop_the_run_and_publish_nothing(fault_dataset, keyed_server
     """A rejected key, a model the server does not serve and an unreachable server are the run's
     errors, not 15 rows' errors: one clear error before any work, and no version."""
     from annotators.openai_backend import BackendUnavailable
-    from tests.servers import free_port
+    from tests.helpers import free_port
 
     registry = DatasetRegistry(registry_root)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")

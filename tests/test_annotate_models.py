@@ -20,8 +20,7 @@ from pipeline.filter import FilterConfig, run_filter
 from pipeline.registry import DatasetRegistry
 from pipeline.score import ScoreConfig, run_score
 from schemas import SCORE_AXES
-from tests.servers import free_port, wait_http
-from tests.test_ingest import ingest
+from tests.helpers import free_port, ingest, wait_http
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 # Random weights write gibberish: accept any non-empty text, so these tests check the plumbing.

@@ -2,24 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 from pipeline.demo_data import make_demo_data
 from pipeline.registry import DatasetRegistry
-from tests.servers import kill_when
-
-BIN = Path(sys.executable).parent
-
-
-def cli(*args, ray_address=None, check=True):
-    env = {**os.environ, "RAY_ADDRESS": ray_address or ""}
-    result = subprocess.run([str(BIN / "pipeline"), *map(str, args)], capture_output=True, text=True,
-                            env=env, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
+from tests.helpers import BIN, cli, kill_when
 
 
 def test_ingest_versions_show_tag_diff(ray_local, demo_dir, tmp_path):

@@ -5,7 +5,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.cluster import SubmitConfig, driver_resources, entrypoint, runtime_env
-from tests.servers import free_port
+from tests.helpers import BIN, free_port
 
-BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 
 

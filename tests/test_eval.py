@@ -12,10 +12,9 @@ import pytest
 
 from annotators.judge import DIMENSIONS, parse_score
 from annotators.openai_backend import OpenAIConfig
-from tests.servers import free_port, wait_http
+from tests.helpers import BIN, free_port, wait_http
 from trainer.eval import format_summary, load_benchmark, summarize
 
-BIN = Path(sys.executable).parent
 JUDGE_SERVER = Path(__file__).parent / "fake_judge_server.py"
 
 

@@ -8,15 +8,11 @@ import pytest
 from PIL import Image
 
 from pipeline.images import stable_message
-from pipeline.ingest import IngestConfig, accounting_table, ingest_batch, run_ingest
+from pipeline.ingest import IngestConfig, accounting_table, ingest_batch
 from pipeline.registry import DatasetRegistry
 from pipeline.sources import read_source
 from tests import corpus
-
-
-def ingest(sources, registry_root, **kw):
-    return run_ingest(IngestConfig(sources=[str(s) for s in sources], dataset=kw.pop("dataset", "d"),
-                                   registry=registry_root, **kw), progress=False)
+from tests.helpers import ingest
 
 
 def test_broken_corpus_is_accounted_for_exactly(ray_local, tmp_path, registry_root):
@@ -208,7 +204,7 @@ def test_remote_images_are_fetched_within_a_deadline_and_a_size_cap(ray_local, t
     import threading
     import time
 
-    from tests.servers import free_port
+    from tests.helpers import free_port
 
     good = corpus._png(colour=(1, 2, 3))
 

@@ -3,12 +3,10 @@ embedding, and the exact rows the trainer builds, through the CLI users run."""
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
+from tests.helpers import BIN
 
 
 def trainer(*args, check=True):

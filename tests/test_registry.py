@@ -3,22 +3,12 @@ import hashlib
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
 from pipeline.registry import DatasetRegistry
 from schemas import RAW, Counts
-
-
-def raw_rows(ids, category="c"):
-    n = len(ids)
-    return pa.table({
-        "sample_id": ids, "task": ["generate"] * n, "instruction": [f"draw {i}" for i in ids],
-        "input_image": pa.nulls(n, pa.binary()), "output_image": [i.encode() * 100 for i in ids],
-        "input_width": pa.nulls(n, pa.int32()), "input_height": pa.nulls(n, pa.int32()),
-        "output_width": [64] * n, "output_height": [64] * n, "source": ["s"] * n,
-        "source_ref": [f"s:{i}" for i in ids], "category": [category] * n, "meta": [None] * n})
+from tests.helpers import raw_rows
 
 
 def publish(registry, ids, dataset="d", category="c", shard_bytes=1 << 20, parent=None):

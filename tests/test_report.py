@@ -8,14 +8,11 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from pipeline.registry import DatasetRegistry
-from tests.servers import SERVER, free_port, wait_http
-
-BIN = Path(sys.executable).parent
+from tests.helpers import BIN, SERVER, free_port, wait_http
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,13 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.servers import free_port
+from tests.helpers import BIN, free_port
 from trainer.rl.grpo import clipped_objective, group_advantages, k3_kl
 from trainer.rl.reward import ClipConfig, RewardStats
-
-BIN = Path(sys.executable).parent
 
 
 def test_group_advantages_standardise_per_prompt_and_step():

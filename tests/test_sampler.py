@@ -3,13 +3,12 @@
 import math
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from schemas import SequenceConfig, TokenLayout
+from tests.helpers import BIN
 from trainer.model import MMaDAConfig, MMaDAModel
 from trainer.sampling import (
     ParallelSampler,
@@ -26,7 +25,6 @@ from trainer.sequence import SequenceBuilder
 LAYOUT = TokenLayout.compact(1024)
 # The paraforge preset: generation rows are shorter than edits, so batches are padded.
 BUILDER = SequenceBuilder(LAYOUT, SequenceConfig(preset="paraforge", instruction_len=12, reasoning_len=21))
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")

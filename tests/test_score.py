@@ -20,9 +20,7 @@ from pipeline.report import ReportConfig, write_report
 from pipeline.score import ScoreConfig, report, run_score
 from pipeline.tokenize import TokenizeConfig, run_tokenize
 from schemas import SCORE_AXES, SCORED
-from tests.servers import SERVER, free_port, wait_http
-from tests.test_cli import cli
-from tests.test_ingest import ingest
+from tests.helpers import SERVER, cli, free_port, ingest, wait_http
 
 JUDGE_SERVER = Path(__file__).parent / "fake_judge_server.py"
 THRESHOLDS = ["instruction_following=50", "reasoning_following=60", "consistency=40", "quality=30"]

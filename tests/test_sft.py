@@ -1,8 +1,6 @@
 """`trainer sft` on real DeepSpeed (CPU, gloo) with a tiny model on the tokenized demo data."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,39 +8,8 @@ import pytest
 import torch
 
 from pipeline.registry import DatasetRegistry
-from tests.servers import free_port, kill_when
+from tests.helpers import BIN, free_port, kill_when, metrics, run_trainer, sft_args, sft_settings
 from trainer.data import ShardLoader
-
-BIN = Path(sys.executable).parent
-
-
-def sft_settings(registry, ref, out, **overrides) -> list[str]:
-    values = {"dataset": ref, "registry": registry, "init": "tiny", "out_dir": out,
-              "bf16": "false", "micro_batch_size": 2, "sequence.instruction_len": 256,
-              "sequence.reasoning_len": 256, "optim.warmup_steps": 2, "optim.lr": 1e-3, **overrides}
-    return [f"{k}={v}" for k, v in values.items()]
-
-
-def sft_args(registry, ref, out, legacy=False, **overrides):
-    pairs = sft_settings(registry, ref, out, **overrides)
-    return ["sft", "--no-progress", *(pairs if legacy else [w for p in pairs for w in ("--set", p)])]
-
-
-def run_trainer(args, env=None, check=True, launcher=None):
-    cmd = (launcher or [str(BIN / "trainer")]) + args
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
-    return r
-
-
-def metrics(run_dir):
-    """Loss per step; a step logged twice (before a kill and after the resume) keeps its last value."""
-    records = {}
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        records[r["step"]] = r
-    return records
 
 
 def test_loader_is_deterministic_sharded_and_resumable(tokenized_demo):

@@ -10,7 +10,7 @@ import pytest
 from pipeline.registry import DatasetRegistry
 from pipeline.sources import detect_format
 from tests import corpus
-from tests.test_ingest import ingest
+from tests.helpers import ingest
 
 
 @pytest.fixture(scope="module")

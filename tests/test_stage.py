@@ -15,7 +15,7 @@ from pipeline.registry import DatasetRegistry
 from pipeline.sources import read_unit
 from pipeline.stage import UnitResult, marker_path, merge_stats, run_unit, schema_fingerprint
 from schemas import RAW, Counts
-from tests.test_registry import raw_rows
+from tests.helpers import raw_rows
 
 ROOT = Path(__file__).parent.parent
 

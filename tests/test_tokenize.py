@@ -19,9 +19,7 @@ from pipeline.preview import preview
 from pipeline.registry import DatasetRegistry
 from pipeline.tokenize import TokenizeConfig, run_tokenize
 from schemas import SCORES, SequenceConfig
-from tests.servers import kill_when
-from tests.test_ingest import ingest
-from tests.test_sft import run_trainer, sft_args
+from tests.helpers import ingest, kill_when, run_trainer, sft_args
 from trainer.export import export, load_model
 from trainer.rundir import RunDir, model_folder
 
