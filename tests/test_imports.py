@@ -109,10 +109,12 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def package_graph() -> collections.Counter:
-    """(importer package, imported package) -> import statements, for the architecture notes."""
+    """(importer package, imported package) -> import statements between them (`python -m
+    tests.test_imports` prints it, for the architecture notes)."""
     files = project_files()
-    return collections.Counter((i.module.split(".")[0], i.target.split(".")[0]) for i in imports(files)
-                               if i.target in files and i.module.split(".")[0] != i.target.split(".")[0])
+    edges = {(i.module, i.line, i.module.split(".")[0], i.target.split(".")[0]) for i in imports(files)
+             if i.target in files}
+    return collections.Counter((a, b) for _, _, a, b in edges if a != b)
 
 
 def test_no_import_cycle_between_project_files():
@@ -142,3 +144,8 @@ def test_imports_inside_functions_say_why():
     kept only to avoid loading something heavy or optional, with a comment saying so."""
     silent = [i for i in imports(project_files()) if i.in_function and not i.reason]
     assert silent == []
+
+
+if __name__ == "__main__":
+    for (importer, imported), n in sorted(package_graph().items(), key=lambda kv: LAYERS.index(kv[0][0])):
+        print(f"{importer:<10} -> {imported:<10} {n:>3} import statements")
