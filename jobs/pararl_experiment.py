@@ -11,6 +11,7 @@ function of (text, image): the question is only whether the optimisation climbs 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -29,7 +30,7 @@ from pipeline.ingest import IngestConfig, run_ingest
 from pipeline.tokenize import TokenizeConfig, run_tokenize
 from schemas import SequenceConfig
 from trainer.engine import OptimConfig
-from trainer.rl.pararl import RLConfig, RLOptimConfig, RolloutSamplerConfig
+from trainer.rl.pararl import RLConfig, rl_optim, rollout_sampler
 from trainer.rl.pararl import train as train_rl
 from trainer.rl.reward import ClipConfig
 from trainer.sft import SFTConfig
@@ -96,8 +97,9 @@ def main() -> None:
                    out_dir=str(run), steps=args.steps, prompts_per_step=2, max_prompts=2, num_generations=8,
                    reward_at=args.reward_at,
                    reward_stats_min_rows=16, beta=0.01, mu=1, micro_batch_size=8, bf16=False, deepspeed="ds_zero0",
-                   optim=RLOptimConfig(lr=args.lr), save_every=args.steps, resume="none",
-                   sampler=RolloutSamplerConfig(steps=args.sampler_steps, block_length=16, image_choice_temperature=1.0))
+                   optim=dataclasses.replace(rl_optim(), lr=args.lr), save_every=args.steps, resume="none",
+                   sampler=dataclasses.replace(rollout_sampler(), steps=args.sampler_steps, block_length=16,
+                                               image_choice_temperature=1.0))
     train_rl(cfg, progress=True)
     print(f"ParaRL experiment: tiny policy (SFT 60 steps), tiny random CLIP, {args.steps} steps x the same 2 prompts "
           f"x 8 rollouts, {args.sampler_steps} sampler steps, reward at {args.reward_at}, lr {args.lr}")

@@ -219,8 +219,7 @@ def test_grpo_climbs_a_reward_it_can_attribute(trained_tiny_run):
     slots, g, steps = OutputSlots(16, 256), 8, 12
     prompts = [Prompt("generate", [5, 6, 7]), Prompt("edit", [8, 9], list(range(16)))]
     items_per_step = len(prompts) * g * 3
-    engine = Engine(policy, deepspeed_config("ds_zero0", OptimConfig(lr=3e-4, warmup_steps=1, warmup_min_ratio=1.0,
-                                                                   min_lr_ratio=1.0),
+    engine = Engine(policy, deepspeed_config("ds_zero0", OptimConfig(lr=3e-4, schedule="constant", warmup_steps=0),
                                              micro_batch_size=16, grad_accum=items_per_step // 16,
                                              total_steps=steps, bf16=False))
     rollout_sampler = ParallelSampler(engine.module, builder, sampler)  # the learner's own weights

@@ -1,8 +1,9 @@
 """DeepSpeed behind one small interface: initialise, forward, backward, step, save, load.
 
-The DeepSpeed JSON in trainer/configs holds the parallelism (ZeRO stage, offload); the SFT config
-fills in what it owns (batch sizes, learning-rate schedule, precision), so one JSON serves every
-model size. On a machine without GPUs DeepSpeed runs on its CPU accelerator with gloo.
+The DeepSpeed JSON in trainer/configs holds the parallelism (ZeRO stage, offload); the command's
+config fills in what it owns (batch sizes, AdamW, the learning-rate schedule, precision), so one JSON
+serves every model size and every command. On a machine without GPUs DeepSpeed runs on its CPU
+accelerator with gloo.
 """
 
 from __future__ import annotations
@@ -24,10 +25,17 @@ class OptimConfig:
     lr: float = 5e-5
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.01
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_min_ratio: float = 0.0  # warmup starts at lr * warmup_min_ratio
+    schedule: str = "cosine"  # cosine: warmup, then down to lr * min_lr_ratio at the last step | constant: warmup, then lr
+    warmup_steps: int = 50  # 0: none; a logarithmic ramp (DeepSpeed's default)...
+    warmup_min_ratio: float = 0.0  # ...from lr * warmup_min_ratio
+    min_lr_ratio: float = 0.1  # where cosine ends
     grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"optim.schedule must be cosine or constant, not {self.schedule!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, not {self.warmup_steps}")
 
 
 def init_distributed() -> tuple[int, int]:
@@ -61,9 +69,22 @@ def deepspeed_config(template: str, optim: OptimConfig, *, micro_batch_size: int
     params.update(lr=optim.lr, betas=list(optim.betas), weight_decay=optim.weight_decay)
     if not torch.cuda.is_available():
         params["torch_adam"] = True  # DeepSpeed's fused Adam needs a compiler toolchain per accelerator
-    config["scheduler"]["params"].update(total_num_steps=total_steps, warmup_num_steps=optim.warmup_steps,
-                                         cos_min_ratio=optim.min_lr_ratio, warmup_min_ratio=optim.warmup_min_ratio)
+    if "scheduler" in config:
+        raise ValueError(f"{path}: the learning-rate schedule is the run config's (optim.schedule, optim.warmup_steps, "
+                         "...), not the DeepSpeed JSON's: remove its scheduler block")
+    config["scheduler"] = lr_schedule(optim, total_steps)
     return config
+
+
+def lr_schedule(optim: OptimConfig, total_steps: int) -> dict[str, Any]:
+    """DeepSpeed's scheduler block for `optim`: both schedules are its WarmupCosineLR, constant being a
+    cosine that ends where it starts, and no warmup one step that already starts at the full rate
+    (DeepSpeed needs at least one)."""
+    warmup = optim.warmup_steps > 0
+    return {"type": "WarmupCosineLR",
+            "params": {"total_num_steps": total_steps, "warmup_num_steps": optim.warmup_steps if warmup else 1,
+                       "warmup_min_ratio": optim.warmup_min_ratio if warmup else 1.0,
+                       "cos_min_ratio": optim.min_lr_ratio if optim.schedule == "cosine" else 1.0}}
 
 
 class Engine:

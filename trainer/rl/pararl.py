@@ -49,19 +49,15 @@ from trainer.sequence import recorded_blank_codes
 PROMPT_COLUMNS = ["task", "instruction_ids", "input_image_codes", "output_image_codes"]
 
 
-@dataclasses.dataclass(kw_only=True)
-class RLOptimConfig(OptimConfig):
-    lr: float = 1e-6  # GRPO for diffusion LMs: 1e-6 at 8B
-    warmup_steps: int = 1  # DeepSpeed's schedule needs >= 1...
-    warmup_min_ratio: float = 1.0  # ...so start at the full rate: a constant schedule
-    min_lr_ratio: float = 1.0
+def rl_optim() -> OptimConfig:
+    """ParaRL's optimizer defaults: GRPO for diffusion LMs runs at 1e-6 (8B), constant, no warmup."""
+    return OptimConfig(lr=1e-6, schedule="constant", warmup_steps=0)
 
 
-@dataclasses.dataclass(kw_only=True)
-class RolloutSamplerConfig(SamplerConfig):
-    steps: int = 64
-    text_temperature: float = 1.0  # rollouts explore in both modalities
-    image_cfg_scale: float = 0.0  # the optimised policy is the conditional model (see learner.py)
+def rollout_sampler() -> SamplerConfig:
+    """ParaRL's rollout defaults: 64 steps; rollouts explore in both modalities; the optimised policy is
+    the conditional model, so no image guidance (see learner.py). image_tokens: the version's."""
+    return SamplerConfig(steps=64, text_temperature=1.0, image_cfg_scale=0.0)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -94,8 +90,8 @@ class RLConfig:
     deepspeed: str = "ds_zero2"  # ZeRO-3 gathers the full weights once per rollout phase
     bf16: bool = True
     gradient_checkpointing: bool = False
-    optim: RLOptimConfig = dataclasses.field(default_factory=RLOptimConfig)
-    sampler: RolloutSamplerConfig = dataclasses.field(default_factory=RolloutSamplerConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=rl_optim)
+    sampler: SamplerConfig = dataclasses.field(default_factory=rollout_sampler)
     seed: int = 0
     save_every: int = 50
     keep_last: int = 2
