@@ -29,6 +29,7 @@ from pipeline.registry import DatasetRegistry
 from pipeline.tokenize import load_text_tokenizer
 from schemas import Counts, SequenceConfig, TokenLayout, tokenized_schema
 from trainer.model import MMaDAConfig, MMaDAModel
+from trainer.model_io import save_model
 from trainer.rl.rollout import generate
 from trainer.sampling import ParallelSampler, Prompt, SamplerConfig
 from trainer.sequence import SequenceBuilder
@@ -106,7 +107,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="paraforge-bench-rl-"))
     model, builder = policy_and_builder(work)
     tokenizer = work / "tok"
-    model.save_pretrained(work / "policy")
+    save_model(model, work / "policy")
     builder.save(work / "policy")  # how the policy reads sequences, as an export carries it
     ref = synthetic_version(str(work / "reg"))
     settings = {"dataset": ref, "registry": work / "reg", "model": work / "policy",

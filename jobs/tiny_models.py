@@ -24,6 +24,7 @@ from transformers import (
 
 from pipeline.image_tokenizer import MagvitV2
 from trainer.model import MMaDAConfig, MMaDAModel
+from trainer.model_io import save_model
 
 # A vocabulary-building corpus: enough words for the BPE to learn merges, nothing more.
 _CORPUS = [
@@ -142,7 +143,7 @@ def build_published_layout_mmada(out: str | Path, seed: int = 0, d_model: int = 
     torch.manual_seed(seed)
     config = MMaDAConfig(d_model=d_model, n_heads=4, n_layers=2, mlp_hidden_size=2 * d_model,
                          embedding_size=134656, vocab_size=126464, max_sequence_length=4096)
-    MMaDAModel(config).save_pretrained(out)
+    save_model(MMaDAModel(config), out)
     return build_published_llada_tokenizer(out)
 
 

@@ -33,7 +33,7 @@ def test_layout_of_a_published_layout_checkpoint(published_tiny):
 
 def test_sequence_shows_the_rows_sft_builds(trained_tiny_run, tokenized_demo, published_tiny):
     from pipeline.registry import DatasetRegistry
-    from trainer.export import sequence_builder
+    from trainer.model_io import sequence_builder
     from trainer.sequence import UNCONDITIONAL
 
     registry, ref = tokenized_demo

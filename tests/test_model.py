@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from trainer.model import MMaDAConfig, MMaDAModel
+from trainer.model_io import load_model, save_model
 
 COMPAT = Path(__file__).parent / "data" / "mmada8b_params.json"  # a copy of shared/compat
 TINY = MMaDAConfig(d_model=64, n_heads=4, n_layers=2, mlp_hidden_size=128, embedding_size=300, vocab_size=200,
@@ -32,13 +33,13 @@ def test_8b_config_has_the_published_names_and_shapes():
 def test_save_and_load_round_trip_strictly(tmp_path):
     model = tiny()
     ids = torch.randint(0, 300, (2, 10))
-    model.save_pretrained(tmp_path / "one")
-    assert torch.equal(MMaDAModel.from_pretrained(str(tmp_path / "one"))(ids), model(ids))
-    model.save_pretrained(tmp_path / "sharded", max_shard_bytes=40_000)
+    save_model(model, tmp_path / "one")
+    assert torch.equal(load_model(str(tmp_path / "one"))(ids), model(ids))
+    save_model(model, tmp_path / "sharded", max_shard_bytes=40_000)
     index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
-    assert torch.equal(MMaDAModel.from_pretrained(str(tmp_path / "sharded"))(ids), model(ids))
-    bf16 = MMaDAModel.from_pretrained(str(tmp_path / "one"), dtype=torch.bfloat16)
+    assert torch.equal(load_model(str(tmp_path / "sharded"))(ids), model(ids))
+    bf16 = load_model(str(tmp_path / "one"), dtype=torch.bfloat16)
     assert bf16(ids).dtype == torch.bfloat16
     # strict: an extra or missing tensor is an error
     from safetensors.torch import load_file, save_file
@@ -47,7 +48,7 @@ def test_save_and_load_round_trip_strictly(tmp_path):
     state["model.transformer.blocks.0.extra.weight"] = torch.zeros(1)
     save_file(state, tmp_path / "one" / "model.safetensors")
     with pytest.raises(RuntimeError, match="extra"):
-        MMaDAModel.from_pretrained(str(tmp_path / "one"))
+        load_model(str(tmp_path / "one"))
 
 
 def test_padding_is_really_masked():

@@ -204,7 +204,7 @@ def test_grpo_climbs_a_reward_it_can_attribute(trained_tiny_run):
     log-probs, the clipped objective on DeepSpeed) on a reward with no CLIP noise: the share of
     output image codes in the lower half of the codebook, taken at each recorded step."""
     from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distributed
-    from trainer.export import load_model, sequence_builder
+    from trainer.model_io import load_model, sequence_builder
     from trainer.rl.learner import Item, grpo_update
     from trainer.rl.rollout import generate
     from trainer.sampling import OutputSlots, ParallelSampler, Prompt, SamplerConfig, filled, image_codes
@@ -246,11 +246,11 @@ def test_reference_sits_with_the_policy(trained_tiny_run, tmp_path, bf16):
     """ParaRL's frozen reference is placed by the engine that placed the policy: same device, same dtype
     (on a GPU learner the KL term would otherwise mix CPU and CUDA tensors)."""
     from trainer.engine import init_distributed
-    from trainer.export import load_model
+    from trainer.model_io import load_model, save_model
     from trainer.rl.pararl import RLConfig, build_learner
 
     init_distributed()
-    load_model(str(trained_tiny_run)).save_pretrained(tmp_path / "policy")
+    save_model(load_model(str(trained_tiny_run)), tmp_path / "policy")
     cfg = RLConfig(dataset="unused", model="unused", beta=0.04, bf16=bf16, deepspeed="ds_zero0")
     engine, reference = build_learner(cfg, tmp_path / "policy")
     policy = {(p.device, p.dtype) for p in engine.module.parameters()}
@@ -275,7 +275,7 @@ def test_a_step_must_split_evenly_over_ranks_and_micro_batches(trained_tiny_run,
 def test_token_logprobs_read_only_the_committed_positions(trained_tiny_run):
     """The learner's log-probabilities, computed from logits at the committed positions alone, equal
     those read off the full [n, L, V] logits of the same forward."""
-    from trainer.export import load_model, sequence_builder
+    from trainer.model_io import load_model, sequence_builder
     from trainer.rl.learner import Item, token_logprobs
     from trainer.rl.rollout import generate
     from trainer.sampling import OutputSlots, ParallelSampler, Prompt, SamplerConfig

@@ -57,12 +57,11 @@ def test_a_tiny_model_learns_the_demo_task_and_exports(trained_tiny_run, tmp_pat
     assert image_loss < 8.0, image_loss
     assert records[80]["loss"] < records[1]["loss"] / 2
 
-    from trainer.export import sequence_builder
-    from trainer.model import MMaDAModel
+    from trainer.model_io import load_model, sequence_builder
 
     out = tmp_path / "exported"
     run_trainer(["export", str(run), "--out", str(out)])
-    model = MMaDAModel.from_pretrained(str(out))
+    model = load_model(str(out))
     trained = sequence_builder(str(run))  # the layout the run was trained with travels with the export
     assert sequence_builder(str(out)).to_dict() == trained.to_dict()
     assert trained.config.preset == "mmada-parallel-m" and len(trained.blank_image_codes) == 16
@@ -158,7 +157,7 @@ def test_reading_a_run_folder_never_unpickles_it(trained_tiny_run, tmp_path):
     safetensors file is refused by name."""
     import shutil
 
-    from trainer.export import export, load_model
+    from trainer.model_io import export, load_model
 
     run = tmp_path / "crafted"
     shutil.copytree(trained_tiny_run, run)

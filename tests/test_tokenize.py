@@ -20,8 +20,8 @@ from pipeline.registry import DatasetRegistry
 from pipeline.tokenize import TokenizeConfig, run_tokenize
 from schemas import SCORES, SequenceConfig
 from tests.helpers import ingest, kill_when, run_trainer, sft_args
-from trainer.export import export, load_model
-from trainer.rundir import RunDir, model_folder
+from trainer.model_io import export, load_model, resolve
+from trainer.rundir import RunDir
 
 
 @pytest.fixture
@@ -158,10 +158,10 @@ def test_from_ingest_to_a_resumed_sft_run_on_an_object_store(ray_local, demo_dir
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))
     # a cached copy is the run's only while its done marker matches the run's: a stale one (from a
     # deleted run of the same URI, here faked) is fetched again, never trusted by its name
-    local = Path(model_folder(run)) / "checkpoints" / "step-3"
+    local = resolve(run) / "checkpoints" / "step-3"
     (local / "done").write_bytes(b"from an older run")
     (local / "model.safetensors").unlink()
-    assert (Path(model_folder(run)) / "checkpoints" / "step-3" / "model.safetensors").exists()
+    assert (resolve(run) / "checkpoints" / "step-3" / "model.safetensors").exists()
 
     out = tmp_path / "report.html"
     done = subprocess.run([str(Path(sys.executable).parent / "pipeline"), "report", m.ref, "--registry", root, "--out", str(out)],

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from trainer.rundir import RunDir
+import torch.distributed as dist
 
-_TAG = re.compile(r"^step-(\d+)$")
-WEIGHTS = "model.safetensors"  # each checkpoint's whole module, in the training dtype
+from trainer.model_io import save_checkpoint_weights
+from trainer.rundir import RunDir, sort_tags
+
 STATE = "trainer_state.json"  # the client state's JSON part (step, data cursor) and the world size
 
 
@@ -22,15 +22,6 @@ def _json_safe(value: Any) -> bool:
         return True
     except (TypeError, ValueError):
         return False
-
-
-def newest(tags: list[str]) -> str:
-    return sort_tags(tags)[-1]
-
-
-def sort_tags(tags: list[str]) -> list[str]:
-    """`step-N` tags, oldest first; anything else in the folder is not ours."""
-    return sorted((t for t in tags if _TAG.match(t)), key=lambda t: int(_TAG.match(t).group(1)))
 
 
 class Checkpointer:
@@ -43,21 +34,16 @@ class Checkpointer:
 
     def tags(self) -> list[str]:
         """Complete checkpoints, oldest first: those marked done where the run lives."""
-        return sort_tags(self.run.checkpoint_tags())
+        return self.run.checkpoint_tags()
 
     def save(self, engine, step: int, client_state: dict[str, Any], model_config: dict[str, Any]) -> str:
-        import torch.distributed as dist
-
         tag = f"step-{step}"
         engine.save(self.directory, tag, client_state)
         weights = engine.full_state_dict()  # a collective under ZeRO-3
         if self.rank == 0:
             # What export, sample, eval and rl read: safetensors and JSON. DeepSpeed's own files are
             # pickles, which only the resume of this run (its own trusted output) ever loads.
-            from safetensors.torch import save_file
-
-            save_file(weights, str(self.directory / tag / WEIGHTS), metadata={"format": "pt"})
-            (self.directory / tag / "model_config.json").write_text(json.dumps(model_config))
+            save_checkpoint_weights(self.directory / tag, weights, model_config)
             # what a resume on another number of ranks can use without DeepSpeed's files
             plain = {k: v for k, v in client_state.items() if _json_safe(v)}
             (self.directory / tag / STATE).write_text(json.dumps({"world_size": dist.get_world_size(), **plain}))
@@ -101,8 +87,6 @@ class Checkpointer:
 
     def fetch(self, tag: str) -> Path:
         """The checkpoint's local folder, downloaded from the run once per node."""
-        import torch.distributed as dist
-
         if self.node_leader and not self.run.has_local_copy(tag):
             self.run.download(f"checkpoints/{tag}")  # from the run, onto this node
         dist.barrier()
@@ -120,8 +104,6 @@ class Checkpointer:
 
     def prepare(self) -> None:
         """Before anything is written: the mirror becomes the run's copy (a no-op for local runs)."""
-        import torch.distributed as dist
-
         if self.node_leader:
             tags = self.tags()
             self.run.pull(keep_checkpoint=tags[-1] if tags else None)

@@ -75,8 +75,8 @@ def export(run_dir: Annotated[str, typer.Argument(help="an sft/rl run folder")],
            out: Annotated[str, typer.Option("--out", help="output folder (HF layout)")],
            tag: Annotated[Optional[str], typer.Option(help="checkpoint tag (default: the newest)")] = None,
            dtype: Annotated[str, typer.Option(help="float32 | bfloat16")] = "float32") -> None:
-    """Write a checkpoint as config.json + safetensors, loadable by MMaDAModel.from_pretrained."""
-    from trainer.export import export as run_export
+    """Write a checkpoint as config.json + safetensors (the published MMaDA layout)."""
+    from trainer.model_io import export as run_export
 
     print(run_export(run_dir, out, tag, dtype))
 

@@ -3,13 +3,14 @@ look like, printed from the same objects the trainer uses."""
 
 from __future__ import annotations
 
-from trainer.sequence import KEEP, UNCONDITIONAL
+from pipeline.registry import DatasetRegistry
+from trainer.data import COLUMNS, check_compatible
+from trainer.model_io import sequence_builder
+from trainer.sequence import KEEP, UNCONDITIONAL, recorded_blank_codes
 
 
 def model_layout(model: str, text_tokenizer: str | None = None) -> dict:
     """The token layout a model was trained with (keys as in `TokenLayout`)."""
-    from trainer.export import sequence_builder
-
     return sequence_builder(model, text_tokenizer).layout.to_dict()
 
 
@@ -18,12 +19,6 @@ def row_sequence(dataset: str, model: str, *, registry: str | None = None, index
     """The exact ids, attention mask and target flags `trainer sft` builds for row `index` of a
     tokenized version, for `model`'s layout and sequence preset (`uncond`: the row with both
     conditions dropped, which is also the sampler's unconditional row)."""
-
-    from pipeline.registry import DatasetRegistry
-    from trainer.data import COLUMNS, check_compatible
-    from trainer.export import sequence_builder
-    from trainer.sequence import recorded_blank_codes
-
     builder = sequence_builder(model, text_tokenizer)
     reg = DatasetRegistry(registry)
     manifest = reg.resolve(dataset, schema="tokenized/1")

@@ -5,14 +5,12 @@ sees every other, which is what masked diffusion needs. Module and parameter nam
 published MMaDA-8B / MMaDA-Parallel-M checkpoints (`model.transformer.blocks.N.q_proj.weight`, ...)
 so they load with strict=True; the config is read from the checkpoint's own `config.json`, with
 LLaDA's field names. Unlike the public code, padding is really masked: padded keys get -inf.
-This file holds no distributed code.
+This file holds no distributed code and opens no files (trainer/model_io.py loads and saves).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -170,68 +168,3 @@ class MMaDAModel(nn.Module):
             return F.linear(x, head)
         return [F.linear(x.gather(1, h.positions[..., None].expand(-1, -1, x.shape[-1])), head[h.lo:h.hi])
                 for h in heads]
-
-    @classmethod
-    def from_pretrained(cls, path_or_hub_id: str, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu") -> "MMaDAModel":
-        """A folder (or hub repo) with config.json and model.safetensors, or shards listed in
-        model.safetensors.index.json. Loading is strict: every tensor present, nothing extra."""
-        from safetensors.torch import load_file
-
-        folder = resolve_folder(path_or_hub_id)
-        config = MMaDAConfig.from_dict(json.loads((folder / "config.json").read_text()))
-        index = folder / "model.safetensors.index.json"
-        if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        elif (folder / "model.safetensors").is_file():
-            files = ["model.safetensors"]
-        else:
-            raise ValueError(f"{folder}: no model.safetensors or model.safetensors.index.json")
-        state: dict[str, torch.Tensor] = {}
-        for name in files:
-            state.update(load_file(folder / name))
-        with torch.device("meta"):
-            model = cls(config)
-        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
-        return model.to(device)
-
-    def save_pretrained(self, path: str | Path, max_shard_bytes: int = 5 * 1024**3) -> Path:
-        """The published layout: config.json plus safetensors, sharded with an index when large."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
-        shards: list[dict[str, torch.Tensor]] = [{}]
-        size = 0
-        for name, tensor in self.state_dict().items():
-            nbytes = tensor.numel() * tensor.element_size()
-            if shards[-1] and size + nbytes > max_shard_bytes:
-                shards.append({})
-                size = 0
-            shards[-1][name] = tensor.detach().to("cpu").contiguous()
-            size += nbytes
-        if len(shards) == 1:
-            save_file(shards[0], path / "model.safetensors", metadata={"format": "pt"})
-            return path
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, path / name, metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(shard, name))
-        total = sum(t.numel() * t.element_size() for t in self.state_dict().values())
-        (path / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        return path
-
-
-def resolve_folder(path_or_hub_id: str) -> Path:
-    path = Path(path_or_hub_id)
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(path_or_hub_id, allow_patterns=["*.json", "*.safetensors"]))
-    except Exception as e:
-        raise ValueError(f"cannot find {path_or_hub_id!r} locally or in the hub cache: {e}") from None

@@ -1,4 +1,5 @@
-"""Run folders and model folders on any pyarrow filesystem (a local path, or s3://, gs://, hdfs://).
+"""Run folders on any pyarrow filesystem (a local path, or s3://, gs://, hdfs://); model folders
+given by URI are fetched through them by trainer/model_io.py.
 
 DeepSpeed, torch and TensorBoard write local files, so a run always works in a local folder. Where
 `out_dir` is a URI, that folder is a mirror in the cache (`$PARAFORGE_CACHE/runs/<hash of the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -24,6 +26,12 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 DONE = "done"  # written last into a checkpoint folder: a checkpoint without it is never read
+_TAG = re.compile(r"^step-(\d+)$")
+
+
+def sort_tags(tags: list[str]) -> list[str]:
+    """`step-N` tags, oldest first; anything else in the folder is not ours."""
+    return sorted((t for t in tags if _TAG.match(t)), key=lambda t: int(_TAG.match(t).group(1)))
 
 
 def is_uri(path: str | Path) -> bool:
@@ -63,14 +71,14 @@ class RunDir:
 
     # -- what exists --------------------------------------------------------------------------
     def checkpoint_tags(self) -> list[str]:
-        """Names of the checkpoint folders that hold a `done` marker, where the run lives."""
+        """The complete checkpoints (folders holding a `done` marker) where the run lives, oldest first."""
         if not self.remote:
             folder = self.local / "checkpoints"
-            return [p.name for p in folder.iterdir() if (p / DONE).exists()] if folder.is_dir() else []
+            return sort_tags([p.name for p in folder.iterdir() if (p / DONE).exists()] if folder.is_dir() else [])
         listing = self.fs.get_file_info(pafs.FileSelector(self._remote("checkpoints"), allow_not_found=True))
         tags = [info.base_name for info in listing if info.type == pafs.FileType.Directory]
         markers = self.fs.get_file_info([self._remote(f"checkpoints/{t}/{DONE}") for t in tags]) if tags else []
-        return [t for t, m in zip(tags, markers) if m.type == pafs.FileType.File]
+        return sort_tags([t for t, m in zip(tags, markers) if m.type == pafs.FileType.File])
 
     # -- copies between the mirror and the run ------------------------------------------------
     def upload(self, relative: str) -> None:
@@ -176,32 +184,3 @@ def _copy(pairs: list[tuple[str, str]], source: pafs.FileSystem, destination: pa
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda pair: pafs.copy_files(pair[0], pair[1], source_filesystem=source,
                                                    destination_filesystem=destination), pairs))
-
-
-def model_folder(path: str, tag: str | None = None) -> str:
-    """A local folder for a model given as a URI (an exported model, or a run whose newest complete
-    checkpoint is fetched with its small files); a local path or hub id comes back unchanged."""
-    if not is_uri(path):
-        return path
-    run = RunDir(path, mirror="models")  # never the mirror of a run training on this machine
-    tags = run.checkpoint_tags()
-    if not tags:  # an exported or published folder: fetched whole, again only when it changed
-        listing = run.fs.get_file_info(pafs.FileSelector(run.base, recursive=True))
-        files = sorted((i.path, i.size, i.mtime_ns) for i in listing if i.type == pafs.FileType.File)
-        if not files:
-            raise ValueError(f"{path} holds no files")
-        fingerprint = hashlib.sha256(repr(files).encode()).hexdigest().encode()
-        local = run.local
-        if not (local / DONE).exists() or (local / DONE).read_bytes() != fingerprint:
-            shutil.rmtree(local, ignore_errors=True)
-            local.parent.mkdir(parents=True, exist_ok=True)
-            _download(run.fs, run.base, local, folder=True)
-            (local / DONE).write_bytes(fingerprint)
-        return str(local)
-    from trainer.checkpoint import newest
-
-    wanted = tag or newest(tags)
-    run.pull(keep_checkpoint=wanted)
-    if not run.has_local_copy(wanted):
-        run.download(f"checkpoints/{wanted}")
-    return str(run.local)

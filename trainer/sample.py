@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2
-from trainer.export import load_model, sequence_builder
-from trainer.rundir import model_folder
+from pipeline.hub import load_text_tokenizer
+from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2, encode_blank_image
+from trainer.model_io import load_model, resolve, sequence_builder
 from trainer.sampling import ParallelSampler, Prompt, SamplerConfig, SampleResult, filled
 
 
@@ -67,23 +69,19 @@ class SamplingStack:
 
 def load_sampling(model: str, sampler: SamplerConfig, *, image_tokenizer: str, text_tokenizer: str | None,
                   resolution: int, device: str, dtype: str) -> SamplingStack:
-    from pipeline.tokenize import encode_blank_image, load_text_tokenizer
-
-    model = model_folder(model)  # a run or export given by URI: its local copy
-    builder = sequence_builder(model, text_tokenizer)  # the layout and sequences the model was trained with
-    policy = load_model(model, dtype=getattr(torch, dtype), device=device)
+    folder = resolve(model)  # a run or export given by URI: its local copy; a hub id: its snapshot
+    builder = sequence_builder(folder, text_tokenizer)  # the layout and sequences the model was trained with
+    policy = load_model(folder, dtype=getattr(torch, dtype), device=device)
     magvit = MagvitV2.from_pretrained(image_tokenizer, device=device)
     grid = resolution // magvit.config.downsample
     if builder.published and len(builder.blank_image_codes or []) != grid * grid:  # none saved, or another resolution
         builder.blank_image_codes = encode_blank_image(magvit, resolution)
     sampler = dataclasses.replace(sampler, image_tokens=grid * grid)
-    return SamplingStack(ParallelSampler(policy, builder, sampler), load_text_tokenizer(text_tokenizer or model),
+    return SamplingStack(ParallelSampler(policy, builder, sampler), load_text_tokenizer(text_tokenizer or str(folder)),
                          magvit, grid)
 
 
 def run_sample(cfg: SampleConfig) -> dict[str, Path]:
-    from PIL import Image
-
     stack = load_sampling(cfg.model, cfg.sampler, image_tokenizer=cfg.image_tokenizer, text_tokenizer=cfg.text_tokenizer,
                           resolution=cfg.resolution, device=cfg.device, dtype=cfg.dtype)
     text, magvit, grid, sampler = stack.text, stack.magvit, stack.grid, stack.sampler
@@ -120,10 +118,6 @@ def render_text(ids: list[int], layout, tokenizer) -> str:
 
 
 def write_trajectory(result: SampleResult, magvit: MagvitV2, text, grid: int, out: Path) -> dict[str, Path]:
-    import textwrap
-
-    from PIL import Image, ImageDraw, ImageFont
-
     tile, lines, line_height = 192, 14, 13
     strip = Image.new("RGB", (tile * len(result.trajectory), tile + 24 + lines * line_height), "white")
     draw, font = ImageDraw.Draw(strip), ImageFont.load_default(size=11)

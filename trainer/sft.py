@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from pipeline.hub import load_text_tokenizer
 from pipeline.registry import DatasetRegistry
 from schemas import SequenceConfig, TokenLayout
 from trainer.checkpoint import Checkpointer
@@ -19,6 +20,7 @@ from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distribut
 from trainer.loss import apply_noise, diffusion_loss
 from trainer.metrics import MetricsLogger
 from trainer.model import MMaDAConfig, MMaDAModel
+from trainer.model_io import load_model, sequence_builder
 from trainer.rundir import RunDir
 from trainer.sequence import SequenceBuilder, recorded_blank_codes
 
@@ -59,11 +61,7 @@ class SFTConfig:
 
 def build_model(cfg: SFTConfig, dataset_tokenizer: str | None) -> tuple[MMaDAModel, TokenLayout]:
     """The model and its token layout (from its tokenizer and embedding; see schemas.TokenLayout)."""
-    from trainer.export import load_model, sequence_builder
-
     if cfg.init == "tiny":
-        from pipeline.tokenize import load_text_tokenizer
-
         tokenizer = load_text_tokenizer(cfg.text_tokenizer or dataset_tokenizer)
         layout = TokenLayout.from_tokenizer(tokenizer, embedding_size=len(tokenizer) + 8192)
         torch.manual_seed(cfg.seed)

@@ -35,14 +35,13 @@ from pipeline.registry import DatasetRegistry
 from trainer.checkpoint import Checkpointer
 from trainer.data import check_compatible, local_verified_copies
 from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distributed
-from trainer.export import load_model, sequence_builder
 from trainer.metrics import MetricsLogger
-from trainer.model import MMaDAModel
+from trainer.model_io import load_checkpoint_weights, load_model, resolve, save_model, sequence_builder
 from trainer.rl.grpo import group_advantages
 from trainer.rl.learner import Item, accumulation_steps, grpo_update
 from trainer.rl.reward import ClipConfig, RewardModel, RewardStats, reference_sample
 from trainer.rl.rollout import Rollout, generate, rollout_plan, score
-from trainer.rundir import RunDir, model_folder
+from trainer.rundir import RunDir
 from trainer.sampling import ParallelSampler, Prompt, SamplerConfig
 from trainer.sequence import recorded_blank_codes
 
@@ -220,7 +219,7 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpointer(run, cfg.keep_last, rank)
     checkpoints.prepare()
-    model = _node_leader_first(lambda: model_folder(cfg.model))  # a run or export given by URI: its local copy
+    model = _node_leader_first(lambda: resolve(cfg.model))  # a run or export given by URI, or a hub id: its local copy
     builder = sequence_builder(model, cfg.text_tokenizer)  # as the policy was trained
     prompts = PromptSource(cfg.dataset, cfg.registry, cfg.seed, cfg.max_prompts)
     if builder.published and builder.blank_image_codes is None:  # a published checkpoint: the version's black image
@@ -231,7 +230,7 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
 
     reference_dir = run_dir / "reference"  # frozen for the whole run, resumes included
     if rank == 0 and not (reference_dir / "config.json").exists():
-        load_model(model).save_pretrained(reference_dir)
+        save_model(load_model(model), reference_dir)
         run.upload("reference")
     dist.barrier()
     _node_leader_first(lambda: (reference_dir / "config.json").exists() or run.download("reference"))
@@ -305,21 +304,17 @@ def build_learner(cfg: RLConfig, model_dir: Path, start: Path | None = None) -> 
     dtype, partitioned like the policy under ZeRO-3); their log-probabilities meet in the KL term.
     Both load in the training dtype: a bf16 8B model is 16 GB of host memory per rank, not 32.
     `start`: a checkpoint folder whose weights (its safetensors) start the policy instead."""
-    from safetensors.torch import load_file
-
-    from trainer.checkpoint import WEIGHTS
-
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
     items_per_rank = (cfg.prompts_per_step * cfg.num_generations // max(dist.get_world_size(), 1)
                       * (1 if cfg.reward_at == "final" else cfg.reward_steps))
-    policy = MMaDAModel.from_pretrained(str(model_dir), dtype=dtype)
+    policy = load_model(model_dir, dtype=dtype).train()
     if start is not None:
-        policy.load_state_dict(load_file(str(start / WEIGHTS)), strict=True)
+        load_checkpoint_weights(policy, start)
     policy.config.gradient_checkpointing = cfg.gradient_checkpointing
     engine = Engine(policy, deepspeed_config(cfg.deepspeed, cfg.optim, micro_batch_size=cfg.micro_batch_size,
                                              grad_accum=accumulation_steps(items_per_rank, cfg.micro_batch_size),
                                              total_steps=cfg.steps * cfg.mu, bf16=cfg.bf16))
-    reference = engine.place_frozen(MMaDAModel.from_pretrained(str(model_dir), dtype=dtype)) if cfg.beta else None
+    reference = engine.place_frozen(load_model(model_dir, dtype=dtype)) if cfg.beta else None
     return engine, reference
 
 
