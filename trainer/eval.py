@@ -35,10 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from annotators.judge import DIMENSIONS, JudgeConfig, JudgeItem, Rubrics, build_judge
 from annotators.openai_backend import check_server
 from pipeline.image_tokenizer import DEFAULT_ID
+from trainer.eval_page import summary_rows, write_page
 from trainer.rl.reward import ClipConfig, ClipScorer
 from trainer.sample import load_sampling
 from trainer.sampling import SamplerConfig
@@ -81,8 +83,6 @@ class BenchmarkItem:
 
 
 def _readable(path: Path) -> bool:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             image.verify()
@@ -155,8 +155,6 @@ def load_benchmark(path: str | Path) -> list[BenchmarkItem]:
 
 def generate(cfg: EvalConfig, items: list[BenchmarkItem], out: Path) -> list[str]:
     """Sample every prompt; writes samples/<id>/ and returns the reasoning texts."""
-    from PIL import Image
-
     stack = load_sampling(cfg.model, cfg.sampler, image_tokenizer=cfg.image_tokenizer, text_tokenizer=cfg.text_tokenizer,
                           resolution=cfg.resolution, device=cfg.device, dtype=cfg.dtype)
     reasonings = []
@@ -191,8 +189,6 @@ def _release(device: str) -> None:
 
 def clip_scores(cfg: ClipConfig, images: list[Path], texts: list[str], batch_size: int) -> list[float]:
     """CLIP cosine(image, reasoning) x 100 (CLIPScore's scale without its clamp and weight 2.5)."""
-    from PIL import Image
-
     scorer, scores = ClipScorer(cfg), []
     for i in range(0, len(images), batch_size):
         pixels = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
@@ -231,27 +227,6 @@ def summarize(records: list[dict]) -> dict:
             "all": summarize_rows(records)}
 
 
-HEADERS = {"text_quality": "text qual", "text_alignment": "text align", "image_consistency": "image cons",
-           "image_alignment": "image align", "image_quality": "image qual", "output_alignment": "output align"}
-
-
-def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-    """The table as strings: one row per category, then "all"; n/a where a dimension does not
-    apply, "-" where every judgement of it failed."""
-    header = ["category", "samples", *HEADERS.values(), "overall", "CLIP x100", "failed"]
-    rows = []
-    for name, row in [*summary["categories"].items(), ("all", summary["all"])]:
-        cells = [name, str(row["samples"])]
-        for dim in DIMENSIONS:
-            d = row["dimensions"][dim]
-            cells.append("n/a" if not d["applies"] else "-" if d["mean"] is None else f"{d['mean']:.1f}")
-        cells += ["-" if row["overall"] is None else f"{row['overall']:.1f}",
-                  "-" if row["clip_output_alignment"] is None else f"{row['clip_output_alignment']:.1f}",
-                  str(row["failed"])]
-        rows.append(cells)
-    return header, rows
-
-
 def format_summary(summary: dict) -> str:
     header, rows = summary_rows(summary)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -266,8 +241,6 @@ def format_summary(summary: dict) -> str:
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    from trainer.eval_page import write_page
-
     items = load_benchmark(cfg.benchmark)[:cfg.limit]
     rubrics = Rubrics.load(cfg.judge.rubrics)  # a bad rubric file should fail now, not after all the sampling
     if cfg.judge.backend == "openai":  # and so should a rejected key or a judge model the server lacks

@@ -1,20 +1,43 @@
 """eval.html: the summary of a `trainer eval` run and one card per sample, in the report's style
 (pipeline/html.py): a single offline file. A failed judgement is shown as failed, with its reason
-and the judge's raw answer, never as a number."""
+and the judge's raw answer, never as a number. The summary table's cells (`summary_rows`) are the
+terminal's too (`trainer.eval.format_summary`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image
+
 from annotators.judge import DIMENSIONS
 from pipeline.html import FILTER_SCRIPT, bar_chart, esc, page, png_data_url, table, thumbnail
-from trainer.eval import summary_rows
 
 EXTRA_CSS = """
 .card{width:420px} .scores{border-collapse:collapse;width:100%;font-size:12px} .scores td{padding:2px 4px}
 .card details{font-size:12px} .card details p{background:#f7f7f7;padding:4px;max-height:160px;overflow:auto}
 tr.failed td{background:#fdecea}
 """
+
+HEADERS = {"text_quality": "text qual", "text_alignment": "text align", "image_consistency": "image cons",
+           "image_alignment": "image align", "image_quality": "image qual", "output_alignment": "output align"}
+
+
+def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """The table as strings: one row per category, then "all"; n/a where a dimension does not
+    apply, "-" where every judgement of it failed."""
+    header = ["category", "samples", *HEADERS.values(), "overall", "CLIP x100", "failed"]
+    rows = []
+    for name, row in [*summary["categories"].items(), ("all", summary["all"])]:
+        cells = [name, str(row["samples"])]
+        for dim in DIMENSIONS:
+            d = row["dimensions"][dim]
+            cells.append("n/a" if not d["applies"] else "-" if d["mean"] is None else f"{d['mean']:.1f}")
+        cells += ["-" if row["overall"] is None else f"{row['overall']:.1f}",
+                  "-" if row["clip_output_alignment"] is None else f"{row['clip_output_alignment']:.1f}",
+                  str(row["failed"])]
+        rows.append(cells)
+    return header, rows
+
 
 def _summary_section(results: dict) -> str:
     summary = results["summary"]
@@ -34,8 +57,6 @@ def _summary_section(results: dict) -> str:
 
 
 def _card(record: dict, out: Path) -> str:
-    from PIL import Image
-
     folder = out / "samples" / record["id"]
     pictures = [("input", folder / "input.png"), ("output", folder / "output.png"),
                 ("reference", Path(record["reference_image"]) if record["reference_image"] else None)]
