@@ -10,6 +10,9 @@ import typer
 
 import paraforge_compat  # noqa: F401
 from pipeline.cli import run
+from pipeline.commands.cluster import SUBMIT_SETTINGS, submit_command
+from pipeline.config import load_config
+from schemas import MMADA_M
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="paraforge trainer: sft, rl, sample, eval, export, layout, sequence, submit.")
@@ -37,6 +40,7 @@ def sft(legacy: Legacy = None, set_: Overrides = None,
         progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
         ray_workers: RayWorkers = None, ray_gpu: RayGpu = None, ray_address: RayAddress = None) -> None:
     """Supervised fine-tuning on a tokenized version (DeepSpeed; resumes from the newest checkpoint)."""
+    # here, not at the top: torch, DeepSpeed and the command's libraries load only when it runs
     from trainer.sft import SFTConfig, train
 
     _launch(SFTConfig, train, config, _overrides(set_, legacy), progress,
@@ -49,6 +53,7 @@ def rl(legacy: Legacy = None, set_: Overrides = None,
        progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
        ray_workers: RayWorkers = None, ray_gpu: RayGpu = None, ray_address: RayAddress = None) -> None:
     """ParaRL: GRPO with CLIP rewards along the denoising trajectory; every rank learns and samples."""
+    # here, not at the top: torch, DeepSpeed and the command's libraries load only when it runs
     from trainer.rl.pararl import RLConfig, train
 
     _launch(RLConfig, train, config, _overrides(set_, legacy), progress,
@@ -58,10 +63,9 @@ def rl(legacy: Legacy = None, set_: Overrides = None,
 def _launch(config_class, train, config: str | None, overrides: list[str], progress: bool, **ray) -> None:
     """A training command: here (one process, or a torchrun / deepspeed rank) or, with ray_workers,
     as that many Ray Train workers."""
-    from pipeline.config import load_config
-
     cfg = load_config(config_class, config, overrides, **ray)
     if cfg.ray_workers:
+        # here, not at the top: torch, DeepSpeed and the command's libraries load only when it runs
         from trainer.ray_train import train_on_ray
 
         train_on_ray(cfg)
@@ -76,6 +80,7 @@ def export(run_dir: Annotated[str, typer.Argument(help="an sft/rl run folder")],
            tag: Annotated[Optional[str], typer.Option(help="checkpoint tag (default: the newest)")] = None,
            dtype: Annotated[str, typer.Option(help="float32 | bfloat16")] = "float32") -> None:
     """Write a checkpoint as config.json + safetensors (the published MMaDA layout)."""
+    # here, not at the top: torch, DeepSpeed and the command's libraries load only when it runs
     from trainer.model_io import export as run_export
 
     print(run_export(run_dir, out, tag, dtype))
@@ -96,7 +101,7 @@ def sample(legacy: Legacy = None, set_: Overrides = None,
            config: Annotated[Optional[str], typer.Option(help="YAML config, e.g. trainer/configs/sample.yaml")] = None,
            ) -> None:
     """Sample reasoning + image with the parallel sampler (sampler.* keys set steps, CFG, temperatures...)."""
-    from pipeline.config import load_config
+    # here, not at the top: torch, DeepSpeed and the command's libraries load only when it runs
     from trainer.sample import SampleConfig, run_sample
 
     cfg = load_config(SampleConfig, config, _overrides(set_, legacy), model=model, instruction=instruction, out=out, input=input,
@@ -121,7 +126,7 @@ def eval_(legacy: Legacy = None, set_: Overrides = None,
           config: Annotated[Optional[str], typer.Option(help="YAML config, e.g. trainer/configs/eval.yaml")] = None,
           ) -> None:
     """ParaBench-style evaluation: sample every prompt, score six dimensions with a judge VLM and CLIP."""
-    from pipeline.config import load_config
+    # here, not at the top: torch, DeepSpeed and the command's libraries load only when it runs
     from trainer.eval import EvalConfig, format_summary, run_eval
 
     judge = {k: v for k, v in {"backend": judge_backend, "model": judge_model}.items() if v is not None}
@@ -137,7 +142,7 @@ def layout(model: Annotated[Optional[str], typer.Option(help="model folder (publ
            text_tokenizer: Annotated[Optional[str], typer.Option(help="tokenizer to read the layout from (default: the model's)")] = None,
            ) -> None:
     """Print a model's token layout as JSON (image offset = len of its tokenizer, vocabulary = its embedding)."""
-    from schemas import MMADA_M
+    # here, not at the top: torch, DeepSpeed and the command's libraries load only when it runs
     from trainer.inspect_sequence import model_layout
 
     print(json.dumps(model_layout(model, text_tokenizer) if model else MMADA_M.to_dict(), indent=2))
@@ -153,19 +158,14 @@ def sequence(dataset: Annotated[str, typer.Argument(help="NAME@VERSION of a toke
              text_tokenizer: Annotated[Optional[str], typer.Option(help="tokenizer to read the layout from")] = None,
              ) -> None:
     """Print the exact input ids, attention mask and target flags the trainer builds for one row."""
+    # here, not at the top: torch, DeepSpeed and the command's libraries load only when it runs
     from trainer.inspect_sequence import format_sequence, row_sequence
 
     view = row_sequence(dataset, model, registry=registry, index=index, uncond=uncond, text_tokenizer=text_tokenizer)
     print(json.dumps(view) if as_json else format_sequence(view))
 
 
-def _register_submit() -> None:
-    from pipeline.commands.cluster import SUBMIT_SETTINGS, submit_command
-
-    app.command("submit", context_settings=SUBMIT_SETTINGS)(submit_command("trainer", ("sft", "rl")))
-
-
-_register_submit()
+app.command("submit", context_settings=SUBMIT_SETTINGS)(submit_command("trainer", ("sft", "rl")))
 
 
 def main() -> None:
