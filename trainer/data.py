@@ -1,18 +1,22 @@
-"""A deterministic, rank-sharded, resumable loader over tokenized Arrow IPC shards.
+"""A tokenized version's rows for training: one deterministic, rank-sharded, resumable row source,
+and the loader of SFT batches on it.
 
 The shards are memory-mapped; an epoch is a seeded permutation of all rows; rank r of W takes
 every W-th index of it (the tail that does not divide evenly is dropped, so every rank runs the
 same number of steps). The state is (epoch, position): saved in every checkpoint, it resumes
-mid-epoch exactly, with the same batches in the same order.
+mid-epoch exactly, with the same rows in the same order. SFT's `ShardLoader` and ParaRL's prompts
+(one global order, W = 1) read through the same `RowSource`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import torch.distributed as dist
 
@@ -25,51 +29,86 @@ COLUMNS = ["task", "instruction_ids", "reasoning_ids", "input_image_codes", "out
 @dataclasses.dataclass
 class LoaderState:
     epoch: int = 0
-    position: int = 0  # samples this rank has taken from the current epoch
+    position: int = 0  # rows this rank has taken from the current epoch
 
 
-class ShardLoader:
-    def __init__(self, ref: str, registry: str | None, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, builder: SequenceBuilder | None = None):
-        reg = DatasetRegistry(registry)
-        self.manifest = reg.resolve(ref, schema="tokenized/1")
-        paths = local_verified_copies(reg, self.manifest)
-        self.table = pa.concat_tables([ipc.open_file(pa.memory_map(p)).read_all().select(COLUMNS) for p in paths])
-        self.rows = self.table.num_rows
-        self.per_rank = self.rows // world_size
-        if self.per_rank < batch_size:
-            raise ValueError(f"{self.manifest.ref} has {self.rows} rows: too few for {world_size} rank(s) "
-                             f"x batch {batch_size}")
-        self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
+class RowSource:
+    """The `columns` of a tokenized version (its first `limit` rows, if given) in a seeded order per
+    epoch, rank `rank` of `world_size` taking its every-W-th share; `next(n)` continues into the next
+    epoch when this one runs out."""
+
+    def __init__(self, ref: str, registry: str | None, columns: list[str], seed: int = 0, rank: int = 0,
+                 world_size: int = 1, limit: int | None = None):
+        self.registry = DatasetRegistry(registry)
+        self.manifest = self.registry.resolve(ref, schema="tokenized/1")
+        paths = local_verified_copies(self.registry, self.manifest)
+        self.table = pa.concat_tables([ipc.open_file(pa.memory_map(p)).read_all().select(columns) for p in paths])
+        if limit is not None:
+            self.table = self.table.slice(0, limit)
+        self.per_rank = self.table.num_rows // world_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
         self.state = LoaderState()
-        if builder is not None:
-            check_compatible(self.manifest, builder, reg)
-            check_ranges(self.table, builder, self.manifest.ref)
 
-    def _epoch_indices(self, epoch: int) -> np.ndarray:
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
+    @functools.lru_cache(maxsize=2)  # noqa: B019 (one source per run: it lives as long as the cache)
+    def order(self, epoch: int) -> np.ndarray:
+        """This rank's row indices in `epoch`."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.table.num_rows)
         return order[self.rank::self.world_size][: self.per_rank]
 
-    def next_rows(self) -> list[dict]:
-        """The next batch of rows (python dicts); rolls over into the next epoch."""
-        if self.state.position + self.batch_size > self.per_rank:
-            self.state = LoaderState(self.state.epoch + 1, 0)
-        indices = self._epoch_indices(self.state.epoch)[self.state.position: self.state.position + self.batch_size]
-        self.state.position += self.batch_size
-        return self.table.take(pa.array(indices)).to_pylist()
+    def next(self, n: int) -> pa.Table:
+        indices: list[int] = []
+        while len(indices) < n:
+            if self.state.position == self.per_rank:
+                self.next_epoch()
+            take = min(n - len(indices), self.per_rank - self.state.position)
+            indices.extend(self.order(self.state.epoch)[self.state.position: self.state.position + take])
+            self.state.position += take
+        return self.table.take(pa.array(indices, pa.int64()))
+
+    def next_epoch(self) -> None:
+        self.state = LoaderState(self.state.epoch + 1, 0)
 
     def state_dict(self) -> dict:
         return {**dataclasses.asdict(self.state), "seed": self.seed, "world_size": self.world_size,
                 "dataset": self.manifest.ref}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["dataset"] != self.manifest.ref or state["seed"] != self.seed:
-            raise ValueError(f"checkpoint was made on {state['dataset']} seed {state['seed']}, "
+        # seed and world size: absent from ParaRL's prompt cursors of before they were one source
+        seed, world_size = state.get("seed", self.seed), state.get("world_size", self.world_size)
+        if state["dataset"] != self.manifest.ref or seed != self.seed:
+            raise ValueError(f"checkpoint was made on {state['dataset']} seed {seed}, "
                              f"not {self.manifest.ref} seed {self.seed}")
-        if state["world_size"] != self.world_size:
+        if world_size != self.world_size:
             raise ValueError("resuming with another world size changes every rank's order; "
-                             f"checkpoint has {state['world_size']}, this run {self.world_size}")
+                             f"checkpoint has {world_size}, this run {self.world_size}")
         self.state = LoaderState(state["epoch"], state["position"])
+
+
+class ShardLoader:
+    """SFT's micro-batches: rank r's rows, `batch_size` at a time; a batch never spans two epochs."""
+
+    def __init__(self, ref: str, registry: str | None, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, builder: SequenceBuilder | None = None):
+        self.rows = RowSource(ref, registry, COLUMNS, seed, rank, world_size)
+        self.manifest, self.batch_size = self.rows.manifest, batch_size
+        if self.rows.per_rank < batch_size:
+            raise ValueError(f"{self.manifest.ref} has {self.rows.table.num_rows} rows: too few for {world_size} "
+                             f"rank(s) x batch {batch_size}")
+        if builder is not None:
+            check_compatible(self.manifest, builder, self.rows.registry)
+            check_ranges(self.rows.table, builder, self.manifest.ref)
+
+    def next_rows(self) -> list[dict]:
+        """The next batch of rows (python dicts); rolls over into the next epoch."""
+        if self.rows.state.position + self.batch_size > self.rows.per_rank:
+            self.rows.next_epoch()
+        return self.rows.next(self.batch_size).to_pylist()
+
+    def state_dict(self) -> dict:
+        return self.rows.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows.load_state_dict(state)
 
 
 def local_verified_copies(reg: DatasetRegistry, manifest) -> list[str]:
@@ -95,7 +134,7 @@ def local_verified_copies(reg: DatasetRegistry, manifest) -> list[str]:
 def check_compatible(manifest, builder: SequenceBuilder, registry: DatasetRegistry) -> None:
     """Refuse, before the first step, a version whose ids the model would misread or whose rows
     the sequences cannot hold: a ValueError that says which and what to change."""
-    from pipeline.tokenize import TEXT_FACTS, text_facts
+    from pipeline.tokenize import TEXT_FACTS, text_facts  # a stage module: it would bring Ray into every trainer
 
     layout, sequence = builder.layout, builder.config
     made = manifest.lineage.get("tokenize", {})
@@ -129,8 +168,6 @@ def check_ranges(table: pa.Table, builder: SequenceBuilder, ref: str) -> None:
     """The ids themselves, not what the manifest says of them: every image code inside the codebook
     and every text id below the image offset, or a ValueError now instead of an index error deep
     inside the first forward."""
-    import pyarrow.compute as pc
-
     layout = builder.layout
     for column, limit in (("input_image_codes", layout.image_codebook_size),
                           ("output_image_codes", layout.image_codebook_size),
