@@ -174,6 +174,9 @@ def test_pararl_on_two_ranks_resumes_exactly_and_matches_one_rank(tokenized_demo
     assert [(x["step"], x["world_size"]) for x in records] == [(1, 2), (2, 2), (3, 2), (4, 1)]
     saved = json.loads(remote_text(f"{run}/checkpoints/step-4/trainer_state.json"))
     assert saved["world_size"] == 1 and saved["prompts"]["position"] + saved["prompts"]["epoch"] * rows == 4 * 2
+    # the run's config, as SFT's checkpoints hold it: the schedule, and the sampler the version implies
+    assert saved["config"]["optim"]["schedule"] == "constant" and saved["config"]["sampler"]["image_tokens"] == 16
+    assert json.loads(remote_text(f"{run}/config.json"))["optim"] == saved["config"]["optim"]
 
     # the same step on one rank: the same rollouts, rewards and loss
     one = tmp_path / "one"

@@ -10,14 +10,15 @@ and scores them with its own MAGVIT-v2 + CLIP. One step (`pararl_step`) reads
 A prompt's G rollouts live on one rank, so advantages need no traffic between ranks; DeepSpeed
 averages the gradients. Rollouts are seeded by (seed, step, prompt index), so a step gives the same
 rewards and loss on any number of ranks. `reward_at=final` rewards the last step only (the paper's
-output-level baseline). Checkpoints hold the learner, the global prompt cursor and each rank's RNG;
-the frozen reference is written once beside them and the reward statistics with the run.
+output-level baseline). `train` reads like `trainer sft`'s: `build_rank` (the learner, the frozen
+reference written once beside the run, the resume, the reward model and its statistics), then a loop
+of steps that logs and saves. Checkpoints hold the learner, the global prompt cursor, each rank's RNG
+and the run's config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import random
@@ -25,15 +26,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from pipeline.image_tokenizer import DEFAULT_ID
 from pipeline.registry import DatasetRegistry
+from schemas import VersionManifest
 from trainer.checkpoint import Checkpointer
-from trainer.data import check_compatible, local_verified_copies
+from trainer.data import RowSource, check_compatible
 from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distributed
 from trainer.metrics import MetricsLogger
 from trainer.model_io import load_checkpoint_weights, load_model, resolve, save_model, sequence_builder
@@ -108,55 +109,23 @@ class RLConfig:
             raise ValueError("num_generations must be >= 2: advantages are relative to the group")
 
 
-class PromptSource:
-    """Prompts from a tokenized version in a seeded order per epoch; the cursor is checkpointed."""
-
-    def __init__(self, ref: str, registry: str | None, seed: int, limit: int | None = None):
-        reg = DatasetRegistry(registry)
-        self.manifest = reg.resolve(ref, schema="tokenized/1")
-        import pyarrow.ipc as ipc
-
-        self.table = pa.concat_tables([ipc.open_file(pa.memory_map(p)).read_all().select(PROMPT_COLUMNS)
-                                       for p in local_verified_copies(reg, self.manifest)])
-        if limit is not None:
-            self.table = self.table.slice(0, limit)
-        self.seed, self.epoch, self.position = seed, 0, 0
-
-    def next(self, n: int) -> list[Prompt]:
-        out = []
-        while len(out) < n:
-            if self.position == self.table.num_rows:
-                self.epoch, self.position = self.epoch + 1, 0
-            order = self._order(self.epoch)
-            row = self.table.slice(int(order[self.position]), 1).to_pylist()[0]
-            out.append(Prompt(row["task"], row["instruction_ids"], row["input_image_codes"]))
-            self.position += 1
-        return out
-
-    @functools.lru_cache(maxsize=2)  # noqa: B019 (one source per run: it lives as long as the cache)
-    def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.table.num_rows)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "dataset": self.manifest.ref}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["dataset"] != self.manifest.ref:
-            raise ValueError(f"checkpoint was made on {state['dataset']}, not {self.manifest.ref}")
-        self.epoch, self.position = state["epoch"], state["position"]
-
-
 @dataclasses.dataclass
 class Rank:
     """What one rank holds for the run: its learner, the frozen reference, its sampler and its
-    reward model, and its share of each step's prompts."""
+    reward model with the run's reward statistics, and the prompts (one global order; each step this
+    rank takes its share)."""
     engine: Engine
     reference: torch.nn.Module | None
-    sampler: ParallelSampler
+    sampler: ParallelSampler  # holds the sequence builder, output slots and step plan
     reward: RewardModel
-    reward_stats: RewardStats  # the sampler holds the sequence builder, output slots and step plan
+    reward_stats: RewardStats
+    prompts: RowSource
     rank: int
     world: int
+
+    def next_prompts(self, n: int) -> list[Prompt]:
+        return [Prompt(row["task"], row["instruction_ids"], row["input_image_codes"])
+                for row in self.prompts.next(n).to_pylist()]
 
 
 def pararl_step(cfg: RLConfig, me: Rank, prompts: list[Prompt], step: int) -> dict[str, float]:
@@ -203,37 +172,53 @@ def pararl_step(cfg: RLConfig, me: Rank, prompts: list[Prompt], step: int) -> di
 
 
 def train(cfg: RLConfig, progress: bool = True) -> Path:
+    """Trains, and returns the local run folder (for a URI `out_dir`, its mirror)."""
     rank, world = init_distributed()
-    if cfg.prompts_per_step % world or (cfg.prompts_per_step // world) % cfg.groups_per_batch:
-        raise ValueError(f"prompts_per_step {cfg.prompts_per_step} must split evenly over {world} rank(s) "
-                         f"in batches of groups_per_batch {cfg.groups_per_batch}")
-    items = cfg.prompts_per_step // world * cfg.num_generations * (1 if cfg.reward_at == "final" else cfg.reward_steps)
-    if items % cfg.micro_batch_size:
-        # The loss is a mean per micro-batch, and DeepSpeed averages micro-batches and ranks: only
-        # equal micro-batches make that the mean over every (rollout, step) item of the step,
-        # whatever the number of ranks.
-        raise ValueError(f"micro_batch_size {cfg.micro_batch_size} must divide the {items} (rollout, step) items "
-                         f"each rank updates on per step")
+    items_per_rank(cfg, world)  # a step that does not split evenly is refused before anything loads
     run = RunDir(cfg.out_dir)  # a local folder, or a URI with a local mirror
-    run_dir = run.local
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run.local.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpointer(run, cfg.keep_last, rank)
     checkpoints.prepare()
+    me, step = build_rank(cfg, run, checkpoints, rank, world)
+    metrics = MetricsLogger(run.local, rank, n_params=sum(p.numel() for p in me.engine.module.parameters()),
+                            peak_flops=None, world_size=world)
+    if rank == 0:
+        (run.local / "config.json").write_text(json.dumps(run_config(cfg, me), indent=2))
+        me.sampler.builder.save(run.local)
+        run.push_files()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, desc="pararl")
+    while step < cfg.steps:
+        record = pararl_step(cfg, me, me.next_prompts(cfg.prompts_per_step), step)
+        step += 1
+        metrics.write(step, {**record, "lr": me.engine.lr}, "rl")
+        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}")
+        bar.update(1)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            rngs: list = [None] * world
+            dist.all_gather_object(rngs, _rng_state())
+            checkpoints.save(me.engine, step, {"step": step, "prompts": me.prompts.state_dict(), "rng": rngs,
+                                               "config": run_config(cfg, me)}, me.engine.module.config.to_dict())
+    bar.close()
+    metrics.close()
+    if rank == 0:
+        run.push_files()
+    return run.local
+
+
+def build_rank(cfg: RLConfig, run: RunDir, checkpoints: Checkpointer, rank: int, world: int) -> tuple[Rank, int]:
+    """This rank's part of the run, and the step it starts from: the policy's sequences, the prompts,
+    the frozen reference, the learner (resumed from the newest checkpoint, on any number of ranks),
+    the reward model and the reward statistics, and the RNG state."""
     model = _node_leader_first(lambda: resolve(cfg.model))  # a run or export given by URI, or a hub id: its local copy
     builder = sequence_builder(model, cfg.text_tokenizer)  # as the policy was trained
-    prompts = PromptSource(cfg.dataset, cfg.registry, cfg.seed, cfg.max_prompts)
+    prompts = RowSource(cfg.dataset, cfg.registry, PROMPT_COLUMNS, cfg.seed, limit=cfg.max_prompts)
     if builder.published and builder.blank_image_codes is None:  # a published checkpoint: the version's black image
         builder.blank_image_codes = recorded_blank_codes(prompts.manifest)
-    check_compatible(prompts.manifest, builder, DatasetRegistry(cfg.registry))
+    check_compatible(prompts.manifest, builder, prompts.registry)
     grid = int(len(prompts.table["output_image_codes"][0]) ** 0.5)
-    cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, image_tokens=grid * grid))
+    sampler = dataclasses.replace(cfg.sampler, image_tokens=grid * grid)  # the version's output images
+    reference_dir = frozen_reference(model, run, rank)
 
-    reference_dir = run_dir / "reference"  # frozen for the whole run, resumes included
-    if rank == 0 and not (reference_dir / "config.json").exists():
-        save_model(load_model(model), reference_dir)
-        run.upload("reference")
-    dist.barrier()
-    _node_leader_first(lambda: (reference_dir / "config.json").exists() or run.download("reference"))
     resume_tag = checkpoints.resume_tag(cfg.resume)
     saved = checkpoints.saved_state(resume_tag) if resume_tag else {}
     regrouped = bool(saved) and saved["world_size"] != world
@@ -245,55 +230,64 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
               "prompt cursor carried over; optimizer moments restart")
     engine, reference = build_learner(cfg, reference_dir, checkpoints.directory / resume_tag if regrouped else None)
     reward = RewardModel(cfg.clip, cfg.image_tokenizer, cfg.text_tokenizer or model, engine.device)
-    me = Rank(engine, reference, ParallelSampler(engine.module, builder, cfg.sampler), reward,
-              reward_statistics(cfg, prompts, reward, run_dir, rank), rank, world)
+    me = Rank(engine, reference, ParallelSampler(engine.module, builder, sampler), reward,
+              reward_statistics(cfg, prompts.manifest, reward, run.local, rank), prompts, rank, world)
 
     state = saved if regrouped else checkpoints.resume(engine, cfg.resume)
-    step = 0
-    if state:
-        step = state["step"]
-        prompts.load_state_dict(state["prompts"])
-        if len(state.get("rng", [])) == world:  # another world size starts fresh streams: nothing draws from them
-            _set_rng_state(state["rng"][rank])
-    else:
+    if not state:
         torch.manual_seed(cfg.seed)
-    metrics = MetricsLogger(run_dir, rank, n_params=sum(p.numel() for p in engine.module.parameters()),
-                            peak_flops=None, world_size=world)
-    if rank == 0:
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        builder.save(run_dir)
-        run.push_files()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, desc="pararl")
-    while step < cfg.steps:
-        record = pararl_step(cfg, me, prompts.next(cfg.prompts_per_step), step)
-        step += 1
-        metrics.write(step, {**record, "lr": engine.lr}, "rl")
-        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}")
-        bar.update(1)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            rngs: list = [None] * world
-            dist.all_gather_object(rngs, _rng_state())
-            checkpoints.save(engine, step, {"step": step, "prompts": prompts.state_dict(), "rng": rngs},
-                             engine.module.config.to_dict())
-    bar.close()
-    metrics.close()
-    if rank == 0:
-        run.push_files()
-    return run_dir
+        return me, 0
+    prompts.load_state_dict(state["prompts"])
+    if len(state.get("rng", [])) == world:  # another world size starts fresh streams: nothing draws from them
+        _set_rng_state(state["rng"][rank])
+    return me, state["step"]
 
 
-def reward_statistics(cfg: RLConfig, prompts: PromptSource, reward: RewardModel, run_dir: Path,
-                      rank: int) -> RewardStats:
+def frozen_reference(model: Path, run: RunDir, rank: int) -> Path:
+    """The reference's local folder: the initial policy, written once into the run by rank 0 (frozen
+    for the whole run, resumes included) and fetched once per node."""
+    reference_dir = run.local / "reference"
+    if rank == 0 and not (reference_dir / "config.json").exists():
+        save_model(load_model(model), reference_dir)
+        run.upload("reference")
+    dist.barrier()
+    _node_leader_first(lambda: (reference_dir / "config.json").exists() or run.download("reference"))
+    return reference_dir
+
+
+def run_config(cfg: RLConfig, me: Rank) -> dict:
+    """The config saved with the run and its checkpoints, with the sampler this run uses (image_tokens
+    from the version)."""
+    return {**dataclasses.asdict(cfg), "sampler": dataclasses.asdict(me.sampler.config)}
+
+
+def items_per_rank(cfg: RLConfig, world: int) -> int:
+    """The (rollout, step) items each rank updates on per step; a ValueError unless a step splits
+    evenly over the ranks, the sampler batches and the micro-batches."""
+    if cfg.prompts_per_step % world or (cfg.prompts_per_step // world) % cfg.groups_per_batch:
+        raise ValueError(f"prompts_per_step {cfg.prompts_per_step} must split evenly over {world} rank(s) "
+                         f"in batches of groups_per_batch {cfg.groups_per_batch}")
+    items = cfg.prompts_per_step // world * cfg.num_generations * (1 if cfg.reward_at == "final" else cfg.reward_steps)
+    if items % cfg.micro_batch_size:
+        # The loss is a mean per micro-batch, and DeepSpeed averages micro-batches and ranks: only
+        # equal micro-batches make that the mean over every (rollout, step) item of the step,
+        # whatever the number of ranks.
+        raise ValueError(f"micro_batch_size {cfg.micro_batch_size} must divide the {items} (rollout, step) items "
+                         f"each rank updates on per step")
+    return items
+
+
+def reward_statistics(cfg: RLConfig, manifest: VersionManifest, reward: RewardModel, run_dir: Path, rank: int) -> RewardStats:
     """The normalisation statistics, estimated once per run by rank 0 on the reference pairs of ~1%
     of the version and sent to every rank."""
     path = run_dir / "reward_stats.json"
     found: list = [None]
     if rank == 0:
         if not path.exists():
-            rows = DatasetRegistry(cfg.registry).read_table(prompts.manifest, ["output_image_codes", "reasoning_ids"])
+            rows = DatasetRegistry(cfg.registry).read_table(manifest, ["output_image_codes", "reasoning_ids"])
             codes, reasoning = reference_sample(rows, cfg.reward_stats_fraction, cfg.reward_stats_min_rows, cfg.seed)
             RewardStats.from_scores(reward.score(codes, reasoning, cfg.reward_batch_size), cfg.reward_clip,
-                                    prompts.manifest.ref).save(path)
+                                    manifest.ref).save(path)
         found = [dataclasses.asdict(RewardStats.load(path))]
     dist.broadcast_object_list(found, src=0)
     return RewardStats(**found[0])
@@ -305,14 +299,13 @@ def build_learner(cfg: RLConfig, model_dir: Path, start: Path | None = None) -> 
     Both load in the training dtype: a bf16 8B model is 16 GB of host memory per rank, not 32.
     `start`: a checkpoint folder whose weights (its safetensors) start the policy instead."""
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-    items_per_rank = (cfg.prompts_per_step * cfg.num_generations // max(dist.get_world_size(), 1)
-                      * (1 if cfg.reward_at == "final" else cfg.reward_steps))
+    items = items_per_rank(cfg, dist.get_world_size())
     policy = load_model(model_dir, dtype=dtype).train()
     if start is not None:
         load_checkpoint_weights(policy, start)
     policy.config.gradient_checkpointing = cfg.gradient_checkpointing
     engine = Engine(policy, deepspeed_config(cfg.deepspeed, cfg.optim, micro_batch_size=cfg.micro_batch_size,
-                                             grad_accum=accumulation_steps(items_per_rank, cfg.micro_batch_size),
+                                             grad_accum=accumulation_steps(items, cfg.micro_batch_size),
                                              total_steps=cfg.steps * cfg.mu, bf16=cfg.bf16))
     reference = engine.place_frozen(load_model(model_dir, dtype=dtype)) if cfg.beta else None
     return engine, reference
