@@ -33,7 +33,7 @@ from trainer.data import ShardLoader
 from trainer.loss import apply_noise, diffusion_loss
 from trainer.model import MMaDAConfig, MMaDAModel
 from trainer.sequence import SequenceBuilder
-from trainer.sft import SFTConfig, train
+from trainer.sft import TINY_MODEL, SFTConfig, train
 
 CODES, INSTRUCTION, REASONING = 256, 48, 200
 MODEL = {"d_model": 256, "n_heads": 4, "n_layers": 4, "mlp_hidden_size": 768}
@@ -81,9 +81,7 @@ def main() -> None:
     loader_rate = samples / (time.perf_counter() - start)
 
     # bare loop: same model config, batches made beforehand, plain AdamW
-    import trainer.sft as sft
-
-    sft.TINY_MODEL.update(MODEL)
+    TINY_MODEL.update(MODEL)
     torch.manual_seed(0)
     model = MMaDAModel(MMaDAConfig(**MODEL, embedding_size=layout.vocab_size, vocab_size=layout.text_vocab_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,

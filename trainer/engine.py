@@ -40,7 +40,7 @@ class OptimConfig:
 
 def init_distributed() -> tuple[int, int]:
     """(rank, world size); a lone process without a launcher becomes a world of one."""
-    import deepspeed
+    import deepspeed  # seconds to import, and it probes the accelerators: only where it runs
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     launched = all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
@@ -89,7 +89,7 @@ def lr_schedule(optim: OptimConfig, total_steps: int) -> dict[str, Any]:
 
 class Engine:
     def __init__(self, model: torch.nn.Module, config: dict[str, Any]):
-        import deepspeed
+        import deepspeed  # seconds to import, and it probes the accelerators: only where it runs
 
         self.ds, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
         self.device = self.ds.device
@@ -116,7 +116,7 @@ class Engine:
         model = model.eval().requires_grad_(False)
         if not self.ds.zero_optimization_partition_weights():
             return model.to(self.device, self.dtype)
-        import deepspeed
+        import deepspeed  # seconds to import, and it probes the accelerators: only where it runs
 
         config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},
                   "bf16": {"enabled": self.dtype == torch.bfloat16}}
@@ -132,7 +132,7 @@ class Engine:
         module = self.ds.module
         gather = contextlib.nullcontext()
         if self.ds.zero_optimization_partition_weights():
-            import deepspeed
+            import deepspeed  # seconds to import, and it probes the accelerators: only where it runs
 
             gather = deepspeed.zero.GatheredParameters(list(module.parameters()))
         module.eval()

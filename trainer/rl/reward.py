@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.hub import load_text_tokenizer
 from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2
 
 
@@ -68,7 +69,7 @@ class RewardStats:
 
 class ClipScorer:
     def __init__(self, cfg: ClipConfig):
-        import open_clip
+        import open_clip  # optional and heavy: only where a CLIP reward is made
 
         pretrained = None if cfg.model.startswith(("local-dir:", "hf-hub:")) else cfg.pretrained
         self.model, _, _ = open_clip.create_model_and_transforms(cfg.model, pretrained=pretrained, device=cfg.device)
@@ -119,8 +120,6 @@ class RewardModel:
 
     def __init__(self, clip: ClipConfig, image_tokenizer: str = DEFAULT_ID, text_tokenizer: str | None = None,
                  device: str | torch.device | None = None):
-        from pipeline.tokenize import load_text_tokenizer
-
         device = str(device or clip.device)
         self.magvit = MagvitV2.from_pretrained(image_tokenizer, device=device)
         self.text = load_text_tokenizer(text_tokenizer)
