@@ -47,3 +47,36 @@ def test_a_partial_section_keeps_the_commands_own_defaults():
     assert load_config(Command).optim == Inner(lr=1e-6)
     assert load_config(Command, None, ["optim.betas=[0.8, 0.9]"]).optim == Inner(lr=1e-6, betas=(0.8, 0.9))
     assert load_config(Command, None, ["optim.lr=1e-3"]).optim.lr == 1e-3
+
+
+def test_the_learning_rate_schedule_is_a_config_field_not_a_template(tmp_path):
+    import torch
+    from deepspeed.runtime.lr_schedules import WarmupCosineLR
+
+    from trainer.engine import OptimConfig, deepspeed_config
+    from trainer.rl.pararl import RLConfig
+
+    def lrs(optim: OptimConfig, steps: int = 6) -> list[float]:
+        block = deepspeed_config("ds_zero2", optim, micro_batch_size=1, grad_accum=1, total_steps=steps,
+                                 bf16=False)["scheduler"]
+        assert block["type"] == "WarmupCosineLR"
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
+        schedule = WarmupCosineLR(optimizer, **block["params"])
+        out = []
+        for i in range(steps):
+            schedule.step(i)
+            out.append(optimizer.param_groups[0]["lr"])
+        return out
+
+    rl = RLConfig(dataset="d", model="m").optim
+    assert rl.schedule == "constant" and lrs(rl) == [rl.lr] * 6  # ParaRL's default: the full rate from step 1
+    cosine = lrs(OptimConfig(lr=1.0, warmup_steps=2, min_lr_ratio=0.1))
+    assert cosine[0] == 0.0 and max(cosine) == 1.0 and cosine[-1] == pytest.approx(0.1)
+    assert lrs(OptimConfig(lr=1.0, schedule="constant", warmup_steps=2))[2:] == [1.0] * 4
+    assert load_config(RLConfig, None, ["dataset=d", "model=m", "optim.lr=1e-3"]).optim.schedule == "constant"
+    with pytest.raises(ValueError, match="cosine or constant"):
+        OptimConfig(schedule="linear")
+    template = tmp_path / "ds.json"
+    template.write_text('{"optimizer": {"type": "AdamW", "params": {}}, "scheduler": {"type": "WarmupLR"}}')
+    with pytest.raises(ValueError, match="remove its scheduler block"):
+        deepspeed_config(str(template), rl, micro_batch_size=1, grad_accum=1, total_steps=1, bf16=False)

@@ -56,6 +56,8 @@ def test_a_tiny_model_learns_the_demo_task_and_exports(trained_tiny_run, tmp_pat
     # zero, but the image cross-entropy must fall well below the uniform guess, log(~9000) = 9.1.
     assert image_loss < 8.0, image_loss
     assert records[80]["loss"] < records[1]["loss"] / 2
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["optim"]["schedule"] == "cosine"  # the learning-rate schedule is in the run's record
 
     from trainer.model_io import load_model, sequence_builder
 
