@@ -28,6 +28,13 @@ PERMANENT_ERRORS = ("client_error", "engine_error", "prompt_too_long", "undecoda
 TRANSIENT_ERRORS = ("rate_limited", "server_error", "timeout", "connection_error")
 
 
+def speed_only(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field that changes only how a run goes (pace, placement, where it connects), never
+    what it writes: left out of the run key (`pipeline.config.run_identity`), so it may change when a
+    run resumes. Declared here, the lowest layer whose configs (OpenAIConfig, VLLMConfig) need it."""
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"speed_only": True})
+
+
 @dataclasses.dataclass(kw_only=True)
 class SamplingConfig:
     temperature: float = 0.7

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from annotators.annotator import Backend, ReasoningAnnotator, SamplingConfig
+from annotators.annotator import Backend, ReasoningAnnotator, SamplingConfig, speed_only
 from annotators.openai_backend import OpenAIConfig
 from annotators.prompts import DEFAULT_PROMPTS, load_prompts
 from annotators.validators import ValidatorConfig
@@ -24,7 +24,7 @@ class AnnotatorConfig:
     max_attempts: int = 3
     image_max_pixels: int = DEFAULT_IMAGE_MAX_PIXELS  # each image downscaled to this for the VLM (~1,280 tokens)
     max_model_len: int | None = None  # prompts must fit it; default: the vLLM engine's, else 32768
-    device: str = "auto"  # auto | cpu | cuda: where the vllm / transformers actors run (cuda: never a CPU fallback)
+    device: str = speed_only("auto")  # auto | cpu | cuda: where the vllm / transformers actors run (cuda: never a CPU fallback)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     validators: ValidatorConfig = dataclasses.field(default_factory=ValidatorConfig)
     openai: OpenAIConfig = dataclasses.field(default_factory=OpenAIConfig)

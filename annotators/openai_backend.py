@@ -21,18 +21,21 @@ import time
 
 import openai
 
-from annotators.annotator import Completion, OnDone, Request, SamplingConfig
+from annotators.annotator import Completion, OnDone, Request, SamplingConfig, speed_only
 
 
 @dataclasses.dataclass(kw_only=True)
 class OpenAIConfig:
-    base_url: str = "http://localhost:8000/v1"
-    concurrency: int = 64  # requests in flight
-    timeout_s: float = 120.0
-    max_retries: int = 6  # transport retries per request, before the attempt counts as failed
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0
-    retry_after_max_s: float = 60.0  # a server's Retry-After beyond this is cut to it
+    """Where the server is and how fast to ask it: all speed-only (out of run keys), so a run may
+    resume against another replica of the same model or at another pace."""
+
+    base_url: str = speed_only("http://localhost:8000/v1")
+    concurrency: int = speed_only(64)  # requests in flight
+    timeout_s: float = speed_only(120.0)
+    max_retries: int = speed_only(6)  # transport retries per request, before the attempt counts as failed
+    backoff_base_s: float = speed_only(0.5)
+    backoff_max_s: float = speed_only(30.0)
+    retry_after_max_s: float = speed_only(60.0)  # a server's Retry-After beyond this is cut to it
 
 
 def _retry_after(error: openai.APIStatusError, cap_s: float) -> float | None:

@@ -6,7 +6,7 @@ here owns the `LLM` and loops: admit requests up to `max_in_flight` (default wel
 engine's `max_num_seqs`, so the scheduler always has a queue to draw from), collect what finished,
 hand each completion to its caller's `on_done`, and admit any follow-up (a rejected trace's retry)
 at once as a new request. Several units run through one engine at the same time (`run` is called
-from several threads of the actor; see `units_per_actor` in pipeline.annotate), so the engine does
+from several threads of the actor; see `units_per_actor` in pipeline.vlm), so the engine does
 not drain between units. A request vLLM refuses (too long, a bad image) fails alone, as an
 `engine_error`; an engine that dies fails every caller, and the job resumes from its units.
 
@@ -25,22 +25,25 @@ import queue
 import threading
 import time
 
-from annotators.annotator import Completion, OnDone, Request, SamplingConfig
+from annotators.annotator import Completion, OnDone, Request, SamplingConfig, speed_only
 
 
 @dataclasses.dataclass(kw_only=True)
 class VLLMConfig:
-    tensor_parallel_size: int = 1  # > 1: the engine's GPUs are one node's, held by a placement group
+    """The engine's settings. Only the context length and the images per prompt decide what a run
+    writes (which prompts fail); the rest are speed-only (out of run keys)."""
+
+    tensor_parallel_size: int = speed_only(1)  # > 1: the engine's GPUs are one node's, held by a placement group
     max_model_len: int = 8192
     limit_mm_per_prompt: int = 2  # images per prompt: input + target
-    gpu_memory_utilization: float = 0.9
-    enforce_eager: bool = False
-    max_num_seqs: int | None = None  # sequences the engine runs at once (None: vLLM's default, 256-1024)
+    gpu_memory_utilization: float = speed_only(0.9)
+    enforce_eager: bool = speed_only(False)
+    max_num_seqs: int | None = speed_only(None)  # sequences the engine runs at once (None: vLLM's default, 256-1024)
     # Requests handed to the engine and not finished. Above max_num_seqs the rest wait, rendered, in
     # the engine's queue; each holds its images' pixel values in host memory (~2 x 5,120 patches at
     # the default image budget), so lower it on small hosts.
-    max_in_flight: int = 1024
-    distributed_executor_backend: str | None = None  # None: vLLM picks ("ray" inside a placement group)
+    max_in_flight: int = speed_only(1024)
+    distributed_executor_backend: str | None = speed_only(None)  # None: vLLM picks ("ray" inside a placement group)
 
 
 class VLLMBackend:

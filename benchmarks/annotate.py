@@ -44,14 +44,17 @@ import numpy as np
 import openai
 from PIL import Image
 
+import pipeline.annotate
+import pipeline.ingest
 from annotators.annotator import Sample, attempt_seed
 from annotators.openai_backend import OpenAIConfig
 from annotators.prompts import load_prompts
-from pipeline.annotate import AnnotateConfig, report, run_annotate
+from pipeline.annotate import AnnotateConfig, report
 from pipeline.demo_data import make_demo_data
-from pipeline.ingest import IngestConfig, run_ingest
+from pipeline.ingest import IngestConfig
 from pipeline.ray_runtime import init_ray
 from pipeline.registry import DatasetRegistry
+from pipeline.run import run_stage
 from schemas import VersionManifest
 from tests.helpers import free_port, wait_http
 
@@ -74,8 +77,8 @@ class Bench:
     clean: VersionManifest | None = None
 
     def ingest(self, manifest: Path, dataset: str) -> VersionManifest:
-        raw = run_ingest(IngestConfig(sources=[str(manifest)], dataset=dataset, registry=self.registry.root),
-                         progress=False)
+        config = IngestConfig(sources=[str(manifest)], dataset=dataset, registry=self.registry.root)
+        raw = run_stage(pipeline.ingest.plan, config, progress=False)
         assert raw.counts.output == self.args.n, raw.stats  # ingest keeps every row, oversized ones included
         return raw
 
@@ -87,7 +90,7 @@ class Bench:
                              openai=OpenAIConfig(base_url=base_url or self.base_url,
                                                  concurrency=self.args.concurrency // 2))
         start = time.perf_counter()
-        manifest = run_annotate(cfg, progress=False)
+        manifest = run_stage(pipeline.annotate.plan, cfg, progress=False)
         return raw.counts.output / (time.perf_counter() - start), manifest
 
 

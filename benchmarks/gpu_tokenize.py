@@ -3,7 +3,7 @@
 Prints, in order: the set-up (device, dtype, resolution, parameters); the bare encoder forward
 (`MagvitV2.encode` on pre-made pixel batches on the device) at a few batch sizes; the CPU half
 (`TokenizeStage.prepare`: JPEG decode + resize, one core) and how many such cores one GPU needs;
-and `run_tokenize` end to end on a local Ray over an annotated version of edit rows with ~1 MP
+and `run_stage(tokenize.plan, ...)` end to end on a local Ray over an annotated version of edit rows with ~1 MP
 JPEGs, with the goal line (>= 140 images/s per H100-class GPU, judged on the end-to-end figure).
 
     python -m benchmarks.gpu_tokenize            # a GPU box (benchmarks/gpu_tokenize.sh sets it up)
@@ -29,10 +29,12 @@ import pyarrow as pa
 import torch
 from PIL import Image, ImageDraw
 
+import pipeline.tokenize
 from jobs.tiny_models import build_random_magvitv2, build_tiny_llada_tokenizer
 from pipeline.image_tokenizer import MagvitV2
 from pipeline.registry import DatasetRegistry
-from pipeline.tokenize import TokenizeConfig, TokenizeStage, run_tokenize
+from pipeline.run import run_stage
+from pipeline.tokenize import TokenizeConfig, TokenizeStage
 from schemas import ANNOTATED, Counts
 
 SIZES = [(1024, 1024), (1216, 832), (832, 1216), (1152, 864)]  # ~1 MP, as edit data comes
@@ -116,12 +118,12 @@ def main() -> None:
     # the first prepared unit (256 rows on one core), so fewer rows measure mostly start-up.
     parser.add_argument("--rows", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=32, help="rows per stage batch (up to 2x images)")
-    parser.add_argument("--chunk-rows", type=int, default=256, help="rows per unit (the stage's default)")
+    parser.add_argument("--unit-rows", type=int, default=256, help="rows per unit (the stage's default)")
     parser.add_argument("--goal", type=float, default=140.0)
     args = parser.parse_args()
     if args.smoke:
         args.device, args.resolution, args.encoder_batches = "cpu", 64, "2,4"
-        args.warmup, args.iters, args.prepare_rows, args.rows, args.batch_size, args.chunk_rows = 1, 1, 4, 4, 2, 2
+        args.warmup, args.iters, args.prepare_rows, args.rows, args.batch_size, args.unit_rows = 1, 1, 4, 4, 2, 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"torch {torch.__version__} sees no CUDA device (use --smoke on a CPU machine)")
     dtype_name = args.dtype if args.dtype != "auto" else "bfloat16" if args.device.startswith("cuda") else "float32"
@@ -162,7 +164,7 @@ def main() -> None:
     print("== 2. CPU half: TokenizeStage.prepare (JPEG decode + resize), one core")
     config = TokenizeConfig(dataset=source, registry=registry.root, image_tokenizer=str(magvit_dir),
                             text_tokenizer=str(tokenizer_dir), resolution=args.resolution, batch_size=args.batch_size,
-                            device=args.device, dtype=args.dtype, chunk_rows=args.chunk_rows)
+                            device=args.device, dtype=args.dtype, unit_rows=args.unit_rows)
     rows, stage = edit_rows(args.prepare_rows, pool), TokenizeStage(config)
     stage.prepare(rows.slice(0, 1))  # warm-up: PIL's codecs
     start = time.perf_counter()
@@ -172,10 +174,10 @@ def main() -> None:
     print(f"  {per_core:.1f} images/s per core -> CPU workers one GPU needs: {math.ceil(args.goal / per_core)} "
           f"for the goal ({args.goal:g}/s), {math.ceil(best / per_core)} to keep up with the bare encoder ({best:.0f}/s)")
 
-    print(f"== 3. end to end: run_tokenize on a local Ray ({args.rows} rows, batch {args.batch_size} rows, "
-          f"chunk {args.chunk_rows} rows, device {args.device}, dtype {args.dtype})")
+    print(f"== 3. end to end: run_stage(tokenize.plan) on a local Ray ({args.rows} rows, batch {args.batch_size} rows, "
+          f"unit {args.unit_rows} rows, device {args.device}, dtype {args.dtype})")
     start = time.perf_counter()
-    manifest = run_tokenize(config, progress=False)
+    manifest = run_stage(pipeline.tokenize.plan, config, progress=False)
     wall = time.perf_counter() - start
     import ray
 

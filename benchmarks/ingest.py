@@ -6,7 +6,7 @@ at least 0.9x that at 2K (no cost that grows with the dataset). Each size runs i
 process so its peak RSS is its own; the child starts the embedded Ray (separate processes, so the
 child's RSS is the driver's alone) and warms it with a small ingest before measuring.
 
-    python -m benchmarks.ingest [--rows 2000 20000] [--rows-per-unit 1024] [--batch-size 32]
+    python -m benchmarks.ingest [--rows 2000 20000] [--unit-rows 1024] [--batch-size 32]
 """
 
 from __future__ import annotations
@@ -78,20 +78,23 @@ def proc_status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def measure(source: str, warm: str, registry: str, rows_per_unit: int, batch_size: int) -> None:
+def measure(source: str, warm: str, registry: str, unit_rows: int, batch_size: int) -> None:
     """Child process: one timed ingest; prints a JSON line with rows, seconds and driver RSS."""
-    from pipeline.ingest import IngestConfig, run_ingest
+    import pipeline.ingest
+    from pipeline.ingest import IngestConfig
     from pipeline.ray_runtime import init_ray
+    from pipeline.run import run_stage
 
-    config = dict(rows_per_unit=rows_per_unit, batch_size=batch_size)
+    config = dict(unit_rows=unit_rows, batch_size=batch_size)
     init_ray()
-    run_ingest(IngestConfig(sources=[warm], dataset="warm", registry=f"{registry}/warm", **config), progress=False)
+    run_stage(pipeline.ingest.plan, IngestConfig(sources=[warm], dataset="warm", registry=f"{registry}/warm", **config),
+              progress=False)
     # Reset the high-water mark (Linux >= 4.0) so the peak is this ingest's, not Ray's start-up.
     Path("/proc/self/clear_refs").write_text("5")
     start_rss = proc_status_kib("VmRSS")
     started = time.perf_counter()
-    m = run_ingest(IngestConfig(sources=[source], dataset="bench", registry=f"{registry}/bench", **config),
-                   progress=False)
+    m = run_stage(pipeline.ingest.plan, IngestConfig(sources=[source], dataset="bench", registry=f"{registry}/bench",
+                                                     **config), progress=False)
     seconds = time.perf_counter() - started
     print(json.dumps({"rows": m.counts.input, "ok": m.counts.reconciles() and m.counts.output == m.counts.input,
                       "seconds": seconds, "units": m.stats["units"], "start_kib": start_rss,
@@ -109,7 +112,7 @@ def run_child(*args: object) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs=2, default=[2_000, 20_000])
-    parser.add_argument("--rows-per-unit", type=int, default=1024)
+    parser.add_argument("--unit-rows", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
@@ -121,14 +124,14 @@ def main() -> None:
         for rows in args.rows:  # the smaller source is the larger one's first rows (same generator)
             image_bytes = make_source(work / f"{rows}.parquet", rows, tiles)
             result = run_child(work / f"{rows}.parquet", work / "warm.parquet", work / f"registry-{rows}",
-                               args.rows_per_unit, args.batch_size)
+                               args.unit_rows, args.batch_size)
             runs.append({**result, "image_bytes": image_bytes, "growth_kib": result["peak_kib"] - result["start_kib"]})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     mib = lambda kib: f"{kib / 1024:.0f}"  # noqa: E731
     print(f"ingest benchmark: Parquet, inline JPEG edit pairs ({SIDE} px), row groups of {ROW_GROUP}, "
-          f"rows_per_unit {args.rows_per_unit}, batch_size {args.batch_size}")
+          f"unit_rows {args.unit_rows}, batch_size {args.batch_size}")
     print("| rows   | units | image MiB | seconds | rows/s | RSS start MiB | RSS peak MiB | growth MiB | counts |")
     print("|--------|-------|-----------|---------|--------|---------------|--------------|------------|--------|")
     for r in runs:

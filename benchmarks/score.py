@@ -34,14 +34,18 @@ from pathlib import Path
 
 import openai
 
+import pipeline.annotate
+import pipeline.ingest
+import pipeline.score
 from annotators.judge import JudgeItem, Rubrics
 from annotators.openai_backend import OpenAIConfig
-from pipeline.annotate import AnnotateConfig, run_annotate
+from pipeline.annotate import AnnotateConfig
 from pipeline.demo_data import make_demo_data
-from pipeline.ingest import IngestConfig, run_ingest
+from pipeline.ingest import IngestConfig
 from pipeline.ray_runtime import init_ray
 from pipeline.registry import DatasetRegistry
-from pipeline.score import ScoreConfig, run_score
+from pipeline.run import run_stage
+from pipeline.score import ScoreConfig
 from schemas import SCORE_AXES
 from tests.helpers import free_port, wait_http
 
@@ -100,9 +104,10 @@ def main() -> None:
         init_ray()
         root = str(work / "reg")
         data = make_demo_data(work / "data", n=args.n, resolution=args.resolution)
-        run_ingest(IngestConfig(sources=[str(data)], dataset="bench", registry=root), progress=False)
-        annotated = run_annotate(AnnotateConfig(dataset="bench", registry=root, backend="openai", model="fake",
-                                                openai=OpenAIConfig(base_url=f"{url['annotator']}/v1")), progress=False)
+        run_stage(pipeline.ingest.plan, IngestConfig(sources=[str(data)], dataset="bench", registry=root), progress=False)
+        annotated = run_stage(pipeline.annotate.plan, AnnotateConfig(
+            dataset="bench", registry=root, backend="openai", model="fake",
+            openai=OpenAIConfig(base_url=f"{url['annotator']}/v1")), progress=False)
         registry = DatasetRegistry(root)
         requests = judge_requests(registry, annotated.ref)
 
@@ -112,7 +117,7 @@ def main() -> None:
                               concurrency=tasks,
                               openai=OpenAIConfig(base_url=f"{url[server]}/v1", concurrency=args.concurrency // tasks))
             start = time.perf_counter()
-            manifest = run_score(cfg, progress=False)
+            manifest = run_stage(pipeline.score.plan, cfg, progress=False)
             seconds = time.perf_counter() - start
             assert manifest.counts.output == args.n and manifest.stats["requests"] == len(requests), manifest.stats
             assert all(a["failed"] == 0 for a in manifest.stats["axes"].values()), manifest.stats["axes"]

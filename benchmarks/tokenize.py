@@ -4,7 +4,7 @@ and batch, in one run.
 Full-size MAGVIT-v2 with random weights in the published layout. Three rows: the baseline is only
 `encoder -> quantizer` on pre-made pixel batches; the stage is `TokenizeStage` on the same rows
 (`prepare`: PNG decoding and resizing; `process`: the forward, text tokenization, the Arrow batch), model loaded
-beforehand; the pipeline is `run_tokenize` end to end (Ray Data job, actor start, weight loading,
+beforehand; the pipeline is `run_stage(tokenize.plan, ...)` end to end (Ray Data job, actor start, weight loading,
 shard writing), whose fixed start-up cost shows at small n. Goal: stage ratio >= 0.9 at 256 px on
 CPU (on a GPU also 512 px in bf16).
 
@@ -21,13 +21,16 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
+import pipeline.ingest
+import pipeline.tokenize
 from jobs.tiny_models import build_random_magvitv2, build_tiny_llada_tokenizer
 from pipeline.demo_data import make_demo_data
 from pipeline.image_tokenizer import MagvitV2
-from pipeline.ingest import IngestConfig, run_ingest
+from pipeline.ingest import IngestConfig
 from pipeline.ray_runtime import init_ray
 from pipeline.registry import DatasetRegistry
-from pipeline.tokenize import TokenizeConfig, TokenizeStage, run_tokenize
+from pipeline.run import run_stage
+from pipeline.tokenize import TokenizeConfig, TokenizeStage
 from schemas import ANNOTATED, Counts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +67,8 @@ def main() -> None:
     manifest = make_demo_data(work / "data", n=args.n, resolution=512, generate_fraction=1.0)
     init_ray()
     registry = DatasetRegistry(str(work / "reg"))
-    raw = run_ingest(IngestConfig(sources=[str(manifest)], dataset="bench", registry=registry.root), progress=False)
+    raw = run_stage(pipeline.ingest.plan, IngestConfig(sources=[str(manifest)], dataset="bench", registry=registry.root),
+                    progress=False)
     source = annotated_version(registry, raw)
 
     # baseline: the encoder forward alone, same device, dtype, threads and batch
@@ -106,8 +110,8 @@ def main() -> None:
     del tokenize_stage
 
     start = time.perf_counter()
-    m = run_tokenize(cfg, progress=False)
-    pipeline = m.stats["images"] / (time.perf_counter() - start)
+    m = run_stage(pipeline.tokenize.plan, cfg, progress=False)
+    end_to_end = m.stats["images"] / (time.perf_counter() - start)
     assert m.counts.output == args.n
 
     print(f"tokenize benchmark: full-size MAGVIT-v2 (random weights), {args.n} images at {args.resolution} px, "
@@ -116,7 +120,7 @@ def main() -> None:
     print(f"|{'-' * 46}|{'-' * 10}|{'-' * 7}|")
     print(f"| {'bare encoder forward (pre-made pixels)':<44} | {bare:>8.3f} | {1.0:>5.2f} |")
     print(f"| {'tokenize stage (decode+resize+encode+text)':<44} | {stage:>8.3f} | {stage / bare:>5.2f} |")
-    print(f"| {'pipeline tokenize end to end, with start-up':<44} | {pipeline:>8.3f} | {pipeline / bare:>5.2f} |")
+    print(f"| {'pipeline tokenize end to end, with start-up':<44} | {end_to_end:>8.3f} | {end_to_end / bare:>5.2f} |")
     print(f"goal: stage ratio >= 0.9 -> {'met' if stage / bare >= 0.9 else 'NOT met'}")
 
 

@@ -13,6 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import pipeline.annotate
+import pipeline.filter
+import pipeline.ingest
+import pipeline.score
+import pipeline.tokenize
 from annotators import SamplingConfig, ValidatorConfig
 from annotators.judge import JudgeConfig
 from jobs.tiny_models import (
@@ -21,17 +26,18 @@ from jobs.tiny_models import (
     build_tiny_llada_tokenizer,
     build_tiny_qwen25vl,
 )
-from pipeline.annotate import AnnotateConfig, report, run_annotate
+from pipeline.annotate import AnnotateConfig, report
 from pipeline.demo_data import make_demo_data
-from pipeline.filter import FilterConfig, run_filter
+from pipeline.filter import FilterConfig
 from pipeline.filter import report as filter_report
-from pipeline.ingest import IngestConfig, accounting_table, run_ingest
+from pipeline.ingest import IngestConfig, accounting_table
 from pipeline.preview import preview
 from pipeline.registry import DatasetRegistry
 from pipeline.report import ReportConfig, write_report
-from pipeline.score import ScoreConfig, run_score
+from pipeline.run import run_stage
+from pipeline.score import ScoreConfig
 from pipeline.score import report as score_report
-from pipeline.tokenize import TokenizeConfig, run_tokenize
+from pipeline.tokenize import TokenizeConfig
 from pipeline.tokenize import report as tokenize_report
 from schemas import SequenceConfig
 from trainer.engine import OptimConfig
@@ -100,12 +106,12 @@ def main() -> None:
     manifest_path = make_demo_data(out / "data", n=args.n, resolution=args.resolution)
     print(f"[demo-data] {args.n} samples -> {manifest_path}")
 
-    raw = run_ingest(IngestConfig(sources=[str(manifest_path)], dataset="demo", registry=registry))
+    raw = run_stage(pipeline.ingest.plan, IngestConfig(sources=[str(manifest_path)], dataset="demo", registry=registry))
     print(f"[ingest] {accounting_table(raw)}")
     print(f"[ingest] {raw.ref} in {DatasetRegistry(registry).root}")
 
     model = build_tiny_qwen25vl(out / "models" / "tiny-qwen2.5-vl")
-    annotated = run_annotate(AnnotateConfig(
+    annotated = run_stage(pipeline.annotate.plan, AnnotateConfig(
         dataset=raw.ref, registry=registry, backend="transformers", model=str(model), device="cpu",
         sampling=SamplingConfig(max_tokens=24), validators=TINY_MODEL_VALIDATORS))
     print(f"[annotate] tiny random Qwen2.5-VL at {model} (validators relaxed for its gibberish)")
@@ -115,13 +121,13 @@ def main() -> None:
     # The same tiny random VLM as the judge: its answers hardly ever hold a "Score: N", so nearly every
     # judgement fails (counted, never a 0), and the filter's thresholds are relaxed to let such rows
     # through; a real run judges with Qwen2.5-VL-72B and cuts with --max-failed 0.
-    scored = run_score(ScoreConfig(
+    scored = run_stage(pipeline.score.plan, ScoreConfig(
         dataset=annotated.ref, registry=registry, backend="transformers", model=str(model), device="cpu",
         sampling=SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16)))
     print(f"[score] four axes, rubrics score-v1, judged by the tiny random Qwen2.5-VL at {model}")
     print("[score] " + score_report(scored).replace("\n", "\n[score] "))
-    kept = run_filter(FilterConfig(dataset=scored.ref, registry=registry, max_failed=4,
-                                   min={"reasoning_following": 10, "quality": 10}))
+    kept = run_stage(pipeline.filter.plan, FilterConfig(dataset=scored.ref, registry=registry, max_failed=4,
+                                                        min={"reasoning_following": 10, "quality": 10}))
     print("[filter] " + filter_report(kept).replace("\n", "\n[filter] "))
     print(f"[filter] {kept.ref} (parent {kept.parent})")
 
@@ -129,7 +135,7 @@ def main() -> None:
     if not (magvit / "pytorch_model.safetensors").exists():
         build_random_magvitv2(magvit)
     text_tokenizer = build_tiny_llada_tokenizer(out / "models" / "tiny-llada-tokenizer")
-    tokenized = run_tokenize(TokenizeConfig(
+    tokenized = run_stage(pipeline.tokenize.plan, TokenizeConfig(
         dataset=kept.ref, registry=registry, image_tokenizer=str(magvit), text_tokenizer=str(text_tokenizer),
         resolution=DEMO_TOKENIZE_RESOLUTION, batch_size=4, cpus_per_actor=2))
     print(f"[tokenize] full-size MAGVIT-v2 with random weights (published layout) at {magvit}, "

@@ -16,6 +16,9 @@ import json
 import shutil
 from pathlib import Path
 
+import pipeline.annotate
+import pipeline.ingest
+import pipeline.tokenize
 from annotators import SamplingConfig
 from jobs.demo import TINY_MODEL_VALIDATORS
 from jobs.tiny_models import (
@@ -24,10 +27,11 @@ from jobs.tiny_models import (
     build_tiny_llada_tokenizer,
     build_tiny_qwen25vl,
 )
-from pipeline.annotate import AnnotateConfig, run_annotate
+from pipeline.annotate import AnnotateConfig
 from pipeline.demo_data import make_demo_data
-from pipeline.ingest import IngestConfig, run_ingest
-from pipeline.tokenize import TokenizeConfig, run_tokenize
+from pipeline.ingest import IngestConfig
+from pipeline.run import run_stage
+from pipeline.tokenize import TokenizeConfig
 from schemas import SequenceConfig
 from trainer.engine import OptimConfig
 from trainer.rl.pararl import RLConfig, rl_optim, rollout_sampler
@@ -45,16 +49,18 @@ def prepare(out: Path) -> tuple[str, str, Path, Path, Path]:
     if ref_file.exists() and (sft_run / "checkpoints").is_dir():
         return registry, ref_file.read_text(), sft_run, magvit, tokenizer
     manifest = make_demo_data(out / "data", n=48, resolution=64)
-    raw = run_ingest(IngestConfig(sources=[str(manifest)], dataset="exp", registry=registry), progress=False)
+    raw = run_stage(pipeline.ingest.plan, IngestConfig(sources=[str(manifest)], dataset="exp", registry=registry),
+                    progress=False)
     qwen = build_tiny_qwen25vl(out / "models" / "tiny-qwen2.5-vl")
-    annotated = run_annotate(AnnotateConfig(dataset=raw.ref, registry=registry, backend="transformers", model=str(qwen),
-                                            device="cpu", sampling=SamplingConfig(max_tokens=24),
-                                            validators=TINY_MODEL_VALIDATORS), progress=False)
+    annotated = run_stage(pipeline.annotate.plan, AnnotateConfig(
+        dataset=raw.ref, registry=registry, backend="transformers", model=str(qwen), device="cpu",
+        sampling=SamplingConfig(max_tokens=24), validators=TINY_MODEL_VALIDATORS), progress=False)
     if not (magvit / "pytorch_model.safetensors").exists():
         build_random_magvitv2(magvit)
     build_tiny_llada_tokenizer(tokenizer)
-    tokenized = run_tokenize(TokenizeConfig(dataset=annotated.ref, registry=registry, image_tokenizer=str(magvit),
-                                            text_tokenizer=str(tokenizer), resolution=64), progress=False)
+    tokenized = run_stage(pipeline.tokenize.plan, TokenizeConfig(
+        dataset=annotated.ref, registry=registry, image_tokenizer=str(magvit), text_tokenizer=str(tokenizer),
+        resolution=64), progress=False)
     train_sft(SFTConfig(dataset=tokenized.ref, registry=registry, init="tiny", out_dir=str(sft_run),
                         steps=60, save_every=60, micro_batch_size=4, bf16=False, deepspeed="ds_zero0",
                         optim=OptimConfig(lr=2e-3, warmup_steps=2),

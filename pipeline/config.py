@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -95,6 +96,17 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     merged = _merge(merged, {k: v for k, v in values.items() if v is not None})
     merged = _merge(merged, parse_overrides(overrides or []))
     return _build(cls, merged, "")
+
+
+def run_identity(config: Any) -> dict[str, Any]:
+    """A config as a dict without its fields marked `speed_only` (at any depth): what a run key
+    hashes, so settings that change only pace or placement may change on resume."""
+    out = {}
+    for f in dataclasses.fields(config):
+        if not f.metadata.get("speed_only"):
+            value = getattr(config, f.name)
+            out[f.name] = run_identity(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
 
 
 def narrowed(config: Any, cls: type[C]) -> C:

@@ -18,15 +18,13 @@ ranges (no model), and resumes from the ranges already done.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 
 import pyarrow as pa
 
-from pipeline import ray_runtime
-from pipeline.lineage import lineage
+from annotators.annotator import speed_only
 from pipeline.registry import DatasetRegistry, split_ref
-from pipeline.stage import Processed, Resources, Stage, rejected_rows, totals
+from pipeline.stage import Plan, Processed, Resources, Stage, rejected_rows
 from schemas import SCORE_AXES, SCORED, VersionManifest
 
 STAGE = "filter"
@@ -40,9 +38,9 @@ class FilterConfig:
     min: dict[str, float] = dataclasses.field(default_factory=dict)  # axis -> the lowest score kept
     max_failed: int = 0  # failed judgements a row may have and still pass
     output: str | None = None  # dataset name of the result; default: the input's name
-    chunk_rows: int = 256  # rows per CPU task, read whole: each copies its rows' images into the new shards
-    registry: str | None = None
-    ray_address: str | None = None
+    unit_rows: int = 256  # rows per CPU task, read whole: each copies its rows' images into the new shards
+    registry: str | None = speed_only(None)
+    ray_address: str | None = speed_only(None)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.min) - set(SCORE_AXES))
@@ -85,7 +83,7 @@ class FilterStage(Stage):
 
     def __init__(self, config: FilterConfig):
         self.config = config
-        self.batch_size = config.chunk_rows
+        self.batch_size = config.unit_rows
         self.resources = Resources(num_cpus=1)
 
     def process(self, rows: pa.Table) -> Processed:
@@ -114,22 +112,12 @@ def scored_input(registry: DatasetRegistry, ref: str) -> VersionManifest:
     return scored[-1]
 
 
-def run_filter(config: FilterConfig, progress: bool = True) -> VersionManifest:
-    registry = DatasetRegistry(config.registry)
-    source = scored_input(registry, config.dataset)
-    output = config.output or split_ref(config.dataset)[0]
+def plan(config: FilterConfig, registry: DatasetRegistry) -> Plan:
     rule = {"min": config.min, "max_failed": config.max_failed, "rule": RULE}
-    key = "filter-" + hashlib.sha256(json.dumps({"input": source.ref, "chunk_rows": config.chunk_rows, **rule},
-                                                sort_keys=True).encode()).hexdigest()[:16]
-    results, resumed, seconds = ray_runtime.run_over_version(
-        lambda: FilterStage(config), source, registry=registry, output=output, key=key, columns=SCORED.names,
-        rows_per_unit=config.chunk_rows, ray_address=config.ray_address, progress=progress)
-    counts, reasons, stats = totals(results)
-    stats = {"quarantine_reasons": reasons, "below_threshold": stats.get("below_threshold", {}),
-             "seconds": round(seconds, 3), "resumed_chunks": resumed}
-    return registry.publish(output, STAGE, "scored/1", source.ref, counts,
-                            [s for r in results for s in r.shards], [s for r in results for s in r.quarantine_shards],
-                            lineage(dataclasses.asdict(config), filter=rule), stats, rule=rule)
+    return Plan(name=STAGE, schema="scored/1", output=config.output or split_ref(config.dataset)[0],
+                make_stage=lambda on_gpu: FilterStage(config), provenance=rule,
+                source=scored_input(registry, config.dataset), columns=SCORED.names, unit_rows=config.unit_rows,
+                summarize=lambda stats, counts, seconds: {"below_threshold": {}, **stats}, rule=rule)
 
 
 def report(manifest: VersionManifest) -> str:
@@ -138,7 +126,7 @@ def report(manifest: VersionManifest) -> str:
     thresholds = ", ".join(f"{axis} >= {floor:g}" for axis, floor in floors.items()) or "none"
     lines = [manifest.counts.line().replace("output", "kept"),
              f"thresholds: {thresholds}; max_failed {rule['max_failed']}  (this run: {s['seconds']} s, "
-             f"{s['resumed_chunks']} chunk(s) resumed)"]
+             f"{s['resumed_units']} unit(s) resumed)"]
     lines += [f"  quarantined {reason}: {n}" for reason, n in s["quarantine_reasons"].items()]
     lines += [f"  rows with {axis} below {floor:g}: {s['below_threshold'].get(axis, 0)} (a row may be below on "
               "several axes)" for axis, floor in floors.items()]

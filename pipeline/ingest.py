@@ -1,18 +1,17 @@
 """`pipeline ingest`: editing and generation sources -> a validated, deduplicated `raw` version.
 
 `IngestStage` turns reference rows (see `sources`) into raw rows or quarantine rows; it is a pure
-transform over a batch. `run_ingest` plans the sources into units on the driver (listings and
-metadata only), runs the stage on Ray workers (each reads its unit, checks and decodes its images
-and writes its shards), removes repeated sample_ids across units keeping the first in source order
-(`pipeline.dedup`), and publishes the manifest. The driver holds counts and shard metadata, never
+transform over a batch. `plan` plans the sources into units on the driver (listings and metadata
+only); the stage driver (`pipeline.run.run_stage`) runs the stage on workers (each reads its unit,
+checks and decodes its images and writes its shards), then `deduplicate` removes repeated
+sample_ids across units keeping the first in source order (`pipeline.dedup`), and the driver
+publishes the manifest. The driver holds counts and shard metadata, never
 rows. Every input row ends in exactly one place: the output, the quarantine or the duplicate count.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import posixpath
 import time
 import unicodedata
@@ -22,12 +21,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import dedup, ray_runtime
+from annotators.annotator import speed_only
+from pipeline import dedup
 from pipeline.images import ImageRules, Rejected, check_image, stable_message
-from pipeline.lineage import lineage
 from pipeline.registry import DatasetRegistry
-from pipeline.sources import ROWS_PER_UNIT, detect_format, filesystem, inside, plan_source, read_file, read_unit
-from pipeline.stage import Processed, Resources, Stage, UnitResult, rejected_rows, totals
+from pipeline.sources import UNIT_ROWS, detect_format, filesystem, inside, plan_source, read_file, read_unit
+from pipeline.stage import MapTasks, Plan, Processed, Resources, Stage, UnitResult, rejected_rows
 from schemas import RAW, TASKS, VersionManifest, sample_id
 
 STAGE = "ingest"
@@ -47,11 +46,11 @@ class IngestConfig:
     min_side: int = 32
     max_aspect_ratio: float = 4.0
     max_instruction_chars: int = 4000
-    batch_size: int = 32  # rows per stage call
-    rows_per_unit: int = ROWS_PER_UNIT  # rows per Ray task for line and folder sources (the unit of resume)
+    batch_size: int = speed_only(32)  # rows per stage call
+    unit_rows: int = UNIT_ROWS  # rows per Ray task for line and folder sources (the unit of resume)
     shard_bytes: int = 256 * 1024 * 1024  # target size of each output shard
-    registry: str | None = None
-    ray_address: str | None = None
+    registry: str | None = speed_only(None)
+    ray_address: str | None = speed_only(None)
 
     @property
     def image_rules(self) -> ImageRules:
@@ -192,15 +191,29 @@ def ingest_batch(refs: pa.Table, config: IngestConfig) -> Processed:
     return IngestStage(config).process(refs)
 
 
-def plan(config: IngestConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def plan_units(config: IngestConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(units of every source, numbered in source order; the sources with their formats)."""
     sources = [canonical_source(s) for s in config.sources]
     formats = [detect_format(s) if config.format == "auto" else config.format for s in sources]
     units = [u for src, fmt in zip(sources, formats)
-             for u in plan_source(src, fmt, config.columns, config.rows_per_unit)]
+             for u in plan_source(src, fmt, config.columns, config.unit_rows)]
     for i, unit in enumerate(units):
         unit["unit"] = i
     return units, [{"uri": s, "format": f} for s, f in zip(sources, formats)]
+
+
+def plan(config: IngestConfig, registry: DatasetRegistry) -> Plan:
+    units, sources = plan_units(config)
+
+    def after(results: list[UnitResult], map_tasks: MapTasks) -> tuple[list[UnitResult], int]:
+        if not sum(r.input for r in results):  # an empty or mistaken source: an error, not an empty version
+            raise ValueError(f"no rows found in {', '.join(s['uri'] for s in sources)}: nothing to publish")
+        return deduplicate(registry, config, results, map_tasks)
+
+    return Plan(name=STAGE, schema="raw/1", output=config.dataset, make_stage=lambda on_gpu: IngestStage(config),
+                provenance={"sources": sources}, units=units, read=read_unit, keys=True, after=after,
+                target_bytes=config.shard_bytes,
+                summarize=lambda stats, counts, seconds: {"images_converted": 0, **stats})
 
 
 def canonical_source(source: str) -> str:
@@ -212,41 +225,13 @@ def canonical_source(source: str) -> str:
     return f"{scheme}://{posixpath.normpath(rest)}"
 
 
-def run_key(config: IngestConfig, units: list[dict[str, Any]]) -> str:
-    """Same sources, plan and checks -> same key -> the same work folder to resume from."""
-    identity = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("registry", "ray_address")}
-    identity["units"] = units
-    return "ingest-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def run_ingest(config: IngestConfig, progress: bool = True) -> VersionManifest:
-    started = time.perf_counter()
-    registry = DatasetRegistry(config.registry)
-    units, sources = plan(config)
-    work = registry.work_dir(config.dataset, run_key(config, units))
-    ray_runtime.init_ray(config.ray_address)
-    results, resumed, _ = ray_runtime.run_units(
-        IngestStage(config), units, read_unit, registry=registry, dataset=config.dataset, work=work,
-        target_bytes=config.shard_bytes, keys=True, progress=progress)
-    results, duplicates = deduplicate(registry, config, results)
-    counts, reasons, stats = totals(results, duplicates)
-    if counts.input == 0:  # an empty or mistaken source: an error, not an empty version
-        raise ValueError(f"no rows found in {', '.join(s['uri'] for s in sources)}: nothing to publish")
-    stats = {"quarantine_reasons": reasons, **stats, "units": len(units), "resumed_units": resumed,
-             "seconds": round(time.perf_counter() - started, 3)}
-    return registry.publish(config.dataset, STAGE, "raw/1", None, counts,
-                            [s for r in results for s in r.shards], [s for r in results for s in r.quarantine_shards],
-                            lineage(dataclasses.asdict(config), sources=sources), stats)
-
-
-def deduplicate(registry: DatasetRegistry, config: IngestConfig,
-                results: list[UnitResult]) -> tuple[list[UnitResult], int]:
+def deduplicate(registry: DatasetRegistry, config: IngestConfig, results: list[UnitResult],
+                map_tasks: MapTasks) -> tuple[list[UnitResult], int]:
     """Drop every repeat of a sample_id after its first occurrence in source order: a hash-bucketed
-    scan of the units' keys files, then a rewrite of only the units that hold a repeat."""
+    scan of the units' keys files, then a rewrite of only the units that hold a repeat, as tasks."""
     buckets = dedup.bucket_count(sum(r.output for r in results))
     keys = [(r.unit, r.keys) for r in results if r.output]
-    found = ray_runtime.map_tasks(dedup.find_repeats, list(range(buckets)), registry=registry.root, keys=keys,
-                                  buckets=buckets)
+    found = map_tasks(dedup.find_repeats, list(range(buckets)), registry=registry.root, keys=keys, buckets=buckets)
     by_unit: dict[int, list[int]] = {}
     for unit, row in (pair for repeats in found for pair in repeats):
         by_unit.setdefault(unit, []).append(row)
@@ -254,8 +239,8 @@ def deduplicate(registry: DatasetRegistry, config: IngestConfig,
         return results, 0
     index = {r.unit: i for i, r in enumerate(results)}
     items = [(results[index[u]].to_json(), sorted(rows)) for u, rows in sorted(by_unit.items())]
-    rewritten = ray_runtime.map_tasks(dedup.drop_rows, items, registry=registry.root, dataset=config.dataset,
-                                      schema="raw/1", target_bytes=config.shard_bytes)
+    rewritten = map_tasks(dedup.drop_rows, items, registry=registry.root, dataset=config.dataset, schema="raw/1",
+                          target_bytes=config.shard_bytes)
     results = list(results)
     for result in map(UnitResult.from_json, rewritten):
         results[index[result.unit]] = result

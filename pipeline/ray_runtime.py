@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -24,17 +24,8 @@ import ray
 import ray.data
 from tqdm import tqdm
 
-from pipeline.registry import TARGET_SHARD_BYTES, DatasetRegistry
-from pipeline.stage import (
-    Stage,
-    UnitResult,
-    ipc_bytes,
-    plan_row_ranges,
-    read_ipc,
-    read_row_range,
-    run_unit,
-    schema_fingerprint,
-)
+from pipeline.registry import DatasetRegistry
+from pipeline.stage import Reader, Stage, UnitResult, ipc_bytes, read_ipc, run_unit, schema_fingerprint
 from schemas import VersionManifest
 
 # Every Ray worker runs this first, so torchvision imports cleanly beside a CPU torch.
@@ -43,9 +34,6 @@ RUNTIME_ENV = {"worker_process_setup_hook": "paraforge_compat.install"}
 # Messages of object-store errors worth a retry (pyarrow's S3 and GCS clients, dropped connections).
 TRANSIENT_STORAGE_ERRORS = ["AWS Error SLOW_DOWN", "AWS Error NETWORK_CONNECTION", "AWS Error SERVICE_UNAVAILABLE",
                             "AWS Error INTERNAL_FAILURE", "Connection reset by peer", "google::cloud::Status"]
-
-# A unit reader: its spec (a JSON-able dict with an int "unit") -> the unit's rows, in order.
-Reader = Callable[[dict[str, Any]], Iterator[pa.Table]]
 
 
 def init_ray(address: str | None = None) -> None:
@@ -159,31 +147,16 @@ def done_units(registry: DatasetRegistry, work: str, transient: tuple[str, ...] 
     return {r.unit: r for r in results if not set(r.reasons) & set(transient) and (schema is None or r.schema == schema)}
 
 
-def run_over_version(make_stage: Callable[[], Stage], source: VersionManifest, *, registry: DatasetRegistry,
-                     output: str, key: str, columns: list[str], rows_per_unit: int, ray_address: str | None,
-                     progress: bool = True, secrets: dict[str, str] | None = None) -> tuple[list[UnitResult], int, float]:
-    """A stage over a version's rows (annotate, score, filter, tokenize): row-range units, Ray up,
-    the input hashed once per run folder, then the units. `make_stage` runs once Ray is up, so the
-    stage may ask it for GPUs."""
-    units = plan_row_ranges(source, registry.root, rows_per_unit, columns)
-    init_ray(ray_address)
-    work = registry.work_dir(output, key)
-    verify_input(registry, source, work)
-    return run_units(make_stage(), units, read_row_range, registry=registry, dataset=output, work=work,
-                     target_bytes=TARGET_SHARD_BYTES, progress=progress, secrets=secrets)
-
-
 def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, registry: DatasetRegistry,
               dataset: str, work: str, target_bytes: int, keys: bool = False, progress: bool = True,
-              secrets: dict[str, str] | None = None) -> tuple[list[UnitResult], int, float]:
+              secrets: dict[str, str] | None = None) -> tuple[list[UnitResult], int]:
     """Run `stage` over the units with no completion marker yet. Returns (every unit's result in unit
-    order, units resumed from an earlier run, seconds spent)."""
+    order, units resumed from an earlier run)."""
     done = done_units(registry, work, stage.transient_reasons, schema_fingerprint(stage.output_schema))
     missing = [u for u in units if u["unit"] not in done]
     resumed = len(units) - len(missing)
     if resumed:
         print(f"resuming {work.rsplit('/', 1)[-1]}: {resumed} of {len(units)} units already done")
-    started = time.perf_counter()
     if missing:
         ray.data.DataContext.get_current().enable_progress_bars = False
         where = {"registry": registry.root, "dataset": dataset, "work": work, "target_bytes": target_bytes,
@@ -223,7 +196,7 @@ def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, regist
             for group in groups:  # the actors are gone; their reservations must go too
                 ray.util.remove_placement_group(group)
     assert all(u["unit"] in done for u in units), "units left without a result"
-    return [done[u["unit"]] for u in units], resumed, time.perf_counter() - started
+    return [done[u["unit"]] for u in units], resumed
 
 
 def verify_input(registry: DatasetRegistry, manifest: VersionManifest, work: str, tasks: int = 64) -> None:

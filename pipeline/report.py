@@ -161,7 +161,7 @@ def _chain_section(data: ReportData) -> str:
                                              "quarantined", "duplicates", "accounting"))
     lineage = []
     for m in data.chain:
-        detail = {k: v for k, v in m.lineage.items() if k in ("annotate", "score", "filter", "tokenize", "sources")}
+        detail = {k: v for k, v in m.lineage.items() if k in ("ingest", "annotate", "score", "filter", "tokenize")}
         lineage.append(f"<li><code>{esc(m.version)}</code> {esc(m.lineage.get('command', ''))} "
                        f"(git {esc(m.lineage.get('git_revision'))})<br><code>{esc(json.dumps(detail)[:600])}</code></li>")
     return (f"<h2>Ancestry and accounting</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"

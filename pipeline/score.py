@@ -25,20 +25,18 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
-import json
+from typing import Any
 
 import pyarrow as pa
 
-from annotators.annotator import TRANSIENT_ERRORS, to_json
+from annotators.annotator import TRANSIENT_ERRORS, speed_only, to_json
 from annotators.judge import JudgeConfig, JudgeItem, Judgement, Rubrics, build_judge
 from annotators.openai_backend import OpenAIConfig
-from pipeline.annotate import backend_identity, backend_resources, run_backend_stage
 from pipeline.config import narrowed
-from pipeline.lineage import lineage
 from pipeline.registry import DatasetRegistry, split_ref
-from pipeline.stage import Processed, Stage, rejected_rows, totals
-from schemas import ANNOTATED, SCORE_AXES, SCORED, SCORES, VersionManifest
+from pipeline.stage import Plan, Processed, Stage, rejected_rows
+from pipeline.vlm import backend_resources, launch
+from schemas import ANNOTATED, SCORE_AXES, SCORED, SCORES, Counts, VersionManifest
 
 STAGE = "score"
 _PER_AXIS_TEXT = SCORED.field("judge_errors").type
@@ -52,12 +50,12 @@ class ScoreConfig(JudgeConfig):
     rubrics: str = "score-v1"  # built-in id or a YAML file defining the four axes
     openai: OpenAIConfig = dataclasses.field(default_factory=OpenAIConfig)  # a local vLLM server, 64 in flight
     output: str | None = None  # dataset name of the result; default: the input's name
-    concurrency: int = 1  # judge actors; with vllm, one per GPU (or tensor-parallel group)
-    batch_size: int = 16  # rows per call of the transformers backend (the others take whole units)
-    chunk_rows: int = 256  # unit of durable progress (~4 requests per row)
-    gpu_wait_s: float = 600.0  # with device=cuda: how long to wait for GPUs to join the cluster
-    registry: str | None = None
-    ray_address: str | None = None
+    concurrency: int = speed_only(1)  # judge actors; with vllm, one per GPU (or tensor-parallel group)
+    batch_size: int = speed_only(16)  # rows per call of the transformers backend (the others take whole units)
+    unit_rows: int = 256  # rows per unit: the unit of durable progress (~4 requests per row)
+    gpu_wait_s: float = speed_only(600.0)  # with device=cuda: how long to wait for GPUs to join the cluster
+    registry: str | None = speed_only(None)
+    ray_address: str | None = speed_only(None)
 
     def judge_config(self) -> JudgeConfig:
         return narrowed(self, JudgeConfig)
@@ -73,8 +71,8 @@ class ScoreStage(Stage):
     def __init__(self, config: ScoreConfig, rubrics: Rubrics, on_gpu: bool = False):
         self.config = config.judge_config()
         self.rubrics = rubrics
-        self.batch_size = config.batch_size if config.backend == "transformers" else config.chunk_rows
-        self.resources, self.config.vllm = backend_resources(config.backend, config.concurrency, config.chunk_rows,
+        self.batch_size = config.batch_size if config.backend == "transformers" else config.unit_rows
+        self.resources, self.config.vllm = backend_resources(config.backend, config.concurrency, config.unit_rows,
                                                              config.vllm, on_gpu, requests_per_row=len(SCORE_AXES))
 
     def setup(self) -> None:
@@ -132,36 +130,22 @@ def judgement_stats(judged: list[dict[str, Judgement]]) -> dict:
     return {"axes": axes}
 
 
-def run_key(config: ScoreConfig, source: VersionManifest, rubrics: Rubrics) -> str:
-    """Same arguments -> the same work folder to resume from; settings that change only speed are
-    left out, so they may change on resume."""
-    identity = {"input": source.ref, "chunk_rows": config.chunk_rows,
-                "judge": backend_identity(dataclasses.asdict(config.judge_config())), "rubrics": rubrics.sha256}
-    return "score-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def run_score(config: ScoreConfig, progress: bool = True) -> VersionManifest:
-    registry = DatasetRegistry(config.registry)
+def plan(config: ScoreConfig, registry: DatasetRegistry) -> Plan:
     source = registry.resolve(config.dataset, schema="annotated/1")
-    output = config.output or split_ref(config.dataset)[0]
     rubrics = Rubrics.load(config.rubrics, SCORE_AXES)  # a bad rubric file fails now, before any work
-    key = run_key(config, source, rubrics)
-    results, resumed, seconds = run_backend_stage(lambda on_gpu: ScoreStage(config, rubrics, on_gpu), config,
-                                                  registry, source, output, key, ANNOTATED.names, progress)
-    counts, reasons, stats = totals(results)
     provenance = {"backend": config.backend, "model": config.model, "revision": config.revision,
                   "rubrics": {"id": rubrics.id, "sha256": rubrics.sha256}, "axes": list(SCORE_AXES),
                   "sampling": dataclasses.asdict(config.sampling), "image_max_pixels": config.image_max_pixels,
                   # the engine's context decides which judgements fail as too long
-                  "max_model_len": config.vllm.max_model_len if config.backend == "vllm" else None,
-                  "run_key": key}
-    stats = {"axes": stats.get("axes", {}), "quarantine_reasons": reasons, "requests": stats.get("requests", 0),
-             **({"max_requests_in_flight": stats["max_requests_in_flight"]} if "max_requests_in_flight" in stats else {}),
-             "seconds": round(seconds, 3), "resumed_chunks": resumed,
-             "rows_per_s": round(counts.input / seconds, 2) if seconds else None}
-    return registry.publish(output, STAGE, "scored/1", source.ref, counts,
-                            [s for r in results for s in r.shards], [s for r in results for s in r.quarantine_shards],
-                            lineage(dataclasses.asdict(config), score=provenance), stats)
+                  "max_model_len": config.vllm.max_model_len if config.backend == "vllm" else None}
+    return Plan(name=STAGE, schema="scored/1", output=config.output or split_ref(config.dataset)[0],
+                make_stage=lambda on_gpu: ScoreStage(config, rubrics, on_gpu), provenance=provenance, source=source,
+                columns=ANNOTATED.names, unit_rows=config.unit_rows, summarize=summarize,
+                **launch(config.backend, config.model, config.openai, config.device, config.gpu_wait_s))
+
+
+def summarize(stats: dict[str, Any], counts: Counts, seconds: float) -> dict[str, Any]:
+    return {"axes": {}, "requests": 0, **stats, "rows_per_s": round(counts.input / seconds, 2) if seconds else None}
 
 
 def report(manifest: VersionManifest) -> str:
@@ -170,7 +154,7 @@ def report(manifest: VersionManifest) -> str:
     s = manifest.stats
     lines = [manifest.counts.line().replace("output", "scored"),
              f"rows/s {s.get('rows_per_s')}  requests {s.get('requests')}  (this run: {s.get('seconds')} s, "
-             f"{s.get('resumed_chunks')} chunk(s) resumed)",
+             f"{s.get('resumed_units')} unit(s) resumed)",
              f"| {'axis':<21} | {'scored':>6} | {'failed':>6} | {'n/a':>5} | {'mean':>5} | failed by reason",
              f"|{'-' * 23}|{'-' * 8}|{'-' * 8}|{'-' * 7}|{'-' * 7}|{'-' * 17}"]
     for axis in SCORE_AXES:  # the manifest's JSON has them sorted by name

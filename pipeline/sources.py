@@ -38,7 +38,7 @@ from pipeline.images import Rejected, stable_message
 FORMATS = ("jsonl", "parquet", "hf", "folder", "webdataset")
 CANONICAL_COLUMNS = ("task", "instruction", "input_image", "output_image", "id", "category", "meta")
 READ_BATCH_ROWS = 256
-ROWS_PER_UNIT = 1024  # default unit size where the source does not fix it (lines, folders)
+UNIT_ROWS = 1024  # default unit size where the source does not fix it (lines, folders)
 
 REFERENCE_SCHEMA = pa.schema([
     ("source", pa.string()),
@@ -198,8 +198,8 @@ def _record_row(obj: dict[str, Any], ref: str) -> dict[str, Any]:
     return row
 
 
-def plan_jsonl(source: str, rows_per_unit: int) -> list[dict[str, Any]]:
-    """Byte ranges of `rows_per_unit` lines each, found by one streaming pass over the file (the
+def plan_jsonl(source: str, unit_rows: int) -> list[dict[str, Any]]:
+    """Byte ranges of `unit_rows` lines each, found by one streaming pass over the file (the
     driver holds one block at a time, never the file)."""
     fs, path = filesystem(source)
     units, start, lines, offset, line = [], 0, 0, 0, 1
@@ -207,7 +207,7 @@ def plan_jsonl(source: str, rows_per_unit: int) -> list[dict[str, Any]]:
         while block := f.read(64 << 20):
             for pos in np.flatnonzero(np.frombuffer(block, np.uint8) == 10):
                 lines += 1
-                if lines == rows_per_unit:
+                if lines == unit_rows:
                     end = offset + int(pos) + 1
                     units.append({"path": path, "start": start, "end": end, "first_line": line})
                     start, line, lines = end, line + lines, 0
@@ -319,8 +319,8 @@ def _parquet_files(source: str) -> tuple[pafs.FileSystem, list[str], str]:
     return fs, sorted(i.path for i in fs.get_file_info(selector) if i.path.endswith(".parquet")), _folder(source)
 
 
-def plan_parquet(source: str, columns: dict[str, str], rows_per_unit: int) -> list[dict[str, Any]]:
-    """Runs of whole row groups of up to `rows_per_unit` rows (a bigger row group is a unit of its
+def plan_parquet(source: str, columns: dict[str, str], unit_rows: int) -> list[dict[str, Any]]:
+    """Runs of whole row groups of up to `unit_rows` rows (a bigger row group is a unit of its
     own: Parquet reads a row group's column chunks whole), from the files' footers alone."""
     fs, files, _ = _parquet_files(source)
     units = []
@@ -331,7 +331,7 @@ def plan_parquet(source: str, columns: dict[str, str], rows_per_unit: int) -> li
         group, rows, first = [], 0, 0
         for i in range(meta.num_row_groups):
             n = meta.row_group(i).num_rows
-            if group and rows + n > rows_per_unit:
+            if group and rows + n > unit_rows:
                 units.append({"path": f, "name": name, "row_groups": group, "first_row": first, "columns": read})
                 group, first, rows = [], first + rows, 0
             group.append(i)
@@ -444,12 +444,12 @@ def _files_row(names: set[str], key: str, path_of) -> dict[str, Any]:
     return {**path_of("input", inp), **path_of("output", out), "task": "edit" if inp else "generate"}
 
 
-def plan_folder(source: str, rows_per_unit: int) -> list[dict[str, Any]]:
-    """Runs of `rows_per_unit` sample folders, in name order (a listing's order is the filesystem's)."""
+def plan_folder(source: str, unit_rows: int) -> list[dict[str, Any]]:
+    """Runs of `unit_rows` sample folders, in name order (a listing's order is the filesystem's)."""
     fs, path = filesystem(source)
     names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path))
                    if i.type == pafs.FileType.Directory)
-    return [{"samples": names[i:i + rows_per_unit]} for i in range(0, len(names), rows_per_unit)]
+    return [{"samples": names[i:i + unit_rows]} for i in range(0, len(names), unit_rows)]
 
 
 def read_folder(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
@@ -591,7 +591,7 @@ def read_webdataset(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
 
 
 def plan_source(source: str, fmt: str = "auto", columns: dict[str, str] | None = None,
-                rows_per_unit: int = ROWS_PER_UNIT) -> list[dict[str, Any]]:
+                unit_rows: int = UNIT_ROWS) -> list[dict[str, Any]]:
     """The units of one source, in source order: {"source", "format", "columns", ...format fields}.
     Raises ValueError for a source that does not exist or a column mapping that does not fit."""
     fmt = detect_format(source) if fmt == "auto" else fmt
@@ -603,13 +603,13 @@ def plan_source(source: str, fmt: str = "auto", columns: dict[str, str] | None =
         raise ValueError(f"--columns does not apply to {fmt} sources: their samples are files named "
                          "input.*, output.*, instruction.txt and category.txt")
     if fmt == "jsonl":
-        units = plan_jsonl(source, rows_per_unit)
+        units = plan_jsonl(source, unit_rows)
     elif fmt == "parquet":
-        units = plan_parquet(source, columns, rows_per_unit)
+        units = plan_parquet(source, columns, unit_rows)
     elif fmt == "hf":
         units = plan_hf_saved(source, columns)
     elif fmt == "folder":
-        units = plan_folder(source, rows_per_unit)
+        units = plan_folder(source, unit_rows)
     elif fmt == "webdataset":
         units = plan_webdataset(source)
     else:

@@ -8,6 +8,10 @@ rejected rows with reasons in `process()`. A *unit* is a deterministic slice of 
 file split, a row range of a version): `run_unit` feeds it through the stage, writes the kept and
 rejected rows as content-addressed shards from the worker, counts, and writes a completion marker.
 The driver only plans units, collects the markers and publishes.
+
+What differs between stages on the driver is declared as data: a stage module's `plan` returns a
+`Plan` (its input version, its units or their size, its provenance, how its Stage is built), and
+`pipeline.run.run_stage` resolves, keys, runs, totals and publishes every stage the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, NamedTuple
 
 import pyarrow as pa
@@ -213,17 +217,55 @@ def totals(results: list[UnitResult], duplicates: int = 0) -> tuple[Counts, dict
     return counts, dict(sorted(reasons.items())), stats
 
 
-def plan_row_ranges(manifest: VersionManifest, registry: str, rows_per_unit: int,
-                    columns: list[str]) -> list[dict[str, Any]]:
+def plan_row_ranges(manifest: VersionManifest, unit_rows: int, columns: list[str]) -> list[dict[str, Any]]:
     """Units over a version: consecutive row ranges (they may cross shard boundaries), deterministic
     for a version and unit size, so a rerun finds its completion markers."""
-    return [{"unit": i, "registry": registry, "ref": manifest.ref, "start": start,
-             "length": min(rows_per_unit, manifest.counts.output - start), "columns": columns}
-            for i, start in enumerate(range(0, manifest.counts.output, rows_per_unit))]
+    return [{"unit": i, "ref": manifest.ref, "start": start,
+             "length": min(unit_rows, manifest.counts.output - start), "columns": columns}
+            for i, start in enumerate(range(0, manifest.counts.output, unit_rows))]
 
 
-def read_row_range(unit: dict[str, Any]) -> Iterator[pa.Table]:
+def read_row_range(unit: dict[str, Any], registry: str) -> Iterator[pa.Table]:
     """A unit reader for `plan_row_ranges` units: the rows, read on the worker from the registry."""
-    registry = DatasetRegistry(unit["registry"])
-    manifest = registry.manifest(unit["ref"])
-    yield registry.read_rows(manifest, unit["start"], unit["length"], unit["columns"])
+    reg = DatasetRegistry(registry)
+    yield reg.read_rows(reg.manifest(unit["ref"]), unit["start"], unit["length"], unit["columns"])
+
+
+# A unit reader: its spec (a JSON-able dict with an int "unit") -> the unit's rows, in order.
+Reader = Callable[[dict[str, Any]], Iterator[pa.Table]]
+# How a step after the units runs small functions as tasks (the executor's, e.g. Ray tasks):
+# `map_tasks(fn, items, **kwargs)` -> [fn(item, **kwargs) for item in items].
+MapTasks = Callable[..., list[Any]]
+
+
+@dataclasses.dataclass(kw_only=True)
+class Plan:
+    """One run of a stage as its module plans it on the driver, from listings and manifests only:
+    what `pipeline.run.run_stage` needs beside the config to key, run and publish it."""
+
+    name: str  # the stage: the manifest's `stage`, the run key's prefix, the lineage's key
+    schema: str  # the output schema's name, e.g. "annotated/1"
+    output: str  # the dataset the version goes to
+    # Builds the stage once the executor is up; the argument says whether its actors got GPUs.
+    make_stage: Callable[[bool], Stage]
+    # What made the rows beyond the config (models and their hashes, prompts, rules): the lineage's
+    # `name` entry, and part of the run key.
+    provenance: dict[str, Any]
+    source: VersionManifest | None = None  # the version read (hashed once before any unit runs)
+    columns: list[str] = dataclasses.field(default_factory=list)  # of `source`, read by every unit
+    unit_rows: int = 256  # rows of `source` per unit
+    # Units planned otherwise (ingest: from its sources) and their reader; default: `unit_rows`
+    # row ranges of `source`, read from the registry.
+    units: list[dict[str, Any]] | None = None
+    read: Reader | None = None
+    keys: bool = False  # write each unit's sample_ids beside its shards (for `after`)
+    # A step over the finished units (ingest's dedup): (results, map_tasks) -> (results, rows removed).
+    after: Callable[[list[UnitResult], MapTasks], tuple[list[UnitResult], int]] | None = None
+    target_bytes: int | None = None  # shard size (default: the registry's)
+    device: str = "cpu"  # auto | cpu | cuda: whether the stage's actors ask for GPUs (`ray_runtime.use_gpus`)
+    gpu_wait_s: float = 0.0
+    secrets: dict[str, str] | None = None  # set in each worker's environment, never saved anywhere
+    # The stage's merged counters -> what its manifest keeps (rates, sorted histograms); the driver
+    # adds quarantine_reasons, seconds, units and resumed_units.
+    summarize: Callable[[dict[str, Any], Counts, float], dict[str, Any]] = lambda stats, counts, seconds: stats
+    rule: dict[str, Any] | None = None  # what decided the content beyond its input (a filter's thresholds)

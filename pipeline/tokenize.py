@@ -28,20 +28,20 @@ import dataclasses
 import hashlib
 import io
 import json
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import ray_runtime
+from annotators.annotator import speed_only
 from pipeline.hub import load_text_tokenizer, sha256_file
 from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2, encode_blank_image
 from pipeline.image_tokenizer.magvit import checkpoint_file
 from pipeline.images import stable_message
-from pipeline.lineage import lineage
 from pipeline.registry import DatasetRegistry, split_ref
-from pipeline.stage import Processed, Resources, Stage, rejected_rows, totals
-from schemas import SCORES, SequenceConfig, VersionManifest, tokenized_schema
+from pipeline.stage import Plan, Processed, Resources, Stage, rejected_rows
+from schemas import SCORES, Counts, SequenceConfig, VersionManifest, tokenized_schema
 
 STAGE = "tokenize"
 _INPUT_COLUMNS = ["sample_id", "task", "instruction", "reasoning", "input_image", "output_image", "source",
@@ -56,17 +56,17 @@ class TokenizeConfig:
     image_tokenizer: str = DEFAULT_ID
     text_tokenizer: str = DEFAULT_TEXT_TOKENIZER
     resolution: int = 512  # squash-resized to R x R: (R/16)^2 codes per image
-    batch_size: int = 32  # samples per MAGVIT forward (inputs and outputs go in one batch)
-    device: str = "auto"  # auto | cpu | cuda (cuda: wait gpu_wait_s for GPUs, then fail; never a CPU fallback)
-    gpu_wait_s: float = 600.0
+    batch_size: int = speed_only(32)  # samples per MAGVIT forward (inputs and outputs go in one batch)
+    device: str = speed_only("auto")  # auto | cpu | cuda (cuda: wait gpu_wait_s for GPUs, then fail; never a CPU fallback)
+    gpu_wait_s: float = speed_only(600.0)
     dtype: str = "auto"  # auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16
     sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)  # text limits: L - 2 per part
     overflow: str = "quarantine"  # quarantine | truncate
-    concurrency: int = 1  # MAGVIT actors (one per GPU)
-    cpus_per_actor: int = 1  # CPU threads of each actor's MAGVIT when it runs on the CPU
-    chunk_rows: int = 256  # rows per unit: decoded together on a CPU worker, one resumable step
-    registry: str | None = None
-    ray_address: str | None = None
+    concurrency: int = speed_only(1)  # MAGVIT actors (one per GPU)
+    cpus_per_actor: int = speed_only(1)  # CPU threads of each actor's MAGVIT when it runs on the CPU
+    unit_rows: int = 256  # rows per unit: decoded together on a CPU worker, one resumable step
+    registry: str | None = speed_only(None)
+    ray_address: str | None = speed_only(None)
 
     def __post_init__(self) -> None:
         if self.resolution % 16:
@@ -220,44 +220,35 @@ class TokenizeStage(Stage):
         return Processed(kept, rejected, {**stats, **text_facts(kept)} if kept.num_rows else stats)
 
 
-def run_tokenize(config: TokenizeConfig, progress: bool = True) -> VersionManifest:
-    registry = DatasetRegistry(config.registry)
+def plan(config: TokenizeConfig, registry: DatasetRegistry) -> Plan:
     source = registry.resolve(config.dataset, schema=("annotated/1", "scored/1"))
-    output = config.output or split_ref(config.dataset)[0]
-    checkpoint = checkpoint_file(config.image_tokenizer)
     text = load_text_tokenizer(config.text_tokenizer)
     # One small MAGVIT forward on the driver: the black image every generation row stands on.
     magvit = MagvitV2.from_pretrained(config.image_tokenizer)
     sequence = config.sequence
-    provenance = {"image_tokenizer": config.image_tokenizer, "image_tokenizer_sha256": sha256_file(checkpoint),
+    provenance = {"image_tokenizer": config.image_tokenizer,
+                  "image_tokenizer_sha256": sha256_file(checkpoint_file(config.image_tokenizer)),
                   "resolution": config.resolution, "image_codebook_size": magvit.config.codebook_size,
                   "text_tokenizer": config.text_tokenizer, "text_tokenizer_sha256": tokenizer_fingerprint(text),
                   "text_tokenizer_size": len(text), "sequence": dataclasses.asdict(sequence),
                   "max_instruction_tokens": sequence.max_instruction_tokens,
                   "max_reasoning_tokens": sequence.max_reasoning_tokens, "overflow": config.overflow,
                   "blank_image_codes": encode_blank_image(magvit, config.resolution)}
-    del magvit
-    key = "tokenize-" + hashlib.sha256(json.dumps(
-        {"input": source.ref, "chunk_rows": config.chunk_rows, "dtype": config.dtype, **provenance},
-        sort_keys=True).encode()).hexdigest()[:16]
-    columns = _INPUT_COLUMNS + (["scores"] if source.schema == "scored/1" else [])
-    results, resumed, seconds = ray_runtime.run_over_version(
-        lambda: TokenizeStage(config, on_gpu=ray_runtime.use_gpus(config.device, config.gpu_wait_s)), source,
-        registry=registry, output=output, key=key, columns=columns, rows_per_unit=config.chunk_rows,
-        ray_address=config.ray_address, progress=progress)
-    counts, reasons, facts = totals(results)
-    images = facts.pop("images", 0)
-    stats = {"quarantine_reasons": reasons, "images": images, "seconds": round(seconds, 3),
-             "resumed_chunks": resumed, "images_per_s": round(images / seconds, 2) if seconds else None, **facts}
-    return registry.publish(output, STAGE, "tokenized/1", source.ref, counts,
-                            [s for r in results for s in r.shards], [s for r in results for s in r.quarantine_shards],
-                            lineage(dataclasses.asdict(config), tokenize=provenance), stats)
+    return Plan(name=STAGE, schema="tokenized/1", output=config.output or split_ref(config.dataset)[0],
+                make_stage=lambda on_gpu: TokenizeStage(config, on_gpu), provenance=provenance, source=source,
+                columns=_INPUT_COLUMNS + (["scores"] if source.schema == "scored/1" else []),
+                unit_rows=config.unit_rows, device=config.device, gpu_wait_s=config.gpu_wait_s, summarize=summarize)
+
+
+def summarize(stats: dict[str, Any], counts: Counts, seconds: float) -> dict[str, Any]:
+    images = stats.get("images", 0)
+    return {**stats, "images": images, "images_per_s": round(images / seconds, 2) if seconds else None}
 
 
 def report(manifest: VersionManifest) -> str:
     s = manifest.stats
     lines = [manifest.counts.line().replace("output", "tokenized"),
              f"images {s['images']}  images/s {s['images_per_s']}  (this run: {s['seconds']} s, "
-             f"{s['resumed_chunks']} chunk(s) resumed)"]
+             f"{s['resumed_units']} unit(s) resumed)"]
     lines += [f"  quarantined {reason}: {n}" for reason, n in s["quarantine_reasons"].items()]
     return "\n".join(lines)

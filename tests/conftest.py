@@ -90,23 +90,30 @@ def llada_tokenizer_dir(tmp_path_factory):
 def tokenized_demo(ray_local, demo_dir, magvit_dir, llada_tokenizer_dir, tmp_path_factory):
     """The demo data through ingest -> annotate (scripted server) -> tokenize (64 px): a real
     tokenized version for the trainer tests. Returns (registry root, version ref)."""
+    import pipeline.annotate
+    import pipeline.ingest
+    import pipeline.tokenize
     from annotators.openai_backend import OpenAIConfig
-    from pipeline.annotate import AnnotateConfig, run_annotate
-    from pipeline.ingest import IngestConfig, run_ingest
-    from pipeline.tokenize import TokenizeConfig, run_tokenize
+    from pipeline.annotate import AnnotateConfig
+    from pipeline.ingest import IngestConfig
+    from pipeline.run import run_stage
+    from pipeline.tokenize import TokenizeConfig
 
     root = str(tmp_path_factory.mktemp("trainer-registry"))
     port = free_port()
     server = subprocess.Popen([sys.executable, str(SERVER), "--port", str(port)])
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 30, server)
-        run_ingest(IngestConfig(sources=[str(demo_dir / "data.jsonl")], dataset="demo", registry=root), progress=False)
-        run_annotate(AnnotateConfig(dataset="demo", registry=root, backend="openai", model="fake",
-                                    openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1")), progress=False)
+        run_stage(pipeline.ingest.plan, IngestConfig(sources=[str(demo_dir / "data.jsonl")], dataset="demo",
+                                                     registry=root), progress=False)
+        run_stage(pipeline.annotate.plan, AnnotateConfig(dataset="demo", registry=root, backend="openai", model="fake",
+                                                         openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1")),
+                  progress=False)
     finally:
         server.terminate()
-    m = run_tokenize(TokenizeConfig(dataset="demo", registry=root, image_tokenizer=str(magvit_dir),
-                                    text_tokenizer=str(llada_tokenizer_dir), resolution=64), progress=False)
+    m = run_stage(pipeline.tokenize.plan, TokenizeConfig(dataset="demo", registry=root, image_tokenizer=str(magvit_dir),
+                                                         text_tokenizer=str(llada_tokenizer_dir), resolution=64),
+                  progress=False)
     return root, m.ref
 
 

@@ -64,10 +64,12 @@ def cli(*args, ray_address=None, check=True):
 
 def ingest(sources, registry_root, **kw):
     """`pipeline ingest` in process, quietly; dataset "d" unless named."""
-    from pipeline.ingest import IngestConfig, run_ingest
+    import pipeline.ingest
+    from pipeline.ingest import IngestConfig
+    from pipeline.run import run_stage
 
-    return run_ingest(IngestConfig(sources=[str(s) for s in sources], dataset=kw.pop("dataset", "d"),
-                                   registry=registry_root, **kw), progress=False)
+    config = IngestConfig(sources=[str(s) for s in sources], dataset=kw.pop("dataset", "d"), registry=registry_root, **kw)
+    return run_stage(pipeline.ingest.plan, config, progress=False)
 
 
 def raw_rows(ids, category="c"):

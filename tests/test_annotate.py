@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+import pipeline.annotate
 from annotators import ValidatorConfig
 from annotators.openai_backend import OpenAIConfig
-from pipeline.annotate import AnnotateConfig, report, run_annotate
+from pipeline.annotate import AnnotateConfig, report
 from pipeline.registry import DatasetRegistry
+from pipeline.run import run_stage
 from tests.helpers import ingest, kill_when
 
 
@@ -61,7 +63,7 @@ def annotate_config(dataset, registry_root, base_url, **kw):
 
 def test_faults_are_retried_validated_and_accounted(fault_dataset, fake_server, registry_root, monkeypatch, capsys):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-sentinel-123")
-    m = run_annotate(annotate_config("faults", registry_root, fake_server, batch_size=32), progress=False)
+    m = run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, fake_server, batch_size=32), progress=False)
     print(report(m))
     accepted = sum(1 for f in FAULTS if f[1])
     assert (m.counts.input, m.counts.output, m.counts.quarantined) == (len(FAULTS), accepted, len(FAULTS) - accepted)
@@ -100,8 +102,8 @@ def test_faults_are_retried_validated_and_accounted(fault_dataset, fake_server, 
     # The 500-forever row outlasted every retry: published as quarantined, but its unit is not taken
     # as done, so the same command after the outage asks the server again.
     before = len(per_key["Sample 13"])
-    again = run_annotate(annotate_config("faults", registry_root, fake_server, batch_size=32), progress=False)
-    assert again.stats["resumed_chunks"] == 0  # redone, not resumed
+    again = run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, fake_server, batch_size=32), progress=False)
+    assert again.stats["resumed_units"] == 0  # redone, not resumed
     assert len([e for e in server_log(fake_server) if e["key"].startswith("Sample 13")]) == 2 * before
 
 
@@ -125,7 +127,7 @@ def files_holding(secret: bytes, folder: Path) -> list[str]:
 
 def test_validator_thresholds_are_configurable(fault_dataset, fake_server, registry_root):
     lenient = ValidatorConfig(min_words=1, disabled=["leakage"])
-    m = run_annotate(annotate_config("faults", registry_root, fake_server, validators=lenient, max_attempts=1,
+    m = run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, fake_server, validators=lenient, max_attempts=1,
                                      output="lenient"), progress=False)
     assert "too_short" not in m.stats["quarantine_reasons"]
     assert "target_leak" not in m.stats["quarantine_reasons"]
@@ -136,7 +138,7 @@ def test_killed_annotate_resumes_without_redoing_chunks(ray_local, demo_dir, fak
     clean_root = str(tmp_path / "clean")
     ingest([demo_dir / "data.jsonl"], clean_root, dataset="demo")
     args = ["annotate", "demo", "--backend", "openai", "--model", "fake", "--base-url", f"{fake_server}/v1",
-            "--no-progress", "--request-concurrency", "1", "--set", "chunk_rows=4", "--set", "batch_size=2"]
+            "--no-progress", "--request-concurrency", "1", "--set", "unit_rows=4", "--set", "batch_size=2"]
     bin_ = Path(sys.executable).parent / "pipeline"
     env = {**os.environ, "RAY_ADDRESS": ray_local}
     clean = subprocess.run([str(bin_), *args, "--registry", clean_root], env=env, capture_output=True,
@@ -178,7 +180,7 @@ def test_images_are_fitted_to_the_budget_and_long_prompts_never_sent(ray_local, 
     raw = ingest([src / "data.jsonl"], registry_root, dataset="big")
     assert raw.counts.output == 3
 
-    fitted = run_annotate(annotate_config("big", registry_root, fake_server, image_max_pixels=200_000,
+    fitted = run_stage(pipeline.annotate.plan, annotate_config("big", registry_root, fake_server, image_max_pixels=200_000,
                                           output="fitted"), progress=False)
     assert fitted.counts.output == 3 and fitted.lineage["annotate"]["image_max_pixels"] == 200_000
     sent = {e["key"].split(":")[0]: e["images"] for e in server_log(fake_server)}
@@ -188,7 +190,7 @@ def test_images_are_fitted_to_the_budget_and_long_prompts_never_sent(ray_local, 
     assert sorted(r["input_width"] for r in rows) == [64, 1600, 2400]  # the stored images are untouched
 
     requests = len(server_log(fake_server))
-    short = run_annotate(annotate_config("big", registry_root, fake_server, max_model_len=1200, output="short"),
+    short = run_stage(pipeline.annotate.plan, annotate_config("big", registry_root, fake_server, max_model_len=1200, output="short"),
                          progress=False)
     assert (short.counts.output, short.counts.quarantined) == (1, 2)
     assert short.stats["quarantine_reasons"] == {"prompt_too_long": 2} and short.stats["attempts"]["0"] == 2
@@ -256,16 +258,16 @@ def test_job_errors_stop_the_run_and_publish_nothing(fault_dataset, keyed_server
     registry = DatasetRegistry(registry_root)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
     with pytest.raises(BackendUnavailable, match="refused the API key"):
-        run_annotate(annotate_config("faults", registry_root, keyed_server, output="keyed"), progress=False)
+        run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, keyed_server, output="keyed"), progress=False)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-right")
     with pytest.raises(BackendUnavailable, match="does not serve model 'gpt-7'"):
-        run_annotate(dataclasses.replace(annotate_config("faults", registry_root, keyed_server, output="keyed"),
+        run_stage(pipeline.annotate.plan, dataclasses.replace(annotate_config("faults", registry_root, keyed_server, output="keyed"),
                                          model="gpt-7"), progress=False)
     with pytest.raises(BackendUnavailable, match="cannot reach"):
-        run_annotate(annotate_config("faults", registry_root, f"http://127.0.0.1:{free_port()}", output="keyed"),
+        run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, f"http://127.0.0.1:{free_port()}", output="keyed"),
                      progress=False)
     assert registry.versions("keyed") == []
-    m = run_annotate(annotate_config("faults", registry_root, keyed_server, output="keyed", max_attempts=1),
+    m = run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, keyed_server, output="keyed", max_attempts=1),
                      progress=False)
     assert m.counts.input == len(FAULTS) and registry.versions("keyed") != []
 
@@ -281,12 +283,12 @@ def test_a_corrupt_input_shard_stops_the_stage_before_any_request(fault_dataset,
     shard.write_bytes(bytes(data))
     try:
         with pytest.raises(ValueError, match="shards fail their hash: .*the shard is corrupt"):
-            run_annotate(annotate_config("faults", registry_root, fake_server, output="corrupt-input"), progress=False)
+            run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, fake_server, output="corrupt-input"), progress=False)
     finally:
         data[len(data) // 2] ^= 0xFF
         shard.write_bytes(bytes(data))
     assert len(server_log(fake_server)) == requests_before and registry.versions("corrupt-input") == []
-    m = run_annotate(annotate_config("faults", registry_root, fake_server, output="corrupt-input", max_attempts=1),
+    m = run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, fake_server, output="corrupt-input", max_attempts=1),
                      progress=False)
     assert m.counts.input == len(FAULTS)
     work = Path(registry.work_dir("corrupt-input", m.lineage["annotate"]["run_key"]))
@@ -302,5 +304,5 @@ def test_device_cuda_waits_for_gpus_then_stops_instead_of_running_on_cpus(fault_
                             device="cuda", gpu_wait_s=1.0, output="on-gpu")
     started = time.monotonic()
     with pytest.raises(ValueError, match="device=cuda, but no GPU joined the Ray cluster within 1 s"):
-        run_annotate(config, progress=False)
+        run_stage(pipeline.annotate.plan, config, progress=False)
     assert 1.0 <= time.monotonic() - started < 30 and DatasetRegistry(registry_root).versions("on-gpu") == []

@@ -11,14 +11,18 @@ import sys
 
 import pytest
 
+import pipeline.annotate
+import pipeline.filter
+import pipeline.score
 from annotators import SamplingConfig, ValidatorConfig
 from annotators.openai_backend import OpenAIConfig
 from annotators.vllm_backend import VLLMConfig
 from jobs.tiny_models import build_tiny_qwen25vl
-from pipeline.annotate import AnnotateConfig, run_annotate
-from pipeline.filter import FilterConfig, run_filter
+from pipeline.annotate import AnnotateConfig
+from pipeline.filter import FilterConfig
 from pipeline.registry import DatasetRegistry
-from pipeline.score import ScoreConfig, run_score
+from pipeline.run import run_stage
+from pipeline.score import ScoreConfig
 from schemas import SCORE_AXES
 from tests.helpers import free_port, ingest, wait_http
 
@@ -67,7 +71,7 @@ def check_scored(m, registry_root, model):
         assert r["judge_model"] == model and r["rubric_id"] == "score-v1"
     assert {a: m.stats["axes"][a]["failed"] for a in SCORE_AXES} == failed
     # the filter cuts every row the judge could not grade, and says so
-    kept = run_filter(FilterConfig(dataset=f"{m.dataset}@{m.version}", registry=registry_root, max_failed=0),
+    kept = run_stage(pipeline.filter.plan, FilterConfig(dataset=f"{m.dataset}@{m.version}", registry=registry_root, max_failed=0),
                       progress=False)
     assert kept.counts.input == kept.counts.output + kept.counts.quarantined == 4
     assert kept.counts.quarantined == sum(r["judge_failed"] > 0 for r in rows)
@@ -78,18 +82,18 @@ def check_scored(m, registry_root, model):
 def test_transformers_backend(small_raw, tiny_qwen, registry_root, capsys):
     cfg = AnnotateConfig(dataset="small", registry=registry_root, backend="transformers", model=tiny_qwen,
                          validators=GIBBERISH_OK, sampling=SAMPLING, device="cpu")
-    m = run_annotate(cfg, progress=False)
+    m = run_stage(pipeline.annotate.plan, cfg, progress=False)
     first = check(m, registry_root, tiny_qwen)
     assert m.stats["generated_tokens"] > 0
     # same arguments: every chunk is found done, nothing regenerated, the same version
     capsys.readouterr()
-    again = run_annotate(cfg, progress=False)
+    again = run_stage(pipeline.annotate.plan, cfg, progress=False)
     assert "1 of 1 units already done" in capsys.readouterr().out
     assert again.version == m.version
     assert check(again, registry_root, tiny_qwen) == first
 
     # the same tiny model as the judge of `pipeline score`, through the same backend
-    scored = run_score(ScoreConfig(dataset="small", registry=registry_root, backend="transformers", model=tiny_qwen,
+    scored = run_stage(pipeline.score.plan, ScoreConfig(dataset="small", registry=registry_root, backend="transformers", model=tiny_qwen,
                                    device="cpu", sampling=SamplingConfig(temperature=0.0, max_tokens=16)),
                        progress=False)
     failed = check_scored(scored, registry_root, tiny_qwen)
@@ -109,7 +113,7 @@ def test_vllm_engine_backend_in_a_ray_actor(ray_local, demo_dir, tiny_qwen, regi
     cfg = AnnotateConfig(dataset="mixed", registry=registry_root, backend="vllm", model=tiny_qwen,
                          validators=GIBBERISH_OK, sampling=SAMPLING, max_model_len=100_000,
                          vllm=VLLMConfig(max_model_len=1024, enforce_eager=True))
-    m = run_annotate(cfg, progress=False)
+    m = run_stage(pipeline.annotate.plan, cfg, progress=False)
     assert (m.counts.input, m.counts.output, m.counts.quarantined) == (5, 4, 1), m.stats
     assert m.stats["quarantine_reasons"] == {"engine_error": 1} and m.stats["attempts"] == {"1": 5}
     assert m.stats["max_requests_in_flight"] == 4  # the whole unit at once, less the refused one
@@ -120,7 +124,7 @@ def test_vllm_engine_backend_in_a_ray_actor(ray_local, demo_dir, tiny_qwen, regi
 
     # the same engine setup as the judge of `pipeline score`: every request of the unit is in the
     # engine at once (the in-flight discipline of annotate), and what it answers is counted
-    scored = run_score(ScoreConfig(dataset="mixed", registry=registry_root, backend="vllm", model=tiny_qwen,
+    scored = run_stage(pipeline.score.plan, ScoreConfig(dataset="mixed", registry=registry_root, backend="vllm", model=tiny_qwen,
                                    sampling=SamplingConfig(temperature=0.0, max_tokens=16),
                                    vllm=VLLMConfig(max_model_len=2048, enforce_eager=True)), progress=False)
     check_scored(scored, registry_root, tiny_qwen)
@@ -142,9 +146,9 @@ def test_openai_backend_against_vllm_server(small_raw, tiny_qwen, registry_root,
         cfg = AnnotateConfig(dataset="small", registry=registry_root, backend="openai", model="tiny-qwen",
                              validators=GIBBERISH_OK, sampling=SAMPLING,
                              openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1", concurrency=4))
-        check(run_annotate(cfg, progress=False), registry_root, "tiny-qwen")
+        check(run_stage(pipeline.annotate.plan, cfg, progress=False), registry_root, "tiny-qwen")
         # the judge the way a 72B judge is served: vLLM's server, requests from plain Ray tasks
-        scored = run_score(ScoreConfig(dataset="small", registry=registry_root, backend="openai", model="tiny-qwen",
+        scored = run_stage(pipeline.score.plan, ScoreConfig(dataset="small", registry=registry_root, backend="openai", model="tiny-qwen",
                                        sampling=SamplingConfig(temperature=0.0, max_tokens=16),
                                        openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1", concurrency=8)),
                            progress=False)

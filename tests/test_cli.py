@@ -20,7 +20,7 @@ def test_ingest_versions_show_tag_diff(ray_local, demo_dir, tmp_path):
                 "quarantine_shards", "lineage"):
         assert key in shown
     assert shown["counts"] == {"input": 24, "output": 24, "quarantined": 0, "duplicates": 0}
-    assert set(shown["lineage"]) >= {"command", "config", "package_version", "git_revision", "sources"}
+    assert set(shown["lineage"]) >= {"command", "config", "package_version", "git_revision", "ingest"}
     assert shown["lineage"]["command"].startswith("pipeline ingest")
     assert shown["shards"][0]["rows"] == 24 and len(shown["shards"][0]["sha256"]) == 64
 
@@ -61,7 +61,7 @@ def test_registry_from_environment(ray_local, demo_dir, tmp_path):
 def test_killed_ingest_leaves_no_partial_version(ray_local, tmp_path):
     data = make_demo_data(tmp_path / "data", n=160, seed=1, resolution=256)
     args = ["ingest", data, "--dataset", "k", "--no-progress", "--batch-size", "4",
-            "--set", "shard_bytes=200000", "--set", "rows_per_unit=16"]
+            "--set", "shard_bytes=200000", "--set", "unit_rows=16"]
     clean = cli(*args, "--registry", tmp_path / "clean", ray_address=ray_local).stdout.split()[-1]
 
     reg = tmp_path / "reg"

@@ -134,7 +134,7 @@ def test_reingest_gives_the_same_version(ray_local, demo_dir, registry_root):
     assert len(DatasetRegistry(registry_root).versions("d")) == 1
     lineage = first.lineage
     assert lineage["config"]["sources"] == [str(demo_dir / "data.jsonl")]
-    assert lineage["sources"] == [{"uri": str(demo_dir / "data.jsonl"), "format": "jsonl"}]
+    assert lineage["ingest"]["sources"] == [{"uri": str(demo_dir / "data.jsonl"), "format": "jsonl"}]
     assert lineage["package_version"] == "0.1.0"
 
 
@@ -167,19 +167,19 @@ def test_dedup_keeps_the_first_occurrence_in_source_order_across_units(ray_local
     (demo_dir / f"dups-a-{tmp_path.name}.jsonl").write_text("\n".join(first) + "\n")
     (demo_dir / f"dups-b-{tmp_path.name}.jsonl").write_text("\n".join(second))
     sources = [demo_dir / f"dups-a-{tmp_path.name}.jsonl", demo_dir / f"dups-b-{tmp_path.name}.jsonl"]
-    m = ingest(sources, str(tmp_path / "r1"), rows_per_unit=3)
+    m = ingest(sources, str(tmp_path / "r1"), unit_rows=3)
     assert (m.counts.input, m.counts.output, m.counts.quarantined, m.counts.duplicates) == (30, 24, 1, 5)
     assert m.stats["units"] == 9 + 2  # units of 3 lines: 26 lines, then 4
     refs = DatasetRegistry(str(tmp_path / "r1")).read_table(m)["source_ref"].to_pylist()
     kept_lines = [int(r.split(":")[1]) for r in refs]
     assert all(r.startswith("dups-a-") for r in refs)  # every repeat in the second source went
     assert kept_lines == [1, 2, 3, 5, 6, 7, 8, 10] + list(range(11, 27))  # lines 4 and 9 repeat earlier ones
-    assert ingest(sources, str(tmp_path / "r2"), rows_per_unit=3).version == m.version
+    assert ingest(sources, str(tmp_path / "r2"), unit_rows=3).version == m.version
 
 
 def test_versions_that_share_units_share_shard_files(ray_local, demo_dir, registry_root):
-    a = ingest([demo_dir / "data.jsonl"], registry_root, dataset="s", rows_per_unit=8)
-    b = ingest([demo_dir / "data.jsonl", demo_dir / "data.jsonl"], registry_root, dataset="s", rows_per_unit=8)
+    a = ingest([demo_dir / "data.jsonl"], registry_root, dataset="s", unit_rows=8)
+    b = ingest([demo_dir / "data.jsonl", demo_dir / "data.jsonl"], registry_root, dataset="s", unit_rows=8)
     assert b.counts.duplicates == 24 and [s.path for s in b.shards] == [s.path for s in a.shards]
     store = list((Path(registry_root) / "s" / "shards").rglob("*.arrow"))
     assert len(store) == len(a.shards)  # one file per distinct shard: nothing copied per version

@@ -11,7 +11,11 @@ from collections import Counter
 
 import pytest
 
+import pipeline.annotate
+import pipeline.ingest
+import pipeline.tokenize
 from pipeline.registry import DatasetRegistry
+from pipeline.run import run_stage
 from tests.helpers import BIN, SERVER, free_port, wait_http
 
 
@@ -19,9 +23,9 @@ from tests.helpers import BIN, SERVER, free_port, wait_http
 def chain(ray_local, demo_dir, magvit_dir, llada_tokenizer_dir, tmp_path_factory):
     """raw (2 broken lines, 1 duplicate) -> annotated (2 traces that always fail) -> tokenized."""
     from annotators.openai_backend import OpenAIConfig
-    from pipeline.annotate import AnnotateConfig, run_annotate
-    from pipeline.ingest import IngestConfig, run_ingest
-    from pipeline.tokenize import TokenizeConfig, run_tokenize
+    from pipeline.annotate import AnnotateConfig
+    from pipeline.ingest import IngestConfig
+    from pipeline.tokenize import TokenizeConfig
 
     src = tmp_path_factory.mktemp("report-src")
     shutil.copytree(demo_dir, src, dirs_exist_ok=True)
@@ -37,14 +41,16 @@ def chain(ray_local, demo_dir, magvit_dir, llada_tokenizer_dir, tmp_path_factory
     server = subprocess.Popen([sys.executable, str(SERVER), "--port", str(port)])
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 30, server)
-        raw = run_ingest(IngestConfig(sources=[str(src / "data.jsonl")], dataset="rep", registry=root), progress=False)
-        annotated = run_annotate(AnnotateConfig(dataset=raw.ref, registry=root, backend="openai", model="fake",
-                                                max_attempts=2, openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1")),
-                                 progress=False)
+        raw = run_stage(pipeline.ingest.plan, IngestConfig(sources=[str(src / "data.jsonl")], dataset="rep",
+                                                           registry=root), progress=False)
+        annotated = run_stage(pipeline.annotate.plan, AnnotateConfig(
+            dataset=raw.ref, registry=root, backend="openai", model="fake", max_attempts=2,
+            openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1")), progress=False)
     finally:
         server.terminate()
-    tokenized = run_tokenize(TokenizeConfig(dataset=annotated.ref, registry=root, image_tokenizer=str(magvit_dir),
-                                            text_tokenizer=str(llada_tokenizer_dir), resolution=64), progress=False)
+    tokenized = run_stage(pipeline.tokenize.plan, TokenizeConfig(
+        dataset=annotated.ref, registry=root, image_tokenizer=str(magvit_dir), text_tokenizer=str(llada_tokenizer_dir),
+        resolution=64), progress=False)
     assert (raw.counts.quarantined, raw.counts.duplicates, annotated.counts.quarantined) == (2, 1, 2)
     out = tmp_path_factory.mktemp("report") / "report.html"
     done = subprocess.run([BIN / "pipeline", "report", tokenized.ref, "--out", str(out), "--registry", root,

@@ -11,14 +11,19 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+import pipeline.annotate
+import pipeline.filter
+import pipeline.score
+import pipeline.tokenize
 from annotators.judge import Judge, JudgeItem, Rubrics
 from annotators.openai_backend import OpenAIConfig
-from pipeline.annotate import AnnotateConfig, run_annotate
-from pipeline.filter import FilterConfig, FilterStage, parse_thresholds, run_filter, scored_input, verdict
+from pipeline.annotate import AnnotateConfig
+from pipeline.filter import FilterConfig, FilterStage, parse_thresholds, scored_input, verdict
 from pipeline.registry import DatasetRegistry
 from pipeline.report import ReportConfig, write_report
-from pipeline.score import ScoreConfig, report, run_score
-from pipeline.tokenize import TokenizeConfig, run_tokenize
+from pipeline.run import run_stage
+from pipeline.score import ScoreConfig, report
+from pipeline.tokenize import TokenizeConfig
 from schemas import SCORE_AXES, SCORED
 from tests.helpers import SERVER, cli, free_port, ingest, wait_http
 
@@ -117,16 +122,16 @@ def test_scores_and_thresholds_cut_exactly_the_rows_they_should(ray_local, demo_
                                  "instruction": f"Row {i}: {source['instruction']} {markers}".strip()}))
     (demo_dir / "calibration.jsonl").write_text("\n".join(lines))
     raw = ingest([demo_dir / "calibration.jsonl"], registry_root, dataset="cal")
-    run_annotate(AnnotateConfig(dataset="cal", registry=registry_root, backend="openai", model="fake",
+    run_stage(pipeline.annotate.plan, AnnotateConfig(dataset="cal", registry=registry_root, backend="openai", model="fake",
                                 openai=OpenAIConfig(base_url=f"{annotator}/v1")), progress=False)
     registry = DatasetRegistry(registry_root)
     by_row = {int(r["instruction"].split(":")[0][4:]): r["sample_id"]
               for r in registry.read_table(raw, ["sample_id", "instruction"]).to_pylist()}
 
-    cfg = ScoreConfig(dataset="cal", registry=registry_root, backend="openai", model="judge", chunk_rows=4,
+    cfg = ScoreConfig(dataset="cal", registry=registry_root, backend="openai", model="judge", unit_rows=4,
                       openai=OpenAIConfig(base_url=f"{judge}/v1", max_retries=1, backoff_base_s=0.01))
     before = judge_requests(judge)
-    scored = run_score(cfg, progress=False)
+    scored = run_stage(pipeline.score.plan, cfg, progress=False)
     # 8 edits x 4 axes + 3 generations x 3 axes; the outage row's quality request is sent twice (one retry)
     assert judge_requests(judge) - before == 8 * 4 + 3 * 3 + 1
     assert (scored.counts.input, scored.counts.output, scored.counts.quarantined) == (11, 10, 1)
@@ -158,7 +163,7 @@ def test_scores_and_thresholds_cut_exactly_the_rows_they_should(ray_local, demo_
     # the outage's unit (rows 8-10) is not done: a rerun redoes it alone, and the rest resumes
     before = judge_requests(judge)
     capsys.readouterr()
-    again = run_score(cfg, progress=False)
+    again = run_stage(pipeline.score.plan, cfg, progress=False)
     assert "2 of 3 units already done" in capsys.readouterr().out
     assert judge_requests(judge) - before == 4 + 3 + 5
     assert again.version == scored.version  # the same answers again: the same content
@@ -182,12 +187,12 @@ def test_scores_and_thresholds_cut_exactly_the_rows_they_should(ray_local, demo_
     # `cal` alone means the newest *score* version, never the filter's output
     assert scored_input(registry, "cal").ref == scored.ref
     # two rules that keep the same rows are two versions, each with its own rule in the lineage
-    loose = [run_filter(FilterConfig(dataset="cal", registry=registry_root, max_failed=4, min=floor), progress=False)
+    loose = [run_stage(pipeline.filter.plan, FilterConfig(dataset="cal", registry=registry_root, max_failed=4, min=floor), progress=False)
              for floor in ({}, {"quality": 0})]
     assert [m.counts.output for m in loose] == [10, 10] and loose[0].version != loose[1].version
     assert [m.lineage["filter"]["min"] for m in loose] == [{}, {"quality": 0.0}]
 
-    tokenized = run_tokenize(TokenizeConfig(dataset=kept.ref, registry=registry_root, image_tokenizer=str(magvit_dir),
+    tokenized = run_stage(pipeline.tokenize.plan, TokenizeConfig(dataset=kept.ref, registry=registry_root, image_tokenizer=str(magvit_dir),
                                             text_tokenizer=str(llada_tokenizer_dir), resolution=64), progress=False)
     assert tokenized.parent == kept.ref and tokenized.counts.output == 5
     carried = {r["sample_id"]: r["scores"] for r in registry.read_table(tokenized, ["sample_id", "scores"]).to_pylist()}

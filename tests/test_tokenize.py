@@ -13,11 +13,14 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+import pipeline.annotate
+import pipeline.tokenize
 from annotators.openai_backend import OpenAIConfig
-from pipeline.annotate import AnnotateConfig, run_annotate
+from pipeline.annotate import AnnotateConfig
 from pipeline.preview import preview
 from pipeline.registry import DatasetRegistry
-from pipeline.tokenize import TokenizeConfig, run_tokenize
+from pipeline.run import run_stage
+from pipeline.tokenize import TokenizeConfig
 from schemas import SCORES, SequenceConfig
 from tests.helpers import ingest, kill_when, run_trainer, sft_args
 from trainer.model_io import export, load_model, resolve
@@ -27,8 +30,9 @@ from trainer.rundir import RunDir
 @pytest.fixture
 def annotated(ray_local, demo_dir, fake_server, registry_root):
     raw = ingest([demo_dir / "data.jsonl"], registry_root, dataset="demo")
-    m = run_annotate(AnnotateConfig(dataset="demo", registry=registry_root, backend="openai", model="fake",
-                                    openai=OpenAIConfig(base_url=f"{fake_server}/v1")), progress=False)
+    m = run_stage(pipeline.annotate.plan, AnnotateConfig(dataset="demo", registry=registry_root, backend="openai",
+                                                         model="fake", openai=OpenAIConfig(base_url=f"{fake_server}/v1")),
+                  progress=False)
     assert m.counts.output == raw.counts.output == 24
     return m
 
@@ -37,7 +41,7 @@ def tokenize(registry_root, magvit_dir, tokenizer_dir, **kw):
     kw = {"resolution": 64, "batch_size": 8, **kw}
     cfg = TokenizeConfig(dataset="demo", registry=registry_root, image_tokenizer=str(magvit_dir),
                          text_tokenizer=str(tokenizer_dir), **kw)
-    return run_tokenize(cfg, progress=False)
+    return run_stage(pipeline.tokenize.plan, cfg, progress=False)
 
 
 def test_shards_have_the_contract_types(annotated, magvit_dir, llada_tokenizer_dir, registry_root):
@@ -102,7 +106,7 @@ def test_overflow_is_quarantined_or_truncated(annotated, magvit_dir, llada_token
 
 def test_killed_tokenize_resumes(annotated, magvit_dir, llada_tokenizer_dir, registry_root, ray_local, tmp_path):
     args = ["tokenize", "demo", "--image-tokenizer", str(magvit_dir), "--text-tokenizer", str(llada_tokenizer_dir),
-            "--resolution", "64", "--batch-size", "2", "--no-progress", "--set", "chunk_rows=4"]
+            "--resolution", "64", "--batch-size", "2", "--no-progress", "--set", "unit_rows=4"]
     bin_ = Path(sys.executable).parent / "pipeline"
     env = {**os.environ, "RAY_ADDRESS": ray_local}
     clean_root = str(tmp_path / "clean")
@@ -116,7 +120,7 @@ def test_killed_tokenize_resumes(annotated, magvit_dir, llada_tokenizer_dir, reg
                            text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{done} of 6 units already done" in rerun.stdout
-    clean = tokenize(clean_root, magvit_dir, llada_tokenizer_dir, batch_size=2, chunk_rows=4)
+    clean = tokenize(clean_root, magvit_dir, llada_tokenizer_dir, batch_size=2, unit_rows=4)
     assert rerun.stdout.split()[-1] == clean.version
 
 
@@ -126,16 +130,16 @@ def test_from_ingest_to_a_resumed_sft_run_on_an_object_store(ray_local, demo_dir
     their units from and write shards and markers to the registry; SFT reads it, checkpoints to the
     run folder and resumes from it on an empty cache; export, load and `pipeline report` read both."""
     root = f"{s3_bucket}/registry"
-    raw = ingest([demo_dir / "data.jsonl"], root, dataset="demo", rows_per_unit=10)
-    annotated = run_annotate(AnnotateConfig(dataset="demo", registry=root, backend="openai", model="fake",
-                                            chunk_rows=10, openai=OpenAIConfig(base_url=f"{fake_server}/v1")),
-                             progress=False)
-    m = tokenize(root, magvit_dir, llada_tokenizer_dir, chunk_rows=10)
-    assert raw.counts.output == annotated.counts.output == m.counts.output == 24 and m.stats["resumed_chunks"] == 0
+    raw = ingest([demo_dir / "data.jsonl"], root, dataset="demo", unit_rows=10)
+    annotated = run_stage(pipeline.annotate.plan, AnnotateConfig(
+        dataset="demo", registry=root, backend="openai", model="fake", unit_rows=10,
+        openai=OpenAIConfig(base_url=f"{fake_server}/v1")), progress=False)
+    m = tokenize(root, magvit_dir, llada_tokenizer_dir, unit_rows=10)
+    assert raw.counts.output == annotated.counts.output == m.counts.output == 24 and m.stats["resumed_units"] == 0
     registry = DatasetRegistry(root)
     assert registry.resolve("demo").ref == m.ref and len(m.shards) == 3  # one shard per unit of 10 rows
     assert registry.read_table(m)["sample_id"].to_pylist() == registry.read_table(raw)["sample_id"].to_pylist()
-    assert tokenize(root, magvit_dir, llada_tokenizer_dir, chunk_rows=10).version == m.version  # resumed: same
+    assert tokenize(root, magvit_dir, llada_tokenizer_dir, unit_rows=10).version == m.version  # resumed: same
 
     # The same registry feeds the trainer, whose run folder is on the object store too: two steps, then
     # a run on a "new machine" (an empty cache) that resumes from the s3:// checkpoint to step 3.

@@ -49,14 +49,16 @@ def annotate(
     progress: Progress = True,
 ) -> None:
     """Write a reasoning trace per sample (validated, retried, resumable); prints the version id last."""
-    from pipeline.annotate import AnnotateConfig, report, run_annotate
+    # here, not at the top: the stage's libraries and Ray (the driver's) load only when the command runs
+    from pipeline import annotate as stage
+    from pipeline.run import run_stage
 
-    cfg = load_config(AnnotateConfig, config, set_, dataset=dataset, backend=backend, model=model,
+    cfg = load_config(stage.AnnotateConfig, config, set_, dataset=dataset, backend=backend, model=model,
                       revision=revision, concurrency=concurrency, max_attempts=max_attempts,
                       prompt_edit=prompt_edit, prompt_generate=prompt_generate, output=output,
                       registry=registry, ray_address=ray_address, **backend_settings(
                           base_url, request_concurrency, tensor_parallel_size=tensor_parallel_size,
                           max_model_len=max_model_len, limit_mm_per_prompt=limit_mm_per_prompt,
                           gpu_memory_utilization=gpu_memory_utilization))
-    manifest = run_annotate(cfg, progress=progress)
-    print_published(manifest, report(manifest))
+    manifest = run_stage(stage.plan, cfg, progress=progress)
+    print_published(manifest, stage.report(manifest))

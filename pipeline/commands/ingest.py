@@ -38,15 +38,17 @@ def ingest(
     progress: Progress = True,
 ) -> None:
     """Validate and version editing/generation sources; prints the new version id last."""
-    from pipeline.ingest import IngestConfig, accounting_table, run_ingest
+    # here, not at the top: the stage's libraries and Ray (the driver's) load only when the command runs
+    from pipeline import ingest as stage
+    from pipeline.run import run_stage
 
-    cfg = load_config(IngestConfig, config, set_, sources=sources, dataset=dataset, format=format,
+    cfg = load_config(stage.IngestConfig, config, set_, sources=sources, dataset=dataset, format=format,
                       columns=parse_columns(columns), allow_remote=allow_remote or None,
                       min_side=min_side, max_aspect_ratio=max_aspect_ratio, max_pixels=max_pixels,
                       max_instruction_chars=max_instruction_chars, batch_size=batch_size,
                       registry=registry, ray_address=ray_address)
-    manifest = run_ingest(cfg, progress=progress)
-    print(accounting_table(manifest))
+    manifest = run_stage(stage.plan, cfg, progress=progress)
+    print(stage.accounting_table(manifest))
     print(f"published {manifest.ref} ({len(manifest.shards)} shard(s), "
           f"{sum(s.bytes for s in manifest.shards) / 1e6:.1f} MB)")
     print(manifest.version)

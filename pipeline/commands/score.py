@@ -46,15 +46,17 @@ def score(
     progress: Progress = True,
 ) -> None:
     """Judge every annotated row on four axes, 0-100 (resumable); prints the version id last."""
-    from pipeline.score import ScoreConfig, report, run_score
+    # here, not at the top: the stage's libraries and Ray (the driver's) load only when the command runs
+    from pipeline import score as stage
+    from pipeline.run import run_stage
 
-    cfg = load_config(ScoreConfig, config, set_, dataset=dataset, backend=backend, model=model, revision=revision,
+    cfg = load_config(stage.ScoreConfig, config, set_, dataset=dataset, backend=backend, model=model, revision=revision,
                       rubrics=rubrics, concurrency=concurrency, output=output, registry=registry,
                       ray_address=ray_address, **backend_settings(
                           base_url, request_concurrency, tensor_parallel_size=tensor_parallel_size,
                           max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization))
-    manifest = run_score(cfg, progress=progress)
-    print_published(manifest, report(manifest))
+    manifest = run_stage(stage.plan, cfg, progress=progress)
+    print_published(manifest, stage.report(manifest))
 
 
 def filter_(
@@ -71,9 +73,11 @@ def filter_(
     progress: Progress = True,
 ) -> None:
     """Keep the rows that pass score thresholds, quarantine the rest with why; prints the version id last."""
-    from pipeline.filter import FilterConfig, parse_thresholds, report, run_filter
+    # here, not at the top: the stage's libraries and Ray (the driver's) load only when the command runs
+    from pipeline import filter as stage
+    from pipeline.run import run_stage
 
-    cfg = load_config(FilterConfig, config, set_, dataset=dataset, max_failed=max_failed, output=output,
-                      registry=registry, ray_address=ray_address, min=parse_thresholds(min_) if min_ else None)
-    manifest = run_filter(cfg, progress=progress)
-    print_published(manifest, report(manifest))
+    cfg = load_config(stage.FilterConfig, config, set_, dataset=dataset, max_failed=max_failed, output=output,
+                      registry=registry, ray_address=ray_address, min=stage.parse_thresholds(min_) if min_ else None)
+    manifest = run_stage(stage.plan, cfg, progress=progress)
+    print_published(manifest, stage.report(manifest))

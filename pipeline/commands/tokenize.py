@@ -28,14 +28,16 @@ def tokenize(
     progress: Progress = True,
 ) -> None:
     """MAGVIT-v2 codes + text ids -> a tokenized version (resumable); prints the version id last."""
-    from pipeline.tokenize import TokenizeConfig, report, run_tokenize
+    # here, not at the top: the stage's libraries and Ray (the driver's) load only when the command runs
+    from pipeline import tokenize as stage
+    from pipeline.run import run_stage
 
-    cfg = load_config(TokenizeConfig, config, set_, dataset=dataset, image_tokenizer=image_tokenizer,
+    cfg = load_config(stage.TokenizeConfig, config, set_, dataset=dataset, image_tokenizer=image_tokenizer,
                       text_tokenizer=text_tokenizer, resolution=resolution, batch_size=batch_size,
                       device=device, dtype=dtype, overflow=overflow, concurrency=concurrency,
                       output=output, registry=registry, ray_address=ray_address)
-    manifest = run_tokenize(cfg, progress=progress)
-    print_published(manifest, report(manifest))
+    manifest = run_stage(stage.plan, cfg, progress=progress)
+    print_published(manifest, stage.report(manifest))
 
 
 def preview(
