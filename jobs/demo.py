@@ -18,7 +18,7 @@ import pipeline.filter
 import pipeline.ingest
 import pipeline.score
 import pipeline.tokenize
-from annotators import SamplingConfig, ValidatorConfig
+from annotators import AnnotatorConfig, BackendConfig, SamplingConfig, ValidatorConfig
 from annotators.judge import JudgeConfig
 from jobs.tiny_models import (
     build_random_magvitv2,
@@ -111,9 +111,11 @@ def main() -> None:
     print(f"[ingest] {raw.ref} in {DatasetRegistry(registry).root}")
 
     model = build_tiny_qwen25vl(out / "models" / "tiny-qwen2.5-vl")
+    tiny_qwen = BackendConfig(kind="transformers", model=str(model), device="cpu")
     annotated = run_stage(pipeline.annotate.plan, AnnotateConfig(
-        dataset=raw.ref, registry=registry, backend="transformers", model=str(model), device="cpu",
-        sampling=SamplingConfig(max_tokens=24), validators=TINY_MODEL_VALIDATORS))
+        dataset=raw.ref, registry=registry,
+        annotator=AnnotatorConfig(backend=tiny_qwen, sampling=SamplingConfig(max_tokens=24),
+                                  validators=TINY_MODEL_VALIDATORS)))
     print(f"[annotate] tiny random Qwen2.5-VL at {model} (validators relaxed for its gibberish)")
     print("[annotate] " + report(annotated).replace("\n", "\n[annotate] "))
     print(f"[annotate] {annotated.ref} (parent {annotated.parent})")
@@ -121,9 +123,8 @@ def main() -> None:
     # The same tiny random VLM as the judge: its answers hardly ever hold a "Score: N", so nearly every
     # judgement fails (counted, never a 0), and the filter's thresholds are relaxed to let such rows
     # through; a real run judges with Qwen2.5-VL-72B and cuts with --max-failed 0.
-    scored = run_stage(pipeline.score.plan, ScoreConfig(
-        dataset=annotated.ref, registry=registry, backend="transformers", model=str(model), device="cpu",
-        sampling=SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16)))
+    scored = run_stage(pipeline.score.plan, ScoreConfig(dataset=annotated.ref, registry=registry, judge=JudgeConfig(
+        backend=tiny_qwen, rubrics="score-v1", sampling=SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16))))
     print(f"[score] four axes, rubrics score-v1, judged by the tiny random Qwen2.5-VL at {model}")
     print("[score] " + score_report(scored).replace("\n", "\n[score] "))
     kept = run_stage(pipeline.filter.plan, FilterConfig(dataset=scored.ref, registry=registry, max_failed=4,
@@ -190,8 +191,7 @@ def main() -> None:
         model=str(rl_dir), benchmark=str(bench_path), out=str(out / "eval"), image_tokenizer=str(magvit),
         text_tokenizer=str(text_tokenizer), resolution=DEMO_TOKENIZE_RESOLUTION, batch_size=4,
         sampler=SamplerConfig(steps=16, block_length=64),
-        judge=JudgeConfig(backend="transformers", model=str(model), device="cpu",
-                          sampling=SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16)),
+        judge=JudgeConfig(backend=tiny_qwen, sampling=SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16)),
         clip=ClipConfig(model=f"local-dir:{clip}", device="cpu")))
     print("[eval] ParaBench-style, judge: the tiny random Qwen2.5-VL (its answers hold no score, so every "
           "judgement is recorded as failed); CLIP is judge-free")

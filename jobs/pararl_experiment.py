@@ -19,7 +19,7 @@ from pathlib import Path
 import pipeline.annotate
 import pipeline.ingest
 import pipeline.tokenize
-from annotators import SamplingConfig
+from annotators import AnnotatorConfig, BackendConfig, SamplingConfig
 from jobs.demo import TINY_MODEL_VALIDATORS
 from jobs.tiny_models import (
     build_random_magvitv2,
@@ -53,8 +53,10 @@ def prepare(out: Path) -> tuple[str, str, Path, Path, Path]:
                     progress=False)
     qwen = build_tiny_qwen25vl(out / "models" / "tiny-qwen2.5-vl")
     annotated = run_stage(pipeline.annotate.plan, AnnotateConfig(
-        dataset=raw.ref, registry=registry, backend="transformers", model=str(qwen), device="cpu",
-        sampling=SamplingConfig(max_tokens=24), validators=TINY_MODEL_VALIDATORS), progress=False)
+        dataset=raw.ref, registry=registry,
+        annotator=AnnotatorConfig(backend=BackendConfig(kind="transformers", model=str(qwen), device="cpu"),
+                                  sampling=SamplingConfig(max_tokens=24), validators=TINY_MODEL_VALIDATORS)),
+        progress=False)
     if not (magvit / "pytorch_model.safetensors").exists():
         build_random_magvitv2(magvit)
     build_tiny_llada_tokenizer(tokenizer)

@@ -19,7 +19,6 @@ import pyarrow as pa
 from annotators import AnnotatorConfig, Sample, build_annotator
 from annotators.annotator import TRANSIENT_ERRORS, speed_only, to_json
 from annotators.prompts import load_prompts
-from pipeline.config import narrowed
 from pipeline.registry import DatasetRegistry, split_ref
 from pipeline.stage import Plan, Processed, Stage, rejected_rows
 from pipeline.vlm import backend_resources, launch
@@ -29,18 +28,19 @@ STAGE = "annotate"
 
 
 @dataclasses.dataclass(kw_only=True)
-class AnnotateConfig(AnnotatorConfig):
+class AnnotateConfig:
     dataset: str  # NAME[@VERSION|@TAG] of a raw version
     output: str | None = None  # dataset name of the result; default: the input's name
+    # The annotator nested whole (its backend inside it, as in the judge's config), not flattened in:
+    # one place declares its fields, and keys read the same in a YAML file and in --set
+    # (annotator.backend.vllm.tensor_parallel_size=4); what is typed every day has its own flag.
+    annotator: AnnotatorConfig = dataclasses.field(default_factory=AnnotatorConfig)
     concurrency: int = speed_only(1)  # annotator actors; with vllm, one per GPU
     batch_size: int = speed_only(64)  # samples per call of the transformers backend (the others take whole units)
     unit_rows: int = 256  # rows per unit: the unit of durable progress
     gpu_wait_s: float = speed_only(600.0)  # with device=cuda: how long to wait for GPUs to join the cluster
     registry: str | None = speed_only(None)
     ray_address: str | None = speed_only(None)
-
-    def annotator_config(self) -> AnnotatorConfig:
-        return narrowed(self, AnnotatorConfig)
 
 
 class AnnotateStage(Stage):
@@ -51,11 +51,11 @@ class AnnotateStage(Stage):
     transient_reasons = TRANSIENT_ERRORS  # a server outage: the unit is redone on a rerun
 
     def __init__(self, config: AnnotateConfig, on_gpu: bool = False):
-        self.config = config.annotator_config()
         # vllm and openai keep their own number of requests in flight: they take a whole unit at once
-        self.batch_size = config.batch_size if config.backend == "transformers" else config.unit_rows
-        self.resources, self.config.vllm = backend_resources(config.backend, config.concurrency, config.unit_rows,
-                                                             config.vllm, on_gpu)
+        self.batch_size = config.batch_size if config.annotator.backend.kind == "transformers" else config.unit_rows
+        self.resources, backend = backend_resources(config.annotator.backend, config.concurrency, config.unit_rows,
+                                                    on_gpu)
+        self.config = dataclasses.replace(config.annotator, backend=backend)
 
     def setup(self) -> None:
         self.annotator = build_annotator(self.config)
@@ -72,7 +72,7 @@ class AnnotateStage(Stage):
         tasks = kept["task"].to_pylist()
         n = kept.num_rows
         kept = (kept.append_column("reasoning", pa.array([r.reasoning for r in good], pa.string()))
-                .append_column("annotator_model", pa.array([self.config.model] * n, pa.string()))
+                .append_column("annotator_model", pa.array([self.config.backend.model] * n, pa.string()))
                 .append_column("prompt_id", pa.array([self.prompts[t].id for t in tasks], pa.string()))
                 .append_column("prompt_hash", pa.array([self.prompts[t].sha256 for t in tasks], pa.string()))
                 .append_column("sampling_params", pa.array([self.sampling] * n, pa.string()))
@@ -102,16 +102,16 @@ def _why(result) -> str:
 
 def plan(config: AnnotateConfig, registry: DatasetRegistry) -> Plan:
     source = registry.resolve(config.dataset, schema="raw/1")
-    prompts = load_prompts(config.prompt_edit, config.prompt_generate)
-    provenance = {"backend": config.backend, "model": config.model, "revision": config.revision,
+    a = config.annotator
+    prompts = load_prompts(a.prompt_edit, a.prompt_generate)
+    provenance = {"backend": a.backend.kind, "model": a.backend.model, "revision": a.backend.revision,
                   "prompts": {t: {"id": p.id, "sha256": p.sha256} for t, p in prompts.items()},
-                  "sampling": dataclasses.asdict(config.sampling),
-                  "validators": dataclasses.asdict(config.validators), "max_attempts": config.max_attempts,
-                  "image_max_pixels": config.image_max_pixels, "max_model_len": config.model_len}
+                  "sampling": dataclasses.asdict(a.sampling), "validators": dataclasses.asdict(a.validators),
+                  "max_attempts": a.max_attempts, "image_max_pixels": a.image_max_pixels, "max_model_len": a.model_len}
     return Plan(name=STAGE, schema="annotated/1", output=config.output or split_ref(config.dataset)[0],
                 make_stage=lambda on_gpu: AnnotateStage(config, on_gpu), provenance=provenance, source=source,
                 columns=RAW.names, unit_rows=config.unit_rows, summarize=summarize,
-                **launch(config.backend, config.model, config.openai, config.device, config.gpu_wait_s))
+                **launch(a.backend, config.gpu_wait_s))
 
 
 def summarize(stats: dict[str, Any], counts: Counts, seconds: float) -> dict[str, Any]:

@@ -107,14 +107,3 @@ def run_identity(config: Any) -> dict[str, Any]:
             value = getattr(config, f.name)
             out[f.name] = run_identity(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
     return out
-
-
-def narrowed(config: Any, cls: type[C]) -> C:
-    """A command's config (a subclass of `cls`) as a plain `cls`: the settings a worker needs, without
-    the command's own (dataset, registry, concurrency)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(config).items() if k in names})
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)

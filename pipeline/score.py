@@ -10,7 +10,7 @@ four axes, 0-100 each (schemas.SCORE_AXES):
 
 The judge is `annotators.judge` (the one `trainer eval` uses) over any backend: the vLLM engine in
 actors, an OpenAI-compatible server from plain tasks (the same in-flight discipline as annotate:
-every request of a unit goes out at once, `openai.concurrency` at a time), or transformers. The
+every request of a unit goes out at once, `judge.backend.openai.concurrency` at a time), or transformers. The
 rubrics are a versioned YAML file (default score-v1), its sha256 in the lineage and on every row.
 
 Every row is kept, with its scores, the judge's answers and the reason of each failed judgement.
@@ -30,9 +30,8 @@ from typing import Any
 import pyarrow as pa
 
 from annotators.annotator import TRANSIENT_ERRORS, speed_only, to_json
+from annotators.backend import BackendConfig
 from annotators.judge import JudgeConfig, JudgeItem, Judgement, Rubrics, build_judge
-from annotators.openai_backend import OpenAIConfig
-from pipeline.config import narrowed
 from pipeline.registry import DatasetRegistry, split_ref
 from pipeline.stage import Plan, Processed, Stage, rejected_rows
 from pipeline.vlm import backend_resources, launch
@@ -42,13 +41,17 @@ STAGE = "score"
 _PER_AXIS_TEXT = SCORED.field("judge_errors").type
 
 
+def curation_judge() -> JudgeConfig:
+    """Score's judge: Qwen2.5-VL-72B on the vLLM engine (or a local vLLM server, 64 in flight), the
+    four curation axes of score-v1."""
+    return JudgeConfig(backend=BackendConfig(kind="vllm", model="Qwen/Qwen2.5-VL-72B-Instruct"), rubrics="score-v1")
+
+
 @dataclasses.dataclass(kw_only=True)
-class ScoreConfig(JudgeConfig):
+class ScoreConfig:
     dataset: str  # NAME[@VERSION|@TAG] of an annotated version
-    backend: str = "vllm"  # vllm | openai | transformers
-    model: str = "Qwen/Qwen2.5-VL-72B-Instruct"  # the judge (served name for openai)
-    rubrics: str = "score-v1"  # built-in id or a YAML file defining the four axes
-    openai: OpenAIConfig = dataclasses.field(default_factory=OpenAIConfig)  # a local vLLM server, 64 in flight
+    # The judge nested whole, as `trainer eval` holds it; judge.rubrics: an id or a YAML file of the four axes
+    judge: JudgeConfig = dataclasses.field(default_factory=curation_judge)
     output: str | None = None  # dataset name of the result; default: the input's name
     concurrency: int = speed_only(1)  # judge actors; with vllm, one per GPU (or tensor-parallel group)
     batch_size: int = speed_only(16)  # rows per call of the transformers backend (the others take whole units)
@@ -56,9 +59,6 @@ class ScoreConfig(JudgeConfig):
     gpu_wait_s: float = speed_only(600.0)  # with device=cuda: how long to wait for GPUs to join the cluster
     registry: str | None = speed_only(None)
     ray_address: str | None = speed_only(None)
-
-    def judge_config(self) -> JudgeConfig:
-        return narrowed(self, JudgeConfig)
 
 
 class ScoreStage(Stage):
@@ -69,11 +69,11 @@ class ScoreStage(Stage):
     transient_reasons = TRANSIENT_ERRORS  # a server outage: the unit is redone on a rerun
 
     def __init__(self, config: ScoreConfig, rubrics: Rubrics, on_gpu: bool = False):
-        self.config = config.judge_config()
         self.rubrics = rubrics
-        self.batch_size = config.batch_size if config.backend == "transformers" else config.unit_rows
-        self.resources, self.config.vllm = backend_resources(config.backend, config.concurrency, config.unit_rows,
-                                                             config.vllm, on_gpu, requests_per_row=len(SCORE_AXES))
+        self.batch_size = config.batch_size if config.judge.backend.kind == "transformers" else config.unit_rows
+        self.resources, backend = backend_resources(config.judge.backend, config.concurrency, config.unit_rows,
+                                                    on_gpu, requests_per_row=len(SCORE_AXES))
+        self.config = dataclasses.replace(config.judge, backend=backend)
 
     def setup(self) -> None:
         self.judge = build_judge(self.config, self.rubrics)
@@ -92,7 +92,7 @@ class ScoreStage(Stage):
                 .append_column("judge_errors", pa.array(per_axis(_error_text), _PER_AXIS_TEXT))
                 .append_column("judge_answers", pa.array(per_axis(lambda j: j.raw), _PER_AXIS_TEXT))
                 .append_column("judge_failed", pa.array([sum(not j.ok for j in row.values()) for row in good], pa.int32()))
-                .append_column("judge_model", pa.array([self.config.model] * n, pa.string()))
+                .append_column("judge_model", pa.array([self.config.backend.model] * n, pa.string()))
                 .append_column("rubric_id", pa.array([self.rubrics.id] * n, pa.string()))
                 .append_column("rubric_hash", pa.array([self.rubrics.sha256] * n, pa.string())))
         down = [(row, reasons) for row, reasons in zip(judged, outage) if reasons]
@@ -132,16 +132,17 @@ def judgement_stats(judged: list[dict[str, Judgement]]) -> dict:
 
 def plan(config: ScoreConfig, registry: DatasetRegistry) -> Plan:
     source = registry.resolve(config.dataset, schema="annotated/1")
-    rubrics = Rubrics.load(config.rubrics, SCORE_AXES)  # a bad rubric file fails now, before any work
-    provenance = {"backend": config.backend, "model": config.model, "revision": config.revision,
+    judge = config.judge
+    rubrics = Rubrics.load(judge.rubrics, SCORE_AXES)  # a bad rubric file fails now, before any work
+    provenance = {"backend": judge.backend.kind, "model": judge.backend.model, "revision": judge.backend.revision,
                   "rubrics": {"id": rubrics.id, "sha256": rubrics.sha256}, "axes": list(SCORE_AXES),
-                  "sampling": dataclasses.asdict(config.sampling), "image_max_pixels": config.image_max_pixels,
+                  "sampling": dataclasses.asdict(judge.sampling), "image_max_pixels": judge.image_max_pixels,
                   # the engine's context decides which judgements fail as too long
-                  "max_model_len": config.vllm.max_model_len if config.backend == "vllm" else None}
+                  "max_model_len": judge.backend.vllm.max_model_len if judge.backend.kind == "vllm" else None}
     return Plan(name=STAGE, schema="scored/1", output=config.output or split_ref(config.dataset)[0],
                 make_stage=lambda on_gpu: ScoreStage(config, rubrics, on_gpu), provenance=provenance, source=source,
                 columns=ANNOTATED.names, unit_rows=config.unit_rows, summarize=summarize,
-                **launch(config.backend, config.model, config.openai, config.device, config.gpu_wait_s))
+                **launch(judge.backend, config.gpu_wait_s))
 
 
 def summarize(stats: dict[str, Any], counts: Counts, seconds: float) -> dict[str, Any]:

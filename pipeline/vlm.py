@@ -9,38 +9,39 @@ import dataclasses
 import os
 from typing import Any
 
-from annotators.openai_backend import OpenAIConfig, check_server
-from annotators.vllm_backend import VLLMConfig
+from annotators.backend import BackendConfig
+from annotators.openai_backend import check_server
 from pipeline.stage import Resources
 
 
-def backend_resources(backend: str, concurrency: int, unit_rows: int, vllm: VLLMConfig,
-                      on_gpu: bool, requests_per_row: int = 1) -> tuple[Resources, VLLMConfig]:
+def backend_resources(backend: BackendConfig, concurrency: int, unit_rows: int, on_gpu: bool,
+                      requests_per_row: int = 1) -> tuple[Resources, BackendConfig]:
     """The workers' resources (annotate: one request per row at a time; score: one per axis), and
-    the vLLM settings to build its engine with."""
-    if backend == "openai":
+    the backend settings to build it with on them."""
+    if backend.kind == "openai":
         # Nothing to load: plain tasks run on Ray's warm worker pool, where an actor would start a
         # fresh process per run (seconds of imports).
-        return Resources(num_cpus=1, max_tasks=concurrency), vllm
-    if backend == "transformers":  # one request at a time: one unit at a time
-        return Resources(num_cpus=1, actors=concurrency, num_gpus=1 if on_gpu else 0), vllm
+        return Resources(num_cpus=1, max_tasks=concurrency), backend
+    if backend.kind == "transformers":  # one request at a time: one unit at a time
+        return Resources(num_cpus=1, actors=concurrency, num_gpus=1 if on_gpu else 0), backend
     # The engine keeps up to max_in_flight requests from several units at once, and one more unit
     # waits, so the engine never drains between units.
-    units = -(-vllm.max_in_flight // (unit_rows * requests_per_row)) + 1
-    tp = vllm.tensor_parallel_size
+    units = -(-backend.vllm.max_in_flight // (unit_rows * requests_per_row)) + 1
+    tp = backend.vllm.tensor_parallel_size
     if on_gpu and tp > 1:  # the engine's GPUs on one node; vLLM's Ray workers take them from the group
+        vllm = dataclasses.replace(backend.vllm, distributed_executor_backend="ray")
         return (Resources(num_cpus=1, actors=concurrency, units_per_actor=units,
                           placement=({"CPU": 1, "GPU": 1},) + ({"GPU": 1},) * (tp - 1)),
-                dataclasses.replace(vllm, distributed_executor_backend="ray"))
-    return Resources(num_cpus=1, actors=concurrency, units_per_actor=units, num_gpus=1 if on_gpu else 0), vllm
+                dataclasses.replace(backend, vllm=vllm))
+    return Resources(num_cpus=1, actors=concurrency, units_per_actor=units, num_gpus=1 if on_gpu else 0), backend
 
 
-def launch(backend: str, model: str, openai: OpenAIConfig, device: str, gpu_wait_s: float) -> dict[str, Any]:
+def launch(backend: BackendConfig, gpu_wait_s: float) -> dict[str, Any]:
     """Before any work: an `openai` server answers, accepts the key and serves the model (else the
     run stops here). Returns the `Plan` fields of a VLM stage: where its actors run (vllm and
     transformers may take GPUs) and the API key, passed beside the config, never inside it."""
-    if backend == "openai":
-        check_server(model, openai)
+    if backend.kind == "openai":
+        check_server(backend.model, backend.openai)
         api_key = os.environ.get("OPENAI_API_KEY")
         return {"device": "cpu", "secrets": {"OPENAI_API_KEY": api_key} if api_key else None}
-    return {"device": device, "gpu_wait_s": gpu_wait_s}
+    return {"device": backend.device, "gpu_wait_s": gpu_wait_s}

@@ -93,6 +93,7 @@ def tokenized_demo(ray_local, demo_dir, magvit_dir, llada_tokenizer_dir, tmp_pat
     import pipeline.annotate
     import pipeline.ingest
     import pipeline.tokenize
+    from annotators import AnnotatorConfig, BackendConfig
     from annotators.openai_backend import OpenAIConfig
     from pipeline.annotate import AnnotateConfig
     from pipeline.ingest import IngestConfig
@@ -106,9 +107,9 @@ def tokenized_demo(ray_local, demo_dir, magvit_dir, llada_tokenizer_dir, tmp_pat
         wait_http(f"http://127.0.0.1:{port}/health", 30, server)
         run_stage(pipeline.ingest.plan, IngestConfig(sources=[str(demo_dir / "data.jsonl")], dataset="demo",
                                                      registry=root), progress=False)
-        run_stage(pipeline.annotate.plan, AnnotateConfig(dataset="demo", registry=root, backend="openai", model="fake",
-                                                         openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1")),
-                  progress=False)
+        fake = BackendConfig(kind="openai", model="fake", openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1"))
+        run_stage(pipeline.annotate.plan, AnnotateConfig(dataset="demo", registry=root,
+                                                         annotator=AnnotatorConfig(backend=fake)), progress=False)
     finally:
         server.terminate()
     m = run_stage(pipeline.tokenize.plan, TokenizeConfig(dataset="demo", registry=root, image_tokenizer=str(magvit_dir),

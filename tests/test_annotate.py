@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import pipeline.annotate
-from annotators import ValidatorConfig
+from annotators import AnnotatorConfig, BackendConfig, ValidatorConfig
 from annotators.openai_backend import OpenAIConfig
 from pipeline.annotate import AnnotateConfig, report
 from pipeline.registry import DatasetRegistry
@@ -55,15 +55,24 @@ def fault_dataset(ray_local, demo_dir, registry_root, tmp_path):
     return m
 
 
+def annotate(dataset, registry_root, base_url, **kw):
+    return run_stage(pipeline.annotate.plan, annotate_config(dataset, registry_root, base_url, **kw), progress=False)
+
+
 def annotate_config(dataset, registry_root, base_url, **kw):
-    return AnnotateConfig(dataset=dataset, registry=registry_root, backend="openai", model="fake",
-                          openai=OpenAIConfig(base_url=f"{base_url}/v1", timeout_s=1.0, max_retries=2,
-                                              backoff_base_s=0.01, backoff_max_s=0.05), **kw)
+    """AnnotateConfig against the scripted server; `kw` sets AnnotateConfig's fields, or
+    AnnotatorConfig's (validators, max_attempts, image_max_pixels, ...), or the model."""
+    server = OpenAIConfig(base_url=f"{base_url}/v1", timeout_s=1.0, max_retries=2, backoff_base_s=0.01,
+                          backoff_max_s=0.05)
+    backend = BackendConfig(kind="openai", model=kw.pop("model", "fake"), openai=server)
+    mine = {f.name for f in dataclasses.fields(AnnotatorConfig)}
+    annotator = AnnotatorConfig(backend=backend, **{k: kw.pop(k) for k in list(kw) if k in mine})
+    return AnnotateConfig(dataset=dataset, registry=registry_root, annotator=annotator, **kw)
 
 
 def test_faults_are_retried_validated_and_accounted(fault_dataset, fake_server, registry_root, monkeypatch, capsys):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-sentinel-123")
-    m = run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, fake_server, batch_size=32), progress=False)
+    m = annotate("faults", registry_root, fake_server, batch_size=32)
     print(report(m))
     accepted = sum(1 for f in FAULTS if f[1])
     assert (m.counts.input, m.counts.output, m.counts.quarantined) == (len(FAULTS), accepted, len(FAULTS) - accepted)
@@ -102,7 +111,7 @@ def test_faults_are_retried_validated_and_accounted(fault_dataset, fake_server, 
     # The 500-forever row outlasted every retry: published as quarantined, but its unit is not taken
     # as done, so the same command after the outage asks the server again.
     before = len(per_key["Sample 13"])
-    again = run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, fake_server, batch_size=32), progress=False)
+    again = annotate("faults", registry_root, fake_server, batch_size=32)
     assert again.stats["resumed_units"] == 0  # redone, not resumed
     assert len([e for e in server_log(fake_server) if e["key"].startswith("Sample 13")]) == 2 * before
 
@@ -127,8 +136,7 @@ def files_holding(secret: bytes, folder: Path) -> list[str]:
 
 def test_validator_thresholds_are_configurable(fault_dataset, fake_server, registry_root):
     lenient = ValidatorConfig(min_words=1, disabled=["leakage"])
-    m = run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, fake_server, validators=lenient, max_attempts=1,
-                                     output="lenient"), progress=False)
+    m = annotate("faults", registry_root, fake_server, validators=lenient, max_attempts=1, output="lenient")
     assert "too_short" not in m.stats["quarantine_reasons"]
     assert "target_leak" not in m.stats["quarantine_reasons"]
 
@@ -138,7 +146,8 @@ def test_killed_annotate_resumes_without_redoing_chunks(ray_local, demo_dir, fak
     clean_root = str(tmp_path / "clean")
     ingest([demo_dir / "data.jsonl"], clean_root, dataset="demo")
     args = ["annotate", "demo", "--backend", "openai", "--model", "fake", "--base-url", f"{fake_server}/v1",
-            "--no-progress", "--request-concurrency", "1", "--set", "unit_rows=4", "--set", "batch_size=2"]
+            "--no-progress", "--set", "annotator.backend.openai.concurrency=1", "--set", "unit_rows=4",
+            "--set", "batch_size=2"]
     bin_ = Path(sys.executable).parent / "pipeline"
     env = {**os.environ, "RAY_ADDRESS": ray_local}
     clean = subprocess.run([str(bin_), *args, "--registry", clean_root], env=env, capture_output=True,
@@ -180,8 +189,7 @@ def test_images_are_fitted_to_the_budget_and_long_prompts_never_sent(ray_local, 
     raw = ingest([src / "data.jsonl"], registry_root, dataset="big")
     assert raw.counts.output == 3
 
-    fitted = run_stage(pipeline.annotate.plan, annotate_config("big", registry_root, fake_server, image_max_pixels=200_000,
-                                          output="fitted"), progress=False)
+    fitted = annotate("big", registry_root, fake_server, image_max_pixels=200_000, output="fitted")
     assert fitted.counts.output == 3 and fitted.lineage["annotate"]["image_max_pixels"] == 200_000
     sent = {e["key"].split(":")[0]: e["images"] for e in server_log(fake_server)}
     assert sent["Sample 0"] == [[547, 365]] * 2 and sent["Sample 1"] == [[365, 547]] * 2  # aspect kept
@@ -190,8 +198,7 @@ def test_images_are_fitted_to_the_budget_and_long_prompts_never_sent(ray_local, 
     assert sorted(r["input_width"] for r in rows) == [64, 1600, 2400]  # the stored images are untouched
 
     requests = len(server_log(fake_server))
-    short = run_stage(pipeline.annotate.plan, annotate_config("big", registry_root, fake_server, max_model_len=1200, output="short"),
-                         progress=False)
+    short = annotate("big", registry_root, fake_server, max_model_len=1200, output="short")
     assert (short.counts.output, short.counts.quarantined) == (1, 2)
     assert short.stats["quarantine_reasons"] == {"prompt_too_long": 2} and short.stats["attempts"]["0"] == 2
     assert len(server_log(fake_server)) == requests + 1  # only the small one was sent
@@ -258,17 +265,14 @@ def test_job_errors_stop_the_run_and_publish_nothing(fault_dataset, keyed_server
     registry = DatasetRegistry(registry_root)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
     with pytest.raises(BackendUnavailable, match="refused the API key"):
-        run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, keyed_server, output="keyed"), progress=False)
+        annotate("faults", registry_root, keyed_server, output="keyed")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-right")
     with pytest.raises(BackendUnavailable, match="does not serve model 'gpt-7'"):
-        run_stage(pipeline.annotate.plan, dataclasses.replace(annotate_config("faults", registry_root, keyed_server, output="keyed"),
-                                         model="gpt-7"), progress=False)
+        annotate("faults", registry_root, keyed_server, output="keyed", model="gpt-7")
     with pytest.raises(BackendUnavailable, match="cannot reach"):
-        run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, f"http://127.0.0.1:{free_port()}", output="keyed"),
-                     progress=False)
+        annotate("faults", registry_root, f"http://127.0.0.1:{free_port()}", output="keyed")
     assert registry.versions("keyed") == []
-    m = run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, keyed_server, output="keyed", max_attempts=1),
-                     progress=False)
+    m = annotate("faults", registry_root, keyed_server, output="keyed", max_attempts=1)
     assert m.counts.input == len(FAULTS) and registry.versions("keyed") != []
 
 
@@ -283,13 +287,12 @@ def test_a_corrupt_input_shard_stops_the_stage_before_any_request(fault_dataset,
     shard.write_bytes(bytes(data))
     try:
         with pytest.raises(ValueError, match="shards fail their hash: .*the shard is corrupt"):
-            run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, fake_server, output="corrupt-input"), progress=False)
+            annotate("faults", registry_root, fake_server, output="corrupt-input")
     finally:
         data[len(data) // 2] ^= 0xFF
         shard.write_bytes(bytes(data))
     assert len(server_log(fake_server)) == requests_before and registry.versions("corrupt-input") == []
-    m = run_stage(pipeline.annotate.plan, annotate_config("faults", registry_root, fake_server, output="corrupt-input", max_attempts=1),
-                     progress=False)
+    m = annotate("faults", registry_root, fake_server, output="corrupt-input", max_attempts=1)
     assert m.counts.input == len(FAULTS)
     work = Path(registry.work_dir("corrupt-input", m.lineage["annotate"]["run_key"]))
     assert (work / "input-verified.json").exists()  # a resumed run does not hash the input again
@@ -300,8 +303,8 @@ def test_device_cuda_waits_for_gpus_then_stops_instead_of_running_on_cpus(fault_
     with a clear error and publishes nothing, never a 72B annotator on CPUs."""
     import time
 
-    config = AnnotateConfig(dataset="faults", registry=registry_root, backend="transformers", model="unused",
-                            device="cuda", gpu_wait_s=1.0, output="on-gpu")
+    on_gpu = AnnotatorConfig(backend=BackendConfig(kind="transformers", model="unused", device="cuda"))
+    config = AnnotateConfig(dataset="faults", registry=registry_root, gpu_wait_s=1.0, output="on-gpu", annotator=on_gpu)
     started = time.monotonic()
     with pytest.raises(ValueError, match="device=cuda, but no GPU joined the Ray cluster within 1 s"):
         run_stage(pipeline.annotate.plan, config, progress=False)

@@ -14,7 +14,7 @@ import pytest
 import pipeline.annotate
 import pipeline.filter
 import pipeline.score
-from annotators import SamplingConfig, ValidatorConfig
+from annotators import AnnotatorConfig, BackendConfig, JudgeConfig, SamplingConfig, ValidatorConfig
 from annotators.openai_backend import OpenAIConfig
 from annotators.vllm_backend import VLLMConfig
 from jobs.tiny_models import build_tiny_qwen25vl
@@ -80,8 +80,9 @@ def check_scored(m, registry_root, model):
 
 
 def test_transformers_backend(small_raw, tiny_qwen, registry_root, capsys):
-    cfg = AnnotateConfig(dataset="small", registry=registry_root, backend="transformers", model=tiny_qwen,
-                         validators=GIBBERISH_OK, sampling=SAMPLING, device="cpu")
+    on_cpu = BackendConfig(kind="transformers", model=tiny_qwen, device="cpu")
+    cfg = AnnotateConfig(dataset="small", registry=registry_root, annotator=AnnotatorConfig(
+        backend=on_cpu, validators=GIBBERISH_OK, sampling=SAMPLING))
     m = run_stage(pipeline.annotate.plan, cfg, progress=False)
     first = check(m, registry_root, tiny_qwen)
     assert m.stats["generated_tokens"] > 0
@@ -93,9 +94,8 @@ def test_transformers_backend(small_raw, tiny_qwen, registry_root, capsys):
     assert check(again, registry_root, tiny_qwen) == first
 
     # the same tiny model as the judge of `pipeline score`, through the same backend
-    scored = run_stage(pipeline.score.plan, ScoreConfig(dataset="small", registry=registry_root, backend="transformers", model=tiny_qwen,
-                                   device="cpu", sampling=SamplingConfig(temperature=0.0, max_tokens=16)),
-                       progress=False)
+    scored = run_stage(pipeline.score.plan, ScoreConfig(dataset="small", registry=registry_root, judge=JudgeConfig(
+        backend=on_cpu, rubrics="score-v1", sampling=SamplingConfig(temperature=0.0, max_tokens=16))), progress=False)
     failed = check_scored(scored, registry_root, tiny_qwen)
     print("tiny random judge, failed judgements per axis:", failed, scored.stats["axes"]["quality"]["failed_reasons"])
 
@@ -110,9 +110,9 @@ def test_vllm_engine_backend_in_a_ray_actor(ray_local, demo_dir, tiny_qwen, regi
     lines.insert(2, json.dumps(long))
     (demo_dir / "mixed.jsonl").write_text("\n".join(lines))
     ingest([demo_dir / "mixed.jsonl"], registry_root, dataset="mixed")
-    cfg = AnnotateConfig(dataset="mixed", registry=registry_root, backend="vllm", model=tiny_qwen,
-                         validators=GIBBERISH_OK, sampling=SAMPLING, max_model_len=100_000,
-                         vllm=VLLMConfig(max_model_len=1024, enforce_eager=True))
+    engine = BackendConfig(kind="vllm", model=tiny_qwen, vllm=VLLMConfig(max_model_len=1024, enforce_eager=True))
+    cfg = AnnotateConfig(dataset="mixed", registry=registry_root, annotator=AnnotatorConfig(
+        backend=engine, validators=GIBBERISH_OK, sampling=SAMPLING, max_model_len=100_000))
     m = run_stage(pipeline.annotate.plan, cfg, progress=False)
     assert (m.counts.input, m.counts.output, m.counts.quarantined) == (5, 4, 1), m.stats
     assert m.stats["quarantine_reasons"] == {"engine_error": 1} and m.stats["attempts"] == {"1": 5}
@@ -124,9 +124,9 @@ def test_vllm_engine_backend_in_a_ray_actor(ray_local, demo_dir, tiny_qwen, regi
 
     # the same engine setup as the judge of `pipeline score`: every request of the unit is in the
     # engine at once (the in-flight discipline of annotate), and what it answers is counted
-    scored = run_stage(pipeline.score.plan, ScoreConfig(dataset="mixed", registry=registry_root, backend="vllm", model=tiny_qwen,
-                                   sampling=SamplingConfig(temperature=0.0, max_tokens=16),
-                                   vllm=VLLMConfig(max_model_len=2048, enforce_eager=True)), progress=False)
+    engine = BackendConfig(kind="vllm", model=tiny_qwen, vllm=VLLMConfig(max_model_len=2048, enforce_eager=True))
+    scored = run_stage(pipeline.score.plan, ScoreConfig(dataset="mixed", registry=registry_root, judge=JudgeConfig(
+        backend=engine, rubrics="score-v1", sampling=SamplingConfig(temperature=0.0, max_tokens=16))), progress=False)
     check_scored(scored, registry_root, tiny_qwen)
     assert scored.stats["max_requests_in_flight"] == scored.stats["requests"] == sum(
         4 if r["task"] == "edit" else 3 for r in rows)
@@ -143,15 +143,16 @@ def test_openai_backend_against_vllm_server(small_raw, tiny_qwen, registry_root,
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 240, server)
-        cfg = AnnotateConfig(dataset="small", registry=registry_root, backend="openai", model="tiny-qwen",
-                             validators=GIBBERISH_OK, sampling=SAMPLING,
-                             openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1", concurrency=4))
+        server = BackendConfig(kind="openai", model="tiny-qwen",
+                               openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1", concurrency=4))
+        cfg = AnnotateConfig(dataset="small", registry=registry_root, annotator=AnnotatorConfig(
+            backend=server, validators=GIBBERISH_OK, sampling=SAMPLING))
         check(run_stage(pipeline.annotate.plan, cfg, progress=False), registry_root, "tiny-qwen")
         # the judge the way a 72B judge is served: vLLM's server, requests from plain Ray tasks
-        scored = run_stage(pipeline.score.plan, ScoreConfig(dataset="small", registry=registry_root, backend="openai", model="tiny-qwen",
-                                       sampling=SamplingConfig(temperature=0.0, max_tokens=16),
-                                       openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1", concurrency=8)),
-                           progress=False)
+        server.openai.concurrency = 8
+        scored = run_stage(pipeline.score.plan, ScoreConfig(dataset="small", registry=registry_root, judge=JudgeConfig(
+            backend=server, rubrics="score-v1", sampling=SamplingConfig(temperature=0.0, max_tokens=16))),
+            progress=False)
         check_scored(scored, registry_root, "tiny-qwen")
     finally:
         server.terminate()

@@ -60,7 +60,7 @@ def test_registry_from_environment(ray_local, demo_dir, tmp_path):
 
 def test_killed_ingest_leaves_no_partial_version(ray_local, tmp_path):
     data = make_demo_data(tmp_path / "data", n=160, seed=1, resolution=256)
-    args = ["ingest", data, "--dataset", "k", "--no-progress", "--batch-size", "4",
+    args = ["ingest", data, "--dataset", "k", "--no-progress", "--set", "batch_size=4",
             "--set", "shard_bytes=200000", "--set", "unit_rows=16"]
     clean = cli(*args, "--registry", tmp_path / "clean", ray_address=ray_local).stdout.split()[-1]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from annotators.backend import BackendConfig
 from annotators.judge import DIMENSIONS, parse_score
 from annotators.openai_backend import OpenAIConfig
 from tests.helpers import BIN, free_port, wait_http
@@ -143,8 +144,8 @@ def test_eval_with_tiny_models_and_a_scripted_judge(trained_tiny_run, magvit_dir
                      image_tokenizer=str(magvit_dir), text_tokenizer=str(llada_tokenizer_dir), resolution=64,
                      batch_size=2, sampler=SamplerConfig(steps=8, block_length=64),
                      clip=ClipConfig(model=f"local-dir:{build_tiny_clip(tmp_path / 'clip')}"))
-    cfg.judge.backend, cfg.judge.model = "openai", "judge"
-    cfg.judge.openai = OpenAIConfig(base_url=f"{judge_server}/v1", max_retries=0)
+    cfg.judge.backend = BackendConfig(kind="openai", model="judge",
+                                      openai=OpenAIConfig(base_url=f"{judge_server}/v1", max_retries=0))
     before = len(judge_log(judge_server))
     summary = run_eval(cfg)
     print(format_summary(summary))
@@ -218,7 +219,8 @@ def test_trainer_eval_cli_prints_the_table_and_rejects_a_bad_benchmark(trained_t
             "--out", str(tmp_path / "eval"), "--judge-backend", "openai", "--judge-model", "judge",
             "--image-tokenizer", str(magvit_dir), "--text-tokenizer", str(llada_tokenizer_dir), "--resolution", "64",
             "--limit", "2", "--config", "trainer/configs/eval.yaml", "sampler.steps=8", "sampler.block_length=64",
-            f"judge.openai.base_url={judge_server}/v1", f"clip.model=local-dir:{build_tiny_clip(tmp_path / 'clip')}"]
+            f"judge.backend.openai.base_url={judge_server}/v1",
+            f"clip.model=local-dir:{build_tiny_clip(tmp_path / 'clip')}"]
     r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()

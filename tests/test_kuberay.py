@@ -36,6 +36,13 @@ def flag(entrypoint: str, name: str) -> str | None:
     return words[words.index(name) + 1] if name in words else None
 
 
+def setting(entrypoint: str, key: str) -> str | None:
+    """The value of `--set key=value` in an entrypoint."""
+    words = shlex.split(entrypoint)
+    found = [w.split("=", 1)[1] for prev, w in zip(words, words[1:]) if prev == "--set" and w.startswith(key + "=")]
+    return found[-1] if found else None
+
+
 def gpus(pod: dict) -> int:
     return int(pod["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
 
@@ -87,12 +94,13 @@ def test_worker_shapes_fit_what_each_stage_asks_for():
         if stage in ("ingest", "filter"):
             assert not gpu_groups and spec.get("entrypointNumGpus", 0) == 0
         if stage in ("annotate", "score"):  # one tensor-parallel engine per pod: its GPUs on one node
-            tp = int(flag(entry, "--tensor-parallel-size"))
+            backend = "annotator.backend" if stage == "annotate" else "judge.backend"
+            tp = int(setting(entry, f"{backend}.vllm.tensor_parallel_size"))
             assert tp > 1 and all(n == tp for _, n in gpu_groups)
             assert int(flag(entry, "--concurrency")) <= sum(g["maxReplicas"] for g, _ in gpu_groups)
-            assert "device=cuda" in entry  # never a silent CPU fallback
+            assert setting(entry, f"{backend}.device") == "cuda"  # never a silent CPU fallback
         if stage == "tokenize":
-            assert flag(entry, "--device") == "cuda"
+            assert setting(entry, "device") == "cuda"
             assert int(flag(entry, "--concurrency")) <= sum(g["maxReplicas"] * n for g, n in gpu_groups)
         if stage in ("sft", "rl"):  # one DeepSpeed rank per GPU of 8-GPU nodes, through Ray Train
             assert "--ray-gpu" in entry and spec["entrypointNumGpus"] == 0

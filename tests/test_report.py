@@ -14,6 +14,7 @@ import pytest
 import pipeline.annotate
 import pipeline.ingest
 import pipeline.tokenize
+from annotators import AnnotatorConfig, BackendConfig
 from pipeline.registry import DatasetRegistry
 from pipeline.run import run_stage
 from tests.helpers import BIN, SERVER, free_port, wait_http
@@ -43,9 +44,9 @@ def chain(ray_local, demo_dir, magvit_dir, llada_tokenizer_dir, tmp_path_factory
         wait_http(f"http://127.0.0.1:{port}/health", 30, server)
         raw = run_stage(pipeline.ingest.plan, IngestConfig(sources=[str(src / "data.jsonl")], dataset="rep",
                                                            registry=root), progress=False)
+        fake = BackendConfig(kind="openai", model="fake", openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1"))
         annotated = run_stage(pipeline.annotate.plan, AnnotateConfig(
-            dataset=raw.ref, registry=root, backend="openai", model="fake", max_attempts=2,
-            openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1")), progress=False)
+            dataset=raw.ref, registry=root, annotator=AnnotatorConfig(backend=fake, max_attempts=2)), progress=False)
     finally:
         server.terminate()
     tokenized = run_stage(pipeline.tokenize.plan, TokenizeConfig(

@@ -15,6 +15,7 @@ import pipeline.annotate
 import pipeline.filter
 import pipeline.score
 import pipeline.tokenize
+from annotators import AnnotatorConfig, BackendConfig, JudgeConfig
 from annotators.judge import Judge, JudgeItem, Rubrics
 from annotators.openai_backend import OpenAIConfig
 from pipeline.annotate import AnnotateConfig
@@ -122,14 +123,16 @@ def test_scores_and_thresholds_cut_exactly_the_rows_they_should(ray_local, demo_
                                  "instruction": f"Row {i}: {source['instruction']} {markers}".strip()}))
     (demo_dir / "calibration.jsonl").write_text("\n".join(lines))
     raw = ingest([demo_dir / "calibration.jsonl"], registry_root, dataset="cal")
-    run_stage(pipeline.annotate.plan, AnnotateConfig(dataset="cal", registry=registry_root, backend="openai", model="fake",
-                                openai=OpenAIConfig(base_url=f"{annotator}/v1")), progress=False)
+    fake = BackendConfig(kind="openai", model="fake", openai=OpenAIConfig(base_url=f"{annotator}/v1"))
+    run_stage(pipeline.annotate.plan, AnnotateConfig(dataset="cal", registry=registry_root,
+                                                     annotator=AnnotatorConfig(backend=fake)), progress=False)
     registry = DatasetRegistry(registry_root)
     by_row = {int(r["instruction"].split(":")[0][4:]): r["sample_id"]
               for r in registry.read_table(raw, ["sample_id", "instruction"]).to_pylist()}
 
-    cfg = ScoreConfig(dataset="cal", registry=registry_root, backend="openai", model="judge", unit_rows=4,
-                      openai=OpenAIConfig(base_url=f"{judge}/v1", max_retries=1, backoff_base_s=0.01))
+    server = OpenAIConfig(base_url=f"{judge}/v1", max_retries=1, backoff_base_s=0.01)
+    cfg = ScoreConfig(dataset="cal", registry=registry_root, unit_rows=4, judge=JudgeConfig(
+        rubrics="score-v1", backend=BackendConfig(kind="openai", model="judge", openai=server)))
     before = judge_requests(judge)
     scored = run_stage(pipeline.score.plan, cfg, progress=False)
     # 8 edits x 4 axes + 3 generations x 3 axes; the outage row's quality request is sent twice (one retry)

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 
 import pipeline.annotate
 import pipeline.tokenize
+from annotators import AnnotatorConfig, BackendConfig
 from annotators.openai_backend import OpenAIConfig
 from pipeline.annotate import AnnotateConfig
 from pipeline.preview import preview
@@ -30,9 +31,9 @@ from trainer.rundir import RunDir
 @pytest.fixture
 def annotated(ray_local, demo_dir, fake_server, registry_root):
     raw = ingest([demo_dir / "data.jsonl"], registry_root, dataset="demo")
-    m = run_stage(pipeline.annotate.plan, AnnotateConfig(dataset="demo", registry=registry_root, backend="openai",
-                                                         model="fake", openai=OpenAIConfig(base_url=f"{fake_server}/v1")),
-                  progress=False)
+    fake = BackendConfig(kind="openai", model="fake", openai=OpenAIConfig(base_url=f"{fake_server}/v1"))
+    m = run_stage(pipeline.annotate.plan, AnnotateConfig(dataset="demo", registry=registry_root,
+                                                         annotator=AnnotatorConfig(backend=fake)), progress=False)
     assert m.counts.output == raw.counts.output == 24
     return m
 
@@ -106,7 +107,7 @@ def test_overflow_is_quarantined_or_truncated(annotated, magvit_dir, llada_token
 
 def test_killed_tokenize_resumes(annotated, magvit_dir, llada_tokenizer_dir, registry_root, ray_local, tmp_path):
     args = ["tokenize", "demo", "--image-tokenizer", str(magvit_dir), "--text-tokenizer", str(llada_tokenizer_dir),
-            "--resolution", "64", "--batch-size", "2", "--no-progress", "--set", "unit_rows=4"]
+            "--resolution", "64", "--set", "batch_size=2", "--no-progress", "--set", "unit_rows=4"]
     bin_ = Path(sys.executable).parent / "pipeline"
     env = {**os.environ, "RAY_ADDRESS": ray_local}
     clean_root = str(tmp_path / "clean")
@@ -131,9 +132,9 @@ def test_from_ingest_to_a_resumed_sft_run_on_an_object_store(ray_local, demo_dir
     run folder and resumes from it on an empty cache; export, load and `pipeline report` read both."""
     root = f"{s3_bucket}/registry"
     raw = ingest([demo_dir / "data.jsonl"], root, dataset="demo", unit_rows=10)
+    fake = BackendConfig(kind="openai", model="fake", openai=OpenAIConfig(base_url=f"{fake_server}/v1"))
     annotated = run_stage(pipeline.annotate.plan, AnnotateConfig(
-        dataset="demo", registry=root, backend="openai", model="fake", unit_rows=10,
-        openai=OpenAIConfig(base_url=f"{fake_server}/v1")), progress=False)
+        dataset="demo", registry=root, unit_rows=10, annotator=AnnotatorConfig(backend=fake)), progress=False)
     m = tokenize(root, magvit_dir, llada_tokenizer_dir, unit_rows=10)
     assert raw.counts.output == annotated.counts.output == m.counts.output == 24 and m.stats["resumed_units"] == 0
     registry = DatasetRegistry(root)

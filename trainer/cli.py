@@ -129,9 +129,10 @@ def eval_(legacy: Legacy = None, set_: Overrides = None,
     # here, not at the top: torch, DeepSpeed and the command's libraries load only when it runs
     from trainer.eval import EvalConfig, format_summary, run_eval
 
-    judge = {k: v for k, v in {"backend": judge_backend, "model": judge_model}.items() if v is not None}
+    backend = {k: v for k, v in {"kind": judge_backend, "model": judge_model}.items() if v is not None}
+    judge = {"backend": backend} if backend else None
     cfg = load_config(EvalConfig, config, _overrides(set_, legacy), model=model, benchmark=benchmark, out=out,
-                      judge=judge or None, image_tokenizer=image_tokenizer, text_tokenizer=text_tokenizer,
+                      judge=judge, image_tokenizer=image_tokenizer, text_tokenizer=text_tokenizer,
                       resolution=resolution, device=device, limit=limit)
     print(format_summary(run_eval(cfg)))
     print(f"results: {cfg.out}/results.json; page: {cfg.out}/eval.html")

@@ -243,8 +243,8 @@ def format_summary(summary: dict) -> str:
 def run_eval(cfg: EvalConfig) -> dict:
     items = load_benchmark(cfg.benchmark)[:cfg.limit]
     rubrics = Rubrics.load(cfg.judge.rubrics)  # a bad rubric file should fail now, not after all the sampling
-    if cfg.judge.backend == "openai":  # and so should a rejected key or a judge model the server lacks
-        check_server(cfg.judge.model, cfg.judge.openai)
+    if cfg.judge.backend.kind == "openai":  # and so should a rejected key or a judge model the server lacks
+        check_server(cfg.judge.backend.model, cfg.judge.backend.openai)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     reasonings = generate(cfg, items, out)
@@ -263,8 +263,8 @@ def run_eval(cfg: EvalConfig) -> dict:
                for item, reasoning, score, judged in zip(items, reasonings, clip, judgements, strict=True)]
     summary = summarize(records)
     results = {"config": dataclasses.asdict(cfg),
-               "judge": {"backend": cfg.judge.backend, "model": cfg.judge.model, "rubrics": judge.rubrics.id,
-                         "rubrics_sha256": judge.rubrics.sha256},
+               "judge": {"backend": cfg.judge.backend.kind, "model": cfg.judge.backend.model,
+                         "rubrics": judge.rubrics.id, "rubrics_sha256": judge.rubrics.sha256},
                "samples": records, "summary": summary}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_page(results, out)

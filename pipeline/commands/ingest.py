@@ -26,27 +26,24 @@ def ingest(
     format: Annotated[str, Opt(help="auto|jsonl|parquet|folder|hf|webdataset")] = "auto",
     columns: Annotated[Optional[str], Opt(help="column mapping, e.g. input_image=src,output_image=edited")] = None,
     allow_remote: Annotated[bool, Opt("--allow-remote", help="fetch image URLs")] = False,
-    min_side: Annotated[Optional[int], Opt(help="reject images whose shorter side is smaller")] = None,
-    max_aspect_ratio: Annotated[Optional[float], Opt(help="reject images more elongated than this")] = None,
-    max_pixels: Annotated[Optional[int], Opt(help="decompression-bomb guard, checked before decoding")] = None,
-    max_instruction_chars: Annotated[Optional[int], Opt()] = None,
-    batch_size: Annotated[Optional[int], Opt()] = None,
     registry: Registry = None,
     ray_address: RayAddress = None,
     config: ConfigFile = None,
     set_: Overrides = None,
     progress: Progress = True,
 ) -> None:
-    """Validate and version editing/generation sources; prints the new version id last."""
+    """Validate and version editing/generation sources; prints the new version id last.
+
+    Every other setting is a key of IngestConfig (pipeline/ingest.py), e.g. --set min_side=256,
+    --set max_aspect_ratio=3, --set max_pixels=20000000, --set unit_rows=4096.
+    """
     # here, not at the top: the stage's libraries and Ray (the driver's) load only when the command runs
     from pipeline import ingest as stage
     from pipeline.run import run_stage
 
     cfg = load_config(stage.IngestConfig, config, set_, sources=sources, dataset=dataset, format=format,
-                      columns=parse_columns(columns), allow_remote=allow_remote or None,
-                      min_side=min_side, max_aspect_ratio=max_aspect_ratio, max_pixels=max_pixels,
-                      max_instruction_chars=max_instruction_chars, batch_size=batch_size,
-                      registry=registry, ray_address=ray_address)
+                      columns=parse_columns(columns), allow_remote=allow_remote or None, registry=registry,
+                      ray_address=ray_address)
     manifest = run_stage(stage.plan, cfg, progress=progress)
     print(stage.accounting_table(manifest))
     print(f"published {manifest.ref} ({len(manifest.shards)} shard(s), "

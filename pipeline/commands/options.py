@@ -1,4 +1,6 @@
-"""Options every pipeline command shares, declared once."""
+"""Options every pipeline command shares, declared once. A command names only what is typed every
+day; every other setting is a key of its config dataclass (the comments there are its documentation),
+given in a YAML file (--config) or as --set key=value."""
 
 from __future__ import annotations
 
@@ -9,19 +11,16 @@ import typer
 Registry = Annotated[Optional[str], typer.Option(help="registry root (else $PARAFORGE_REGISTRY, ./paraforge-data)")]
 RayAddress = Annotated[Optional[str], typer.Option(help="Ray cluster (else $RAY_ADDRESS, else a local Ray)")]
 ConfigFile = Annotated[Optional[str], typer.Option(help="YAML config file")]
-Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="key=value config override, repeatable "
-                                                                          "(nested: sampling.temperature=0.2)")]
+Overrides = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="key=value config override, repeatable (nested: annotator.sampling.temperature=0.2)")]
 Progress = Annotated[bool, typer.Option(help="show progress bars")]
 Output = Annotated[Optional[str], typer.Option(help="output dataset name (default: the input's)")]
+Concurrency = Annotated[Optional[int], typer.Option(help="actors (vllm: one per GPU or tensor-parallel group)")]
 
-# The VLM backend's options (annotate, score): the same words reach the same config keys.
+# The VLM backend's options (annotate, score): the same words reach the same keys of a BackendConfig.
 Backend = Annotated[Optional[str], typer.Option(help="vllm | openai | transformers")]
-Revision = Annotated[Optional[str], typer.Option()]
-BaseUrl = Annotated[Optional[str], typer.Option(help="openai: server URL, e.g. http://host:8000/v1")]
-RequestConcurrency = Annotated[Optional[int], typer.Option(help="openai: requests in flight per task")]
-TensorParallelSize = Annotated[Optional[int], typer.Option()]
-MaxModelLen = Annotated[Optional[int], typer.Option()]
-GpuMemoryUtilization = Annotated[Optional[float], typer.Option()]
+Model = Annotated[Optional[str], typer.Option(help="hub id or local folder (the served name for openai)")]
+BaseUrl = Annotated[Optional[str], typer.Option(help="openai: the server, e.g. http://host:8000/v1")]
 
 
 def print_published(manifest, report: str) -> None:
@@ -32,10 +31,8 @@ def print_published(manifest, report: str) -> None:
     print(manifest.version)
 
 
-def backend_settings(base_url: str | None = None, request_concurrency: int | None = None,
-                     **vllm: int | float | None) -> dict[str, dict]:
-    """The VLM backend's named options (annotate, score) as the nested config keys they set; options
-    not given are left out, so a config file's values stand."""
-    nested = {"openai": {"base_url": base_url, "concurrency": request_concurrency}, "vllm": vllm}
-    nested = {k: {f: v for f, v in d.items() if v is not None} for k, d in nested.items()}
-    return {k: v for k, v in nested.items() if v}
+def backend_options(backend: str | None, model: str | None, base_url: str | None) -> dict | None:
+    """The named backend options as the BackendConfig keys they set; those not given are left out,
+    so a config file's values stand."""
+    given = {"kind": backend, "model": model, "openai": {"base_url": base_url} if base_url else None}
+    return {k: v for k, v in given.items() if v is not None} or None

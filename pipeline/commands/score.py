@@ -7,18 +7,15 @@ import typer
 from pipeline.commands.options import (
     Backend,
     BaseUrl,
+    Concurrency,
     ConfigFile,
-    GpuMemoryUtilization,
-    MaxModelLen,
+    Model,
     Output,
     Overrides,
     Progress,
     RayAddress,
     Registry,
-    RequestConcurrency,
-    Revision,
-    TensorParallelSize,
-    backend_settings,
+    backend_options,
     print_published,
 )
 from pipeline.config import load_config
@@ -29,15 +26,9 @@ Opt = typer.Option
 def score(
     dataset: Annotated[str, typer.Argument(help="NAME[@VERSION|@TAG] of an annotated version")],
     backend: Backend = None,
-    model: Annotated[Optional[str], Opt(help="the judge: hub id or local folder (the served name for openai)")] = None,
-    revision: Revision = None,
-    rubrics: Annotated[Optional[str], Opt(help="rubric id (score-v1) or a YAML file defining the four axes")] = None,
+    model: Model = None,
     base_url: BaseUrl = None,
-    concurrency: Annotated[Optional[int], Opt(help="judge actors (vllm: one per GPU or tensor-parallel group)")] = None,
-    request_concurrency: RequestConcurrency = None,
-    tensor_parallel_size: TensorParallelSize = None,
-    max_model_len: MaxModelLen = None,
-    gpu_memory_utilization: GpuMemoryUtilization = None,
+    concurrency: Concurrency = None,
     output: Output = None,
     registry: Registry = None,
     ray_address: RayAddress = None,
@@ -45,16 +36,19 @@ def score(
     set_: Overrides = None,
     progress: Progress = True,
 ) -> None:
-    """Judge every annotated row on four axes, 0-100 (resumable); prints the version id last."""
+    """Judge every annotated row on four axes, 0-100 (resumable); prints the version id last.
+
+    Every other setting is a key of ScoreConfig (pipeline/score.py), e.g.
+    --set judge.rubrics=my-rubrics.yaml, --set judge.backend.vllm.tensor_parallel_size=4,
+    --set judge.backend.openai.concurrency=128.
+    """
     # here, not at the top: the stage's libraries and Ray (the driver's) load only when the command runs
     from pipeline import score as stage
     from pipeline.run import run_stage
 
-    cfg = load_config(stage.ScoreConfig, config, set_, dataset=dataset, backend=backend, model=model, revision=revision,
-                      rubrics=rubrics, concurrency=concurrency, output=output, registry=registry,
-                      ray_address=ray_address, **backend_settings(
-                          base_url, request_concurrency, tensor_parallel_size=tensor_parallel_size,
-                          max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization))
+    chosen = backend_options(backend, model, base_url)
+    cfg = load_config(stage.ScoreConfig, config, set_, dataset=dataset, concurrency=concurrency, output=output,
+                      registry=registry, ray_address=ray_address, judge={"backend": chosen} if chosen else None)
     manifest = run_stage(stage.plan, cfg, progress=progress)
     print_published(manifest, stage.report(manifest))
 

@@ -15,10 +15,6 @@ def tokenize(
     image_tokenizer: Annotated[Optional[str], Opt(help="MAGVIT-v2 folder or hub id (showlab/magvitv2)")] = None,
     text_tokenizer: Annotated[Optional[str], Opt(help="tokenizer folder or hub id (GSAI-ML/LLaDA-8B-Instruct)")] = None,
     resolution: Annotated[Optional[int], Opt(help="square pixels per image, a multiple of 16")] = None,
-    batch_size: Annotated[Optional[int], Opt(help="samples per MAGVIT forward")] = None,
-    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda")] = None,
-    dtype: Annotated[Optional[str], Opt(help="auto (bfloat16 on a GPU) | float32 | bfloat16")] = None,
-    overflow: Annotated[Optional[str], Opt(help="over-long text: quarantine (default) | truncate")] = None,
     concurrency: Annotated[Optional[int], Opt(help="MAGVIT actors (one per GPU)")] = None,
     output: Output = None,
     registry: Registry = None,
@@ -27,14 +23,17 @@ def tokenize(
     set_: Overrides = None,
     progress: Progress = True,
 ) -> None:
-    """MAGVIT-v2 codes + text ids -> a tokenized version (resumable); prints the version id last."""
+    """MAGVIT-v2 codes + text ids -> a tokenized version (resumable); prints the version id last.
+
+    Every other setting is a key of TokenizeConfig (pipeline/tokenize.py), e.g. --set device=cuda,
+    --set dtype=bfloat16, --set batch_size=16, --set overflow=truncate, --set sequence.reasoning_len=512.
+    """
     # here, not at the top: the stage's libraries and Ray (the driver's) load only when the command runs
     from pipeline import tokenize as stage
     from pipeline.run import run_stage
 
     cfg = load_config(stage.TokenizeConfig, config, set_, dataset=dataset, image_tokenizer=image_tokenizer,
-                      text_tokenizer=text_tokenizer, resolution=resolution, batch_size=batch_size,
-                      device=device, dtype=dtype, overflow=overflow, concurrency=concurrency,
+                      text_tokenizer=text_tokenizer, resolution=resolution, concurrency=concurrency,
                       output=output, registry=registry, ray_address=ray_address)
     manifest = run_stage(stage.plan, cfg, progress=progress)
     print_published(manifest, stage.report(manifest))
@@ -48,7 +47,7 @@ def preview(
     registry: Registry = None,
 ) -> None:
     """Decode codes back to PNG (source left, decoded right) to see what the tokenizer kept."""
-    from pipeline.preview import preview as run_preview
+    from pipeline.preview import preview as run_preview  # torch and MAGVIT only when the command runs
 
     for path in run_preview(dataset, out, n, image_tokenizer, registry):
         print(path)
