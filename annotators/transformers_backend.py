@@ -6,13 +6,13 @@ from __future__ import annotations
 import base64
 import io
 
+from PIL import Image
+
 from annotators.annotator import Completion, OnDone, Request, SamplingConfig, run_in_rounds
 
 
 def _to_pil_parts(messages: list[dict]) -> list[dict]:
     """OpenAI-style image_url data URLs -> the {"type": "image", "image": PIL} parts processors take."""
-    from PIL import Image
-
     converted = []
     for message in messages:
         content = message["content"]
@@ -34,6 +34,7 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model: str, revision: str | None = None, device: str = "auto", dtype: str = "auto"):
+        # torch and transformers load when this backend is built, not when annotators is imported
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -46,7 +47,7 @@ class TransformersBackend:
         run_in_rounds(lambda batch: self.generate(batch, sampling), requests, on_done)
 
     def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Completion]:
-        import torch
+        import torch  # optional and heavy: loaded when the backend is built (see __init__), not on import
 
         completions = []
         for request in requests:

@@ -50,7 +50,7 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, model: str, revision: str | None = None, config: VLLMConfig | None = None, seed: int = 0):
-        from vllm import LLM
+        from vllm import LLM  # vLLM (optional, heavy) loads when an engine is built, not on import
 
         cfg = config or VLLMConfig()
         extra = {"max_num_seqs": cfg.max_num_seqs} if cfg.max_num_seqs else {}
@@ -122,6 +122,7 @@ class VLLMBackend:
 
     def _admit(self, call: _Call, request: Request, waiting: collections.deque) -> str | None:
         """Render and add one request; one the engine refuses completes at once with its error."""
+        # vLLM: optional and heavy, loaded with the engine (see __init__)
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -175,7 +176,7 @@ def _request_errors() -> tuple[type[Exception], ...]:
     """What vLLM raises for a request it refuses (too long, bad image, bad parameters); anything
     else (a dead engine, CUDA out of memory) still fails the job, to be resumed."""
     try:
-        from vllm.exceptions import VLLMClientError
+        from vllm.exceptions import VLLMClientError  # vLLM: optional, loaded with the engine
     except ImportError:  # older vLLM: plain ValueErrors
         return (ValueError, TypeError)
     return (ValueError, TypeError, VLLMClientError)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
 
 import paraforge_compat  # noqa: F401
@@ -40,8 +41,6 @@ def run(typer_app: typer.Typer) -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as e:  # click usage errors
-        import click
-
         if isinstance(e, click.ClickException):
             e.show()
             sys.exit(e.exit_code)

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 import ray.data
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tqdm import tqdm
 
 from pipeline.registry import DatasetRegistry
@@ -123,9 +125,6 @@ def _where(registry: str, dataset: str, work: str, target_bytes: int, keys: bool
 
 def _placement(bundles: tuple[dict[str, float], ...], groups: list[Any]) -> Any:
     """A placement group of `bundles` packed on one node, for one actor and what it starts."""
-    from ray.util.placement_group import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
     group = placement_group(list(bundles), strategy="STRICT_PACK")
     groups.append(group)
     return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0,

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -372,8 +373,6 @@ class DatasetRegistry:
         flight, whose shards exist before their manifest): shards no manifest lists (from runs that
         never published, units rewritten by dedup), and the completion markers of finished or
         abandoned runs (a rerun of such a run redoes its work and publishes the same version)."""
-        import time
-
         cutoff = time.time() - older_than_s
         referenced = {s.path for m in self.versions(dataset) for s in m.shards + m.quarantine_shards}
         found = {"shards": 0, "shards_kept": 0, "bytes": 0, "work_files": 0}

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
+from PIL import Image
 
 from annotators.annotator import speed_only
 from pipeline.hub import load_text_tokenizer, sha256_file
@@ -123,8 +125,6 @@ class TokenizeStage(Stage):
                                    num_cpus=config.cpus_per_actor, prepare_cpus=1)
 
     def prepare(self, rows: pa.Table) -> pa.Table:
-        from PIL import Image
-
         pixels: dict[str, list] = {"input_image": [], "output_image": []}
         errors = []
         for row in rows.select(["input_image", "output_image"]).to_pylist():
@@ -143,8 +143,6 @@ class TokenizeStage(Stage):
             "prepare_error", pa.array(errors, pa.string()))
 
     def setup(self) -> None:
-        import torch
-
         device = self.config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -160,8 +158,6 @@ class TokenizeStage(Stage):
         self.text = load_text_tokenizer(self.config.text_tokenizer)
 
     def _codes(self, pixels: np.ndarray) -> list[list[int]]:
-        import torch
-
         if not len(pixels):
             return []
         batch = torch.from_numpy(pixels).to(self.device, non_blocking=True)

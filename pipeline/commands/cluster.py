@@ -26,6 +26,7 @@ def submit_command(program: str, stages: tuple[str, ...]):
                entrypoint_num_cpus: Annotated[Optional[float], typer.Option(help="the driver's CPUs (default: the stage's)")] = None,
                entrypoint_num_gpus: Annotated[Optional[float], typer.Option(help="the driver's GPUs (default: the stage's)")] = None,
                wait: Annotated[bool, typer.Option(help="follow the logs until the job ends")] = True) -> None:
+        # the Ray job client loads only when a cluster command runs (`pipeline --help` stays fast)
         from pipeline.cluster import SubmitConfig
         from pipeline.cluster import submit as run_submit
 
@@ -54,7 +55,7 @@ app = typer.Typer(no_args_is_help=True, help="Ray jobs on a cluster: status, log
 @app.command()
 def status(job_id: str, address: Address = None) -> None:
     """A job's status and message."""
-    from pipeline.cluster import client
+    from pipeline.cluster import client  # the Ray job client, only when the command runs
 
     info = client(address).get_job_info(job_id)
     print(f"{job_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
@@ -64,7 +65,7 @@ def status(job_id: str, address: Address = None) -> None:
 def logs(job_id: str, address: Address = None,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False) -> None:
     """A job's driver logs."""
-    from pipeline.cluster import client, follow_logs
+    from pipeline.cluster import client, follow_logs  # the Ray job client, only when the command runs
 
     jobs = client(address)
     if follow:
@@ -76,7 +77,7 @@ def logs(job_id: str, address: Address = None,
 @app.command()
 def stop(job_id: str, address: Address = None) -> None:
     """Stop a running job."""
-    from pipeline.cluster import client, wait
+    from pipeline.cluster import client, wait  # the Ray job client, only when the command runs
 
     jobs = client(address)
     jobs.stop_job(job_id)
@@ -86,7 +87,7 @@ def stop(job_id: str, address: Address = None) -> None:
 @app.command("list")
 def list_(address: Address = None) -> None:
     """Jobs on the cluster, newest last."""
-    from pipeline.cluster import client
+    from pipeline.cluster import client  # the Ray job client, only when the command runs
 
     for job in sorted(client(address).list_jobs(), key=lambda j: j.start_time or 0):
         print(f"{job.submission_id or job.job_id:<36} {job.status.value:<10} {job.entrypoint}")

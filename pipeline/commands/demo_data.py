@@ -12,7 +12,7 @@ def demo_data(
     resolution: Annotated[int, typer.Option()] = 512,
 ) -> None:
     """Write a procedurally generated edit/generate set (canonical JSONL layout)."""
-    from pipeline.demo_data import make_demo_data
+    from pipeline.demo_data import make_demo_data  # image libraries load only when the command runs
 
     manifest = make_demo_data(out, n=n, seed=seed, resolution=resolution)
     print(manifest)

@@ -22,6 +22,7 @@ def report(
 ) -> None:
     """One self-contained HTML page for a version: ancestry and accounting, quarantine reasons,
     distributions, categories, sample cards, a diff; opens offline."""
+    # the report's libraries (torch and MAGVIT to decode codes) load only when the command runs
     from pipeline.report import ReportConfig, write_report
 
     cfg = load_config(ReportConfig, config, set_, dataset=dataset, out=out, against=against, cards=cards,
