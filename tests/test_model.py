@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.image_tokenizer import MagvitV2
 from trainer.model import MMaDAConfig, MMaDAModel
-from trainer.model_io import load_model, save_model
+from trainer.model_io import load_model, resolve, save_model
 
 COMPAT = Path(__file__).parent / "data" / "mmada8b_params.json"  # a copy of shared/compat
 TINY = MMaDAConfig(d_model=64, n_heads=4, n_layers=2, mlp_hidden_size=128, embedding_size=300, vocab_size=200,
@@ -49,6 +50,16 @@ def test_save_and_load_round_trip_strictly(tmp_path):
     save_file(state, tmp_path / "one" / "model.safetensors")
     with pytest.raises(RuntimeError, match="extra"):
         load_model(str(tmp_path / "one"))
+
+
+def test_one_resolver_for_every_model(tmp_path):
+    """MMaDA and MAGVIT-v2 names go through the same resolver (pipeline.hub): a folder is used as it
+    is; a path that is no folder is refused by name, never looked up on the hub."""
+    save_model(tiny(), tmp_path / "mmada")
+    assert resolve(str(tmp_path / "mmada")) == tmp_path / "mmada"
+    for load in (load_model, MagvitV2.from_pretrained):
+        with pytest.raises(ValueError, match="missing: not a model folder"):
+            load(str(tmp_path / "missing"))
 
 
 def test_padding_is_really_masked():
