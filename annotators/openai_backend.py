@@ -89,9 +89,10 @@ class OpenAIBackend:
     def __init__(self, model: str, config: OpenAIConfig | None = None):
         self.model = model
         self.config = config or OpenAIConfig()
-        self.retries: collections.Counter[str] = collections.Counter()  # why requests were retried
+        self.retries: collections.Counter[str] = collections.Counter()  # the last run's transport errors, by reason
 
     def run(self, requests: list[Request], sampling: SamplingConfig, on_done: OnDone) -> None:
+        self.retries = collections.Counter()  # this run's: the stage adds them to its stats
         asyncio.run(self._run(requests, sampling, on_done))
 
     async def _run(self, requests: list[Request], sampling: SamplingConfig, on_done: OnDone) -> None:

@@ -47,7 +47,6 @@ from trainer.sample import SampleConfig, run_sample
 from trainer.sampling import SamplerConfig
 from trainer.sft import SFTConfig, train
 
-NOT_BUILT: tuple[str, ...] = ()
 # Full-size MAGVIT-v2 costs ~0.5 s per image at 128 px on 2 CPU cores (~10 s at 512 px): the demo
 # tokenizes at 128 px (8 x 8 codes) to stay within minutes; real runs use 512 px on GPUs.
 DEMO_TOKENIZE_RESOLUTION = 128
@@ -204,8 +203,6 @@ def main() -> None:
         shot = screenshot(html_page, anchor)
         print(f"[report] screenshot {shot}" if shot else "[report] no screenshot: chromium is not installed")
 
-    for stage in NOT_BUILT:
-        print(f"[{stage}] skipped: not built yet")
     print(f"demo finished in {time.perf_counter() - started:.0f}s; registry: {registry}")
     print(f"latest version: {tokenized.ref}")
 

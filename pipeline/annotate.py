@@ -21,7 +21,7 @@ from annotators.annotator import TRANSIENT_ERRORS, speed_only, to_json
 from annotators.prompts import load_prompts
 from pipeline.registry import DatasetRegistry, split_ref
 from pipeline.stage import Plan, Processed, Stage, rejected_rows
-from pipeline.vlm import backend_resources, launch
+from pipeline.vlm import backend_resources, backend_stats, launch, transport_errors
 from schemas import ANNOTATED, RAW, Counts, VersionManifest
 
 STAGE = "annotate"
@@ -88,9 +88,7 @@ class AnnotateStage(Stage):
         stats = {"attempts": {str(k): v for k, v in count(r.attempts for r in results).items()},
                  "rejected_attempts": dict(count(x for r in results for x in r.attempt_reasons)),
                  "generated_tokens": sum(r.completion_tokens for r in results)}
-        if hasattr(self.annotator.backend, "peak_in_flight"):
-            stats["max_requests_in_flight"] = self.annotator.backend.peak_in_flight
-        return Processed(kept, rejected, stats)
+        return Processed(kept, rejected, {**stats, **backend_stats(self.annotator.backend)})
 
 
 def _why(result) -> str:
@@ -132,4 +130,6 @@ def report(manifest: VersionManifest) -> str:
         if s.get(key):
             lines.append(f"{title}:")
             lines += [f"  {reason:<20} {n}" for reason, n in s[key].items()]
+    if s.get("transport_errors"):
+        lines.append(transport_errors(s["transport_errors"]))
     return "\n".join(lines)

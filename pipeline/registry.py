@@ -104,9 +104,6 @@ class DatasetRegistry:
         return sorted(info.base_name for info in infos)
 
     # -- reading -------------------------------------------------------------------------------
-    def datasets(self) -> list[str]:
-        return [d for d in self._children(self.base) if self.exists(self._path(d, "versions"))]
-
     def versions(self, dataset: str) -> list[VersionManifest]:
         """Published versions, oldest first. A folder without a manifest is not a version."""
         manifests = []
@@ -327,10 +324,6 @@ class DatasetRegistry:
         relative = f"shards/{digest[:2]}/{digest}.arrow"
         self.write_atomic(self._path(_check_name("dataset", dataset), relative), data)
         return ShardInfo(relative, rows, len(data), digest)
-
-    def shard_writer(self, dataset: str, schema: pa.Schema,
-                     target_bytes: int = TARGET_SHARD_BYTES) -> "ShardWriter":
-        return ShardWriter(self, dataset, schema, target_bytes)
 
     def writer(self, dataset: str, stage: str, schema: pa.Schema, parent: str | None = None,
                target_shard_bytes: int = TARGET_SHARD_BYTES) -> "VersionWriter":

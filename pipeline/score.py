@@ -34,7 +34,7 @@ from annotators.backend import BackendConfig
 from annotators.judge import JudgeConfig, JudgeItem, Judgement, Rubrics, build_judge
 from pipeline.registry import DatasetRegistry, split_ref
 from pipeline.stage import Plan, Processed, Stage, rejected_rows
-from pipeline.vlm import backend_resources, launch
+from pipeline.vlm import backend_resources, backend_stats, launch, transport_errors
 from schemas import ANNOTATED, SCORE_AXES, SCORED, SCORES, Counts, VersionManifest
 
 STAGE = "score"
@@ -103,9 +103,7 @@ class ScoreStage(Stage):
             [to_json({a: _error_text(j) for a, j in row.items()}) for row, _ in down])
         unsent = ("undecodable_image", "missing_image")
         sent = sum(j.reason not in unsent for row in judged for j in row.values())  # transport retries aside
-        stats = {**judgement_stats(good), "requests": sent}
-        if hasattr(self.judge.backend, "peak_in_flight"):
-            stats["max_requests_in_flight"] = self.judge.backend.peak_in_flight
+        stats = {**judgement_stats(good), "requests": sent, **backend_stats(self.judge.backend)}
         return Processed(kept, rejected, stats)
 
 
@@ -168,4 +166,6 @@ def report(manifest: VersionManifest) -> str:
     lines.append("failed judgements are null with a reason, never 0; the means leave them out")
     lines += [f"  quarantined {reason}: {n} (the server did not answer; a rerun redoes these units)"
               for reason, n in s.get("quarantine_reasons", {}).items()]
+    if s.get("transport_errors"):
+        lines.append(transport_errors(s["transport_errors"]))
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import dataclasses
 import os
 from typing import Any
 
+from annotators.annotator import Backend
 from annotators.backend import BackendConfig
 from annotators.openai_backend import check_server
 from pipeline.stage import Resources
@@ -34,6 +35,23 @@ def backend_resources(backend: BackendConfig, concurrency: int, unit_rows: int, 
                           placement=({"CPU": 1, "GPU": 1},) + ({"GPU": 1},) * (tp - 1)),
                 dataclasses.replace(backend, vllm=vllm))
     return Resources(num_cpus=1, actors=concurrency, units_per_actor=units, num_gpus=1 if on_gpu else 0), backend
+
+
+def backend_stats(backend: Backend) -> dict[str, Any]:
+    """What a backend counted in its last run, for the stage's stats: the engine's peak of requests
+    in flight (vllm), the transport errors by reason (openai: 429, 5xx, timeout, connection; each
+    retried while the request's retries last)."""
+    stats: dict[str, Any] = {}
+    if hasattr(backend, "peak_in_flight"):
+        stats["max_requests_in_flight"] = backend.peak_in_flight
+    if getattr(backend, "retries", None):
+        stats["transport_errors"] = dict(backend.retries)
+    return stats
+
+
+def transport_errors(errors: dict[str, int]) -> str:
+    """The report line of `backend_stats`' transport errors."""
+    return "transport errors, retried: " + ", ".join(f"{reason} {n}" for reason, n in sorted(errors.items()))
 
 
 def launch(backend: BackendConfig, gpu_wait_s: float) -> dict[str, Any]:

@@ -79,6 +79,9 @@ def test_faults_are_retried_validated_and_accounted(fault_dataset, fake_server, 
     assert m.counts.reconciles() and m.parent == fault_dataset.ref and m.schema == "annotated/1"
     assert m.stats["attempts"] == {"1": 5, "2": 3, "3": 7}
     assert m.stats["quarantine_reasons"] == {r: 1 for *_x, r in FAULTS if r}
+    # the backend's transport errors reach the version: two 500s, then 3 attempts x 3 tries of a 500; one 429
+    errors = m.stats["transport_errors"]
+    assert (errors["5xx"], errors["429"]) == (2 + 9, 1) and errors["timeout"] >= 1 and "transport errors" in report(m)
     registry = DatasetRegistry(registry_root)
     rows = {r["instruction"].split(":")[0]: r for r in registry.read_table(m).to_pylist()}
     for i, (_marker, ok, attempts, _) in enumerate(FAULTS):
