@@ -143,15 +143,15 @@ def test_openai_backend_against_vllm_server(small_raw, tiny_qwen, registry_root,
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 240, server)
-        server = BackendConfig(kind="openai", model="tiny-qwen",
+        served = BackendConfig(kind="openai", model="tiny-qwen",
                                openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1", concurrency=4))
         cfg = AnnotateConfig(dataset="small", registry=registry_root, annotator=AnnotatorConfig(
-            backend=server, validators=GIBBERISH_OK, sampling=SAMPLING))
+            backend=served, validators=GIBBERISH_OK, sampling=SAMPLING))
         check(run_stage(pipeline.annotate.plan, cfg, progress=False), registry_root, "tiny-qwen")
         # the judge the way a 72B judge is served: vLLM's server, requests from plain Ray tasks
-        server.openai.concurrency = 8
+        served.openai.concurrency = 8
         scored = run_stage(pipeline.score.plan, ScoreConfig(dataset="small", registry=registry_root, judge=JudgeConfig(
-            backend=server, rubrics="score-v1", sampling=SamplingConfig(temperature=0.0, max_tokens=16))),
+            backend=served, rubrics="score-v1", sampling=SamplingConfig(temperature=0.0, max_tokens=16))),
             progress=False)
         check_scored(scored, registry_root, "tiny-qwen")
     finally:
