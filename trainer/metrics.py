@@ -15,6 +15,7 @@ class MetricsLogger:
         if rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.jsonl = open(run_dir / "metrics.jsonl", "a")
+            # tensorboard (and its protobuf stack) only on the rank that writes it
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
