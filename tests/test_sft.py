@@ -24,7 +24,7 @@ def test_loader_is_deterministic_sharded_and_resumable(tokenized_demo):
     c = ShardLoader(ref, registry, batch_size=3, rank=0, world_size=2, seed=7)
     c.load_state_dict(state)
     assert [c.next_rows() for _ in range(5)] == expected
-    assert c.state.epoch == 1
+    assert c.state_dict()["epoch"] == 1
     with pytest.raises(ValueError, match="world size"):
         ShardLoader(ref, registry, batch_size=3, rank=0, world_size=1, seed=7).load_state_dict(state)
 
@@ -87,7 +87,7 @@ def test_a_version_the_sequences_cannot_hold_is_refused_before_the_first_step(to
     layout = TokenLayout.from_tokenizer(text, len(text) + 8192)
     fits = ShardLoader(ref, registry, batch_size=2)
     blank = recorded_blank_codes(fits.manifest)
-    longest = max(len(r["reasoning_ids"]) for r in fits.table.to_pylist())
+    longest = max(len(r["reasoning_ids"]) for r in fits.rows.table.to_pylist())
     ShardLoader(ref, registry, 2, builder=SequenceBuilder(layout, SequenceConfig(), blank))  # 256 holds the demo
     short = SequenceConfig(instruction_len=longest + 1, reasoning_len=longest + 1)
     with pytest.raises(ValueError, match=f"reasoning of {longest} tokens; sequence.reasoning_len {longest + 1} holds"):
@@ -107,11 +107,11 @@ def test_a_version_the_sequences_cannot_hold_is_refused_before_the_first_step(to
     from trainer.data import check_ranges
 
     builder = SequenceBuilder(layout, SequenceConfig(), blank)
-    check_ranges(fits.table, builder, ref)
-    codes = fits.table["output_image_codes"].combine_chunks()
+    check_ranges(fits.rows.table, builder, ref)
+    codes = fits.rows.table["output_image_codes"].combine_chunks()
     flat = codes.values.to_numpy().copy()
     flat[5] = 8192  # one code past the codebook
-    bad = fits.table.set_column(fits.table.schema.get_field_index("output_image_codes"), "output_image_codes",
+    bad = fits.rows.table.set_column(fits.rows.table.schema.get_field_index("output_image_codes"), "output_image_codes",
                                 pa.FixedSizeListArray.from_arrays(pa.array(flat), codes.type.list_size))
     with pytest.raises(ValueError, match=r"output_image_codes holds ids in \[\d+, 8192\], outside \[0, 8192\)"):
         check_ranges(bad, builder, ref)
