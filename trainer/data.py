@@ -21,6 +21,7 @@ import pyarrow.ipc as ipc
 import torch.distributed as dist
 
 from pipeline.registry import DatasetRegistry
+from pipeline.tokenize import TEXT_FACTS, text_facts
 from trainer.sequence import SequenceBuilder
 
 COLUMNS = ["task", "instruction_ids", "reasoning_ids", "input_image_codes", "output_image_codes"]
@@ -134,8 +135,6 @@ def local_verified_copies(reg: DatasetRegistry, manifest) -> list[str]:
 def check_compatible(manifest, builder: SequenceBuilder, registry: DatasetRegistry) -> None:
     """Refuse, before the first step, a version whose ids the model would misread or whose rows
     the sequences cannot hold: a ValueError that says which and what to change."""
-    from pipeline.tokenize import TEXT_FACTS, text_facts  # a stage module: it would bring Ray into every trainer
-
     layout, sequence = builder.layout, builder.config
     made = manifest.lineage.get("tokenize", {})
     size = made.get("text_tokenizer_size")
