@@ -43,7 +43,7 @@ from pipeline.image_tokenizer.magvit import checkpoint_file
 from pipeline.images import stable_message
 from pipeline.registry import DatasetRegistry, split_ref
 from pipeline.stage import Plan, Processed, Resources, Stage, rejected_rows
-from schemas import SCORES, Counts, SequenceConfig, VersionManifest, tokenized_schema
+from schemas import SCORES, Counts, SequenceConfig, VersionManifest, text_facts, tokenized_schema
 
 STAGE = "tokenize"
 _INPUT_COLUMNS = ["sample_id", "task", "instruction", "reasoning", "input_image", "output_image", "source",
@@ -77,20 +77,6 @@ class TokenizeConfig:
             raise ValueError(f"overflow must be quarantine or truncate, not {self.overflow!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32 or bfloat16, not {self.dtype!r}")
-
-
-TEXT_FACTS = ("max_text_id", "max_instruction_len", "max_reasoning_len", "tasks")
-
-
-def text_facts(table: pa.Table) -> dict:
-    """What a trainer checks a version against before its first step, from tokenized rows: the
-    largest text id, the longest texts, rows per task. Tokenize records them, so a trainer at 1M
-    rows need not scan every id on every rank."""
-    ids = [pc.max(pc.list_flatten(table[c])).as_py() for c in ("instruction_ids", "reasoning_ids")]
-    return {"max_text_id": max((i for i in ids if i is not None), default=None),
-            "max_instruction_len": pc.max(table["instruction_len"]).as_py(),
-            "max_reasoning_len": pc.max(table["reasoning_len"]).as_py(),
-            "tasks": {r["values"]: r["counts"] for r in pc.value_counts(table["task"]).to_pylist()}}
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

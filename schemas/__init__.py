@@ -12,11 +12,13 @@ from schemas.stages import (
     SCORED,
     SCORES,
     TASKS,
+    TEXT_FACTS,
     TOKENIZED,
     conform,
     get_schema,
     sample_id,
     schema_name,
+    text_facts,
     tokenized_schema,
 )
 from schemas.token_layout import MMADA_M, TokenLayout
@@ -24,5 +26,5 @@ from schemas.token_layout import MMADA_M, TokenLayout
 __all__ = [
     "ANNOTATED", "QUARANTINE", "RAW", "SCHEMAS", "SCORE_AXES", "SCORED", "SCORES", "TASKS", "TOKENIZED", "Counts",
     "MMADA_M", "SequenceConfig", "ShardInfo", "TokenLayout", "VersionManifest", "conform", "get_schema", "sample_id",
-    "schema_name", "tokenized_schema",
+    "schema_name", "TEXT_FACTS", "text_facts", "tokenized_schema",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SCHEMA_METADATA_KEY = b"paraforge.schema"
 TASKS = ("edit", "generate")
@@ -148,3 +149,19 @@ def sample_id(task: str, instruction: str, input_image: bytes | None, output_ima
         h.update(part)
     h.update(b"\x01" if input_image is not None else b"\x00")
     return h.hexdigest()
+
+
+# What a tokenized version's manifest records about its text (`pipeline tokenize` per unit, merged
+# by the stage counters' rules: max_* keep the larger, task counts add) and a trainer checks.
+TEXT_FACTS = ("max_text_id", "max_instruction_len", "max_reasoning_len", "tasks")
+
+
+def text_facts(table: pa.Table) -> dict:
+    """What a trainer checks a version against before its first step, from tokenized rows: the
+    largest text id, the longest texts, rows per task. Tokenize records them, so a trainer at 1M
+    rows need not scan every id on every rank."""
+    ids = [pc.max(pc.list_flatten(table[c])).as_py() for c in ("instruction_ids", "reasoning_ids")]
+    return {"max_text_id": max((i for i in ids if i is not None), default=None),
+            "max_instruction_len": pc.max(table["instruction_len"]).as_py(),
+            "max_reasoning_len": pc.max(table["reasoning_len"]).as_py(),
+            "tasks": {r["values"]: r["counts"] for r in pc.value_counts(table["task"]).to_pylist()}}

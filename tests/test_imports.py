@@ -139,6 +139,19 @@ def test_packages_import_only_the_layers_below():
     assert upward == []
 
 
+# What the trainer may take from the pipeline (DESIGN.md): its registry, config loader, hub, image
+# tokenizer and shared plumbing, never a stage module: a trainer that imports a stage imports its
+# models and executors too.
+STAGE_MODULES = ("pipeline.ingest", "pipeline.annotate", "pipeline.score", "pipeline.filter", "pipeline.tokenize")
+
+
+def test_the_trainer_imports_no_pipeline_stage():
+    files = project_files()
+    into_stages = [i for i in imports(files) if i.module.startswith(("trainer", "annotators", "schemas"))
+                   and i.target in STAGE_MODULES]
+    assert into_stages == []
+
+
 def test_imports_inside_functions_say_why():
     """An import inside a function hides a dependency from the reader (and hid two cycles): it is
     kept only to avoid loading something heavy or optional, with a comment saying so."""

@@ -21,7 +21,7 @@ import pyarrow.ipc as ipc
 import torch.distributed as dist
 
 from pipeline.registry import DatasetRegistry
-from pipeline.tokenize import TEXT_FACTS, text_facts
+from schemas import TEXT_FACTS, text_facts
 from trainer.sequence import SequenceBuilder
 
 COLUMNS = ["task", "instruction_ids", "reasoning_ids", "input_image_codes", "output_image_codes"]
