@@ -6,6 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.cluster import SubmitConfig, client, follow_logs
+from pipeline.cluster import submit as run_submit
+from pipeline.cluster import wait as wait_for_job  # `submit` has a --wait flag of that name
+
 Stage = Annotated[str, typer.Argument(help="the stage to run; every argument after it goes to the stage")]
 Address = Annotated[Optional[str], typer.Option(help="Ray dashboard, http://HEAD:8265 (else $RAY_ADDRESS)")]
 
@@ -26,10 +30,6 @@ def submit_command(program: str, stages: tuple[str, ...]):
                entrypoint_num_cpus: Annotated[Optional[float], typer.Option(help="the driver's CPUs (default: the stage's)")] = None,
                entrypoint_num_gpus: Annotated[Optional[float], typer.Option(help="the driver's GPUs (default: the stage's)")] = None,
                wait: Annotated[bool, typer.Option(help="follow the logs until the job ends")] = True) -> None:
-        # the Ray job client loads only when a cluster command runs (`pipeline --help` stays fast)
-        from pipeline.cluster import SubmitConfig
-        from pipeline.cluster import submit as run_submit
-
         if stage not in stages:
             raise ValueError(f"unknown stage {stage!r} for `{program} submit`: {', '.join(stages)}")
         cfg = SubmitConfig(address=address, working_dir=working_dir, runtime_env=runtime_env, pip=pip or [],
@@ -55,8 +55,6 @@ app = typer.Typer(no_args_is_help=True, help="Ray jobs on a cluster: status, log
 @app.command()
 def status(job_id: str, address: Address = None) -> None:
     """A job's status and message."""
-    from pipeline.cluster import client  # the Ray job client, only when the command runs
-
     info = client(address).get_job_info(job_id)
     print(f"{job_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
 
@@ -65,8 +63,6 @@ def status(job_id: str, address: Address = None) -> None:
 def logs(job_id: str, address: Address = None,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False) -> None:
     """A job's driver logs."""
-    from pipeline.cluster import client, follow_logs  # the Ray job client, only when the command runs
-
     jobs = client(address)
     if follow:
         follow_logs(jobs, job_id)
@@ -77,17 +73,13 @@ def logs(job_id: str, address: Address = None,
 @app.command()
 def stop(job_id: str, address: Address = None) -> None:
     """Stop a running job."""
-    from pipeline.cluster import client, wait  # the Ray job client, only when the command runs
-
     jobs = client(address)
     jobs.stop_job(job_id)
-    print(f"{job_id}: {wait(jobs, job_id, timeout=60)}")
+    print(f"{job_id}: {wait_for_job(jobs, job_id, timeout=60)}")
 
 
 @app.command("list")
 def list_(address: Address = None) -> None:
     """Jobs on the cluster, newest last."""
-    from pipeline.cluster import client  # the Ray job client, only when the command runs
-
     for job in sorted(client(address).list_jobs(), key=lambda j: j.start_time or 0):
         print(f"{job.submission_id or job.job_id:<36} {job.status.value:<10} {job.entrypoint}")
