@@ -11,6 +11,7 @@ import typer
 import paraforge_compat  # noqa: F401
 from pipeline.cli import run
 from pipeline.commands.cluster import SUBMIT_SETTINGS, submit_command
+from pipeline.commands.options import backend_options
 from pipeline.config import load_config
 from schemas import MMADA_M
 
@@ -129,10 +130,8 @@ def eval_(legacy: Legacy = None, set_: Overrides = None,
     # here, not at the top: torch, DeepSpeed and the command's libraries load only when it runs
     from trainer.eval import EvalConfig, format_summary, run_eval
 
-    backend = {k: v for k, v in {"kind": judge_backend, "model": judge_model}.items() if v is not None}
-    judge = {"backend": backend} if backend else None
     cfg = load_config(EvalConfig, config, _overrides(set_, legacy), model=model, benchmark=benchmark, out=out,
-                      judge=judge, image_tokenizer=image_tokenizer, text_tokenizer=text_tokenizer,
+                      **backend_options("judge", judge_backend, judge_model), image_tokenizer=image_tokenizer, text_tokenizer=text_tokenizer,
                       resolution=resolution, device=device, limit=limit)
     print(format_summary(run_eval(cfg)))
     print(f"results: {cfg.out}/results.json; page: {cfg.out}/eval.html")

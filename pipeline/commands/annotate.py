@@ -44,9 +44,8 @@ def annotate(
     from pipeline import annotate as stage
     from pipeline.run import run_stage
 
-    chosen = backend_options(backend, model, base_url)
     cfg = load_config(stage.AnnotateConfig, config, set_, dataset=dataset, concurrency=concurrency, output=output,
                       registry=registry, ray_address=ray_address,
-                      annotator={"backend": chosen} if chosen else None)
+                      **backend_options("annotator", backend, model, base_url))
     manifest = run_stage(stage.plan, cfg, progress=progress)
     print_published(manifest, stage.report(manifest))

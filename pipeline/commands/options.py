@@ -31,8 +31,11 @@ def print_published(manifest, report: str) -> None:
     print(manifest.version)
 
 
-def backend_options(backend: str | None, model: str | None, base_url: str | None) -> dict | None:
-    """The named backend options as the BackendConfig keys they set; those not given are left out,
-    so a config file's values stand."""
+def backend_options(component: str, backend: str | None, model: str | None,
+                    base_url: str | None = None) -> dict[str, dict]:
+    """The named backend options as the keys they set in `component`'s BackendConfig (annotate's
+    `annotator`, score's and eval's `judge`), for `load_config(..., **backend_options(...))`; those
+    not given are left out, so a config file's values stand."""
     given = {"kind": backend, "model": model, "openai": {"base_url": base_url} if base_url else None}
-    return {k: v for k, v in given.items() if v is not None} or None
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return {component: {"backend": chosen}} if chosen else {}

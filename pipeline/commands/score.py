@@ -46,9 +46,8 @@ def score(
     from pipeline import score as stage
     from pipeline.run import run_stage
 
-    chosen = backend_options(backend, model, base_url)
     cfg = load_config(stage.ScoreConfig, config, set_, dataset=dataset, concurrency=concurrency, output=output,
-                      registry=registry, ray_address=ray_address, judge={"backend": chosen} if chosen else None)
+                      registry=registry, ray_address=ray_address, **backend_options("judge", backend, model, base_url))
     manifest = run_stage(stage.plan, cfg, progress=progress)
     print_published(manifest, stage.report(manifest))
 
