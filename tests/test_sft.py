@@ -153,6 +153,18 @@ class _Payload:
         return (Path.touch, (Path(self.marker),))
 
 
+def test_sft_starts_from_an_exported_model_with_its_weights(tokenized_demo, trained_tiny_run, tmp_path):
+    """`model=FOLDER` (the published layout, what `trainer export` writes): the user's path from a
+    real checkpoint. Its first step's loss must be the trained model's, not a random init's."""
+    registry, ref = tokenized_demo
+    exported, run = tmp_path / "exported", tmp_path / "continued"
+    run_trainer(["export", str(trained_tiny_run), "--out", str(exported)])
+    run_trainer(sft_args(registry, ref, run, init="null", model=exported, steps=2, save_every=2))
+    trained, continued = metrics(trained_tiny_run), metrics(run)
+    # random init starts where the trained run started; the export starts near where it ended
+    assert continued[1]["loss"] < 0.6 * trained[1]["loss"], (continued[1]["loss"], trained[1]["loss"])
+
+
 def test_reading_a_run_folder_never_unpickles_it(trained_tiny_run, tmp_path):
     """export / sample / eval / rl read a run's `model.safetensors` and JSON only: a run folder whose
     DeepSpeed files are booby-trapped pickles exports fine and runs nothing; one without the
