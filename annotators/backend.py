@@ -10,18 +10,23 @@ from annotators.annotator import Backend, speed_only
 from annotators.openai_backend import OpenAIBackend, OpenAIConfig
 from annotators.transformers_backend import TransformersBackend
 from annotators.vllm_backend import VLLMBackend, VLLMConfig
+from annotators.world.scene_backend import SceneBackend, SceneConfig
 
-BACKENDS = ("vllm", "openai", "transformers")
+# verifier: only a judge's (annotators.judge.build_judge builds the shapes world's exact judge for it)
+BACKENDS = ("vllm", "openai", "transformers", "scene", "verifier")
 
 
 @dataclasses.dataclass(kw_only=True)
 class BackendConfig:
-    kind: str = "vllm"  # vllm (in-process engine) | openai (any OpenAI-compatible server) | transformers
-    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # hub id or local folder (the served name for openai)
+    # vllm (in-process engine) | openai (any OpenAI-compatible server) | transformers | scene (the shapes
+    # world's exact scene reader, annotators/world: no model, CPU only)
+    kind: str = "vllm"
+    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # hub id or local folder (the served name for openai); scene: ignored
     revision: str | None = None
     device: str = speed_only("auto")  # auto | cpu | cuda: where vllm / transformers run (cuda: never a CPU fallback)
     openai: OpenAIConfig = dataclasses.field(default_factory=OpenAIConfig)  # kind=openai: the server, the pace
     vllm: VLLMConfig = dataclasses.field(default_factory=VLLMConfig)  # kind=vllm: the engine
+    scene: SceneConfig = dataclasses.field(default_factory=SceneConfig)  # kind=scene: how often a trace errs
 
     def __post_init__(self) -> None:
         if self.kind not in BACKENDS:
@@ -30,7 +35,11 @@ class BackendConfig:
 
 def build_backend(cfg: BackendConfig, seed: int = 0) -> Backend:
     """Loads the model (vllm, transformers: their libraries load here, not on import) or opens
-    nothing yet (openai)."""
+    nothing yet (openai, scene)."""
+    if cfg.kind == "scene":
+        return SceneBackend(cfg.scene)
+    if cfg.kind == "verifier":
+        raise ValueError("kind=verifier is the shapes world's judge, not a VLM backend: only a judge takes it")
     if cfg.kind == "openai":
         return OpenAIBackend(cfg.model, cfg.openai)
     if cfg.kind == "transformers":
