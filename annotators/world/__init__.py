@@ -5,7 +5,8 @@ what it reads in the images (`scene_backend`). The trainer's judge and reward an
 pipeline's `demo-data` build on it."""
 
 from annotators.world.scene import BACKGROUNDS, CELLS, COLOURS, EDITS, SHAPES, Scene, Shape, random_edit, random_scene
+from annotators.world.scene_backend import SceneBackend, SceneConfig
 from annotators.world.verifier import Verdict, consistency, parse_scene, read_scene, verify
 
-__all__ = ["BACKGROUNDS", "CELLS", "COLOURS", "EDITS", "SHAPES", "Scene", "Shape", "Verdict", "consistency",
-           "parse_scene", "random_edit", "random_scene", "read_scene", "verify"]
+__all__ = ["BACKGROUNDS", "CELLS", "COLOURS", "EDITS", "SHAPES", "Scene", "SceneBackend", "SceneConfig", "Shape",
+           "Verdict", "consistency", "parse_scene", "random_edit", "random_scene", "read_scene", "verify"]

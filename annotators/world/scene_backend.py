@@ -22,8 +22,7 @@ from annotators.world.verifier import read_scene
 
 ASKS = ("The instruction asks me to {change}.", "The task is to {change}.", "This edit needs me to {change}.",
         "Here I must {change}.")
-STAYS = ("Everything else stays as it is: {kept}.", "I will keep {kept} unchanged.",
-         "Nothing else should change, so I will keep {kept} as they are.")
+STAYS = ("Everything else stays: {kept}.", "I will keep {kept} unchanged.", "Nothing else should change: {kept}.")
 ASKS_DRAW = ("The instruction asks me to draw {count} on a {background} background.",
              "I need to draw {count} on a {background} background.",
              "The task is to draw a scene of {count} on a {background} background.")
@@ -33,7 +32,7 @@ FILLERS = ("Each shape stays in one cell of the three by three grid.",
            "I will check each cell of the grid, row by row, before I draw.")
 RESULTS = ("Result: the edited picture should hold {shapes}, on a {background} background.",
            "Result: I will draw {shapes}, on a {background} background.",
-           "Result: once I am done, the picture will show {shapes}, on a {background} background.",
+           "Result: the picture will then show {shapes}, on a {background} background.",
            "Result: the final picture must hold {shapes}, on a {background} background.")
 MIN_WORDS = 40  # the default validators' min_words
 
@@ -101,7 +100,7 @@ def write_trace(source: Scene | None, target: Scene, seed: int, error_rate: floa
         sentences = [rng.choice(ASKS_DRAW).format(count=count, background=target.background)]
     else:
         kept = [s.name() for s in source.shapes if s in target.shapes]
-        kept = kept if len(kept) <= 2 else [f"the other {len(kept)} shapes"]
+        kept = kept if len(kept) <= 1 else ["the other shapes"]
         sentences = [rng.choice(ASKS).format(change=_listed(changes(source, target))),
                      rng.choice(STAYS).format(kept=_listed(kept + [f"the {target.background} background"]))]
     ordered = sorted(said.shapes, key=lambda s: s.cell)  # reading order
