@@ -90,6 +90,9 @@ def _templates(resolution: int) -> dict[tuple[int, int], tuple[list[tuple[str, b
 
 
 def read_scene(image) -> Scene:
+    """The scene an image (PIL or HxWx3 uint8, any size) shows, its shapes in reading order. A cell
+    holds a shape when drawing its best template in its colour fits the pixels better than the bare
+    background does (a shape painted at less than half strength reads as absent)."""
     pixels = _pixels(image)
     resolution = pixels.shape[0]
     labels = _classify(pixels)
@@ -111,7 +114,8 @@ def read_scene(image) -> Scene:
             errors = norms * (towards @ towards) - 2 * (masks @ (cell @ towards))
             k = int(errors.argmin())
             if errors[k] < 0 and (best is None or errors[k] < best):  # better than an empty cell (error 0)
-                best, found = errors[k], Shape(*keys[k][:1], name, (r, c), keys[k][1])
+                kind, large = keys[k]
+                best, found = errors[k], Shape(kind, name, (r, c), large)
         if found is not None:
             shapes.append(found)
     return Scene(background, tuple(shapes))
