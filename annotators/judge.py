@@ -20,16 +20,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import re
 import zlib
+from pathlib import Path
 
 import yaml
+from PIL import Image
 
 from annotators.annotator import Backend, Request, SamplingConfig, generate
 from annotators.backend import BackendConfig, build_backend
 from annotators.openai_backend import OpenAIConfig
 from annotators.prompts import builtin_or_file, data_url
 from annotators.vision import DEFAULT_IMAGE_MAX_PIXELS, fit_image
+from annotators.world import verifier
 
 DIMENSIONS = ("text_quality", "text_alignment", "image_consistency", "image_alignment", "image_quality",
               "output_alignment")
@@ -92,6 +96,7 @@ class JudgeItem:
     reasoning: str
     output_image: bytes
     input_image: bytes | None = None
+    reference_image: bytes | None = None  # the benchmark's expected output: never shown to a VLM judge
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,8 +210,59 @@ class Judge:
         return results
 
 
-def build_judge(cfg: JudgeConfig, rubrics: Rubrics | None = None) -> Judge:
+class VerifierJudge:
+    """The shapes world's exact judge (`judge.backend.kind=verifier`): no VLM, no prompt, free. It
+    reads the scenes back from the images (annotators/world/verifier.py) and grades the six
+    dimensions against the benchmark's reference image, 0 or 100 unless a fraction says otherwise:
+      text_quality       the reasoning describes a scene at all
+      text_alignment     the scene the reasoning describes is the reference (reasoning correct)
+      image_consistency  edits: % of what must stay (background, untouched cells) that stayed
+      image_alignment    the output is the reference scene exactly (edit accuracy)
+      image_quality      % of the 9 cells and the background that are right
+      output_alignment   % agreement of the text's scene and the output's (text-image consistency)
+    A sample without a reference image fails every dimension (missing_reference), never a zero."""
+
+    def __init__(self):
+        source = Path(verifier.__file__).read_bytes()
+        self.rubrics = Rubrics("verifier", "", {}, hashlib.sha256(source).hexdigest())
+
+    def judge(self, items: list[JudgeItem]) -> list[dict[str, Judgement]]:
+        return [self.grade(item) for item in items]
+
+    @staticmethod
+    def grade(item: JudgeItem) -> dict[str, Judgement]:
+        dimensions = [d for d in DIMENSIONS if item.task == "edit" or d != "image_consistency"]
+        if item.reference_image is None:
+            return {d: Judgement(None, None, "missing_reference", "the verifier needs the reference image")
+                    for d in dimensions}
+        try:
+            output, reference = (verifier.read_scene(Image.open(io.BytesIO(b))) for b in (item.output_image,
+                                                                                       item.reference_image))
+            source = verifier.read_scene(Image.open(io.BytesIO(item.input_image))) if item.input_image else None
+        except Exception as e:  # this item's, never the batch's
+            return {d: Judgement(None, None, "undecodable_image", f"{type(e).__name__}: {e}"[:500]) for d in dimensions}
+        verdict = verifier.verify(output, reference, source, item.reasoning)
+        scores = {"text_quality": verifier.parse_scene(item.reasoning) is not None,
+                  "text_alignment": verdict.reasoning_correct, "image_alignment": verdict.edit_correct,
+                  "image_quality": verdict.cells_correct, "output_alignment": verdict.consistency}
+        if source is not None:
+            scores["image_consistency"] = _kept(source, reference, output)
+        read = f"output: {output.describe() if output.shapes else 'no shapes'}"
+        return {d: Judgement(round(100 * float(scores[d]), 2), read) for d in dimensions}
+
+
+def _kept(source, reference, output) -> float:
+    """Of what the edit must leave alone (the background, each cell alike in source and reference),
+    the fraction the output left alone."""
+    before, want, got = source.items(), reference.items(), output.items()
+    kept = [i for i in range(len(want)) if before[i] == want[i]]
+    return sum(got[i] == want[i] for i in kept) / len(kept) if kept else 1.0
+
+
+def build_judge(cfg: JudgeConfig, rubrics: Rubrics | None = None) -> "Judge | VerifierJudge":
     """Loads the judge model (vllm, transformers) or opens nothing yet (openai). `rubrics`: already
     loaded from `cfg.rubrics` (callers check the file before any long work)."""
+    if cfg.backend.kind == "verifier":
+        return VerifierJudge()
     return Judge(build_backend(cfg.backend, cfg.sampling.seed), rubrics or Rubrics.load(cfg.rubrics), cfg.sampling,
                  cfg.image_max_pixels)

@@ -33,7 +33,7 @@ from trainer.data import ShardLoader
 from trainer.loss import apply_noise, diffusion_loss
 from trainer.model import MMaDAConfig, MMaDAModel
 from trainer.sequence import SequenceBuilder
-from trainer.sft import TINY_MODEL, SFTConfig, train
+from trainer.sft import SFTConfig, train
 
 CODES, INSTRUCTION, REASONING = 256, 48, 200
 MODEL = {"d_model": 256, "n_heads": 4, "n_layers": 4, "mlp_hidden_size": 768}
@@ -70,7 +70,7 @@ def main() -> None:
     builder = SequenceBuilder(layout, sequence)
     cfg = SFTConfig(dataset=ref, registry=str(work / "reg"), init="tiny", text_tokenizer=str(tokenizer), out_dir=str(work / "run"),
                     steps=args.steps, micro_batch_size=args.micro_batch_size, bf16=False, sequence=sequence,
-                    save_every=10**9, cfg_dropout=0.1)
+                    save_every=10**9, cfg_dropout=0.1, init_config=MODEL)
 
     # loader: rows -> collated tensors, one core
     loader = ShardLoader(ref, str(work / "reg"), 32, builder=builder)
@@ -81,7 +81,6 @@ def main() -> None:
     loader_rate = samples / (time.perf_counter() - start)
 
     # bare loop: same model config, batches made beforehand, plain AdamW
-    TINY_MODEL.update(MODEL)
     torch.manual_seed(0)
     model = MMaDAModel(MMaDAConfig(**MODEL, embedding_size=layout.vocab_size, vocab_size=layout.text_vocab_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
@@ -93,7 +92,7 @@ def main() -> None:
         t0 = time.perf_counter()
         targets = batch.image_target | batch.text_target
         noised, masked, t = apply_noise(batch.input_ids, targets, layout.mask_id, generator)
-        out = diffusion_loss(model(noised, batch.attention_mask), batch.input_ids, masked, batch.image_target,
+        out = diffusion_loss(model(noised, batch.attention_mask, at=masked), batch.input_ids, masked, batch.image_target,
                              batch.text_target, t)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)

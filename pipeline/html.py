@@ -83,6 +83,41 @@ def bar_chart(counts: dict[str, int | float], title: str, width: int = 460, attr
             f'{"".join(bars)}</svg><figcaption>{esc(title)}</figcaption></figure>')
 
 
+def line_chart(series: dict[str, Sequence[tuple[float, float]]], title: str, x_label: str = "step",
+               width: int = 460, height: int = 220) -> str:
+    """Lines of (x, y) points, one per series, on shared axes with their extremes labelled; each
+    point carries `data-series`, `data-x` and `data-y`, so a script (or a test) can read it back."""
+    points = [p for values in series.values() for p in values]
+    if not points:
+        return f"<figure><figcaption>{esc(title)}: none</figcaption></figure>"
+    colours = ("#4a78c2", "#d9822b", "#3a9d5d", "#b3261e", "#7b4ab3", "#555")
+    left, right, top, bottom = 48, 12, 10, 34
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (left + (width - left - right) * (x - x0) / (x1 - x0),
+                height - bottom - (height - top - bottom) * (y - y0) / (y1 - y0))
+
+    parts = [f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#999"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#999"/>',
+             f'<text x="{left - 4}" y="{top + 10}" text-anchor="end" font-size="11">{esc(fmt_number(y1))}</text>',
+             f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end" font-size="11">{esc(fmt_number(y0))}</text>',
+             f'<text x="{left}" y="{height - bottom + 14}" font-size="11">{esc(fmt_number(x0))}</text>',
+             f'<text x="{width - right}" y="{height - bottom + 14}" text-anchor="end" font-size="11">'
+             f'{esc(fmt_number(x1))} {esc(x_label)}</text>']
+    for i, (name, values) in enumerate(series.items()):
+        colour = colours[i % len(colours)]
+        path = " ".join(f"{a:.1f},{b:.1f}" for a, b in (at(x, y) for x, y in values))
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.6"/>')
+        parts += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.2" fill="{colour}" data-series="{esc(name)}" '
+                  f'data-x="{x}" data-y="{y}"/>' for (x, y), (a, b) in zip(values, (at(x, y) for x, y in values))]
+        parts.append(f'<text x="{left + 8 + 150 * i}" y="{height - 4}" font-size="11" fill="{colour}">{esc(name)}</text>')
+    return (f'<figure><svg width="{width}" height="{height}" role="img" aria-label="{esc(title)}">'
+            f'{"".join(parts)}</svg><figcaption>{esc(title)}</figcaption></figure>')
+
+
 def histogram(values: Sequence[float], title: str, bins: int = 20, width: int = 360, height: int = 150,
               span: tuple[float, float] | None = None, cut: float | None = None, attrs: dict[str, str] | None = None) -> str:
     """Counts per equal-width bin, with the range and the median written underneath. `span` fixes

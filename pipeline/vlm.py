@@ -19,9 +19,9 @@ def backend_resources(backend: BackendConfig, concurrency: int, unit_rows: int, 
                       requests_per_row: int = 1) -> tuple[Resources, BackendConfig]:
     """The workers' resources (annotate: one request per row at a time; score: one per axis), and
     the backend settings to build it with on them."""
-    if backend.kind == "openai":
-        # Nothing to load: plain tasks run on Ray's warm worker pool, where an actor would start a
-        # fresh process per run (seconds of imports).
+    if backend.kind in ("openai", "scene"):
+        # Nothing to load (a server elsewhere; the shapes world's scene reader): plain tasks run on
+        # Ray's warm worker pool, where an actor would start a fresh process per run (seconds of imports).
         return Resources(num_cpus=1, max_tasks=concurrency), backend
     if backend.kind == "transformers":  # one request at a time: one unit at a time
         return Resources(num_cpus=1, actors=concurrency, num_gpus=1 if on_gpu else 0), backend
@@ -62,4 +62,6 @@ def launch(backend: BackendConfig, gpu_wait_s: float) -> dict[str, Any]:
         check_server(backend.model, backend.openai)
         api_key = os.environ.get("OPENAI_API_KEY")
         return {"device": "cpu", "secrets": {"OPENAI_API_KEY": api_key} if api_key else None}
+    if backend.kind == "scene":  # reads the images itself, on the CPU
+        return {"device": "cpu"}
     return {"device": backend.device, "gpu_wait_s": gpu_wait_s}

@@ -103,7 +103,7 @@ def test_loss_against_hand_computed_values():
     image_target = torch.tensor([[False, True, False, False]])
     text_target = torch.tensor([[False, False, True, True]])
     t = torch.tensor([0.5])
-    out = diffusion_loss(logits, labels, masked, image_target, text_target, t)
+    out = diffusion_loss(logits[masked], labels, masked, image_target, text_target, t)
     ce_image = math.log(1 + math.exp(-2.0))  # -log softmax([2, 0])[0]
     ce_text = math.log(1 + math.exp(-1.0))  # -log softmax([0, 1])[1]
     # image weight 1, text weight 1/t = 2; normalised by the 3 output target tokens
@@ -111,5 +111,5 @@ def test_loss_against_hand_computed_values():
     assert out["image_loss"].item() == pytest.approx(ce_image, rel=1e-6)
     assert out["text_loss"].item() == pytest.approx(ce_text, rel=1e-6)
     assert out["image_acc"].item() == 1.0 and out["text_acc"].item() == 1.0
-    flat = diffusion_loss(logits, labels, masked, image_target, text_target, t, w_text="one")
+    flat = diffusion_loss(logits[masked], labels, masked, image_target, text_target, t, w_text="one")
     assert flat["loss"].item() == pytest.approx((ce_image + ce_text) / 3, rel=1e-6)

@@ -52,6 +52,7 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # ids name folders 
 @dataclasses.dataclass(kw_only=True)
 class EvalConfig:
     model: str  # an exported / published model folder, or an sft / rl run folder
+    tag: str | None = None  # a run's checkpoint (step-N); default: its newest
     benchmark: str  # a benchmark JSONL (format: the module docstring)
     out: str
     image_tokenizer: str = DEFAULT_ID
@@ -156,7 +157,7 @@ def load_benchmark(path: str | Path) -> list[BenchmarkItem]:
 def generate(cfg: EvalConfig, items: list[BenchmarkItem], out: Path) -> list[str]:
     """Sample every prompt; writes samples/<id>/ and returns the reasoning texts."""
     stack = load_sampling(cfg.model, cfg.sampler, image_tokenizer=cfg.image_tokenizer, text_tokenizer=cfg.text_tokenizer,
-                          resolution=cfg.resolution, device=cfg.device, dtype=cfg.dtype)
+                          resolution=cfg.resolution, device=cfg.device, dtype=cfg.dtype, tag=cfg.tag)
     reasonings = []
     for start in range(0, len(items), cfg.batch_size):
         batch = items[start:start + cfg.batch_size]
@@ -242,7 +243,8 @@ def format_summary(summary: dict) -> str:
 
 def run_eval(cfg: EvalConfig) -> dict:
     items = load_benchmark(cfg.benchmark)[:cfg.limit]
-    rubrics = Rubrics.load(cfg.judge.rubrics)  # a bad rubric file should fail now, not after all the sampling
+    # a bad rubric file should fail now, not after all the sampling (the verifier has none)
+    rubrics = Rubrics.load(cfg.judge.rubrics) if cfg.judge.backend.kind != "verifier" else None
     if cfg.judge.backend.kind == "openai":  # and so should a rejected key or a judge model the server lacks
         check_server(cfg.judge.backend.model, cfg.judge.backend.openai)
     out = Path(cfg.out)
@@ -253,7 +255,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     judge = build_judge(cfg.judge, rubrics)
     judgements = judge.judge([
         JudgeItem(item.id, item.task, item.instruction, reasoning, path.read_bytes(),
-                  (path.parent / "input.png").read_bytes() if item.input_image else None)
+                  (path.parent / "input.png").read_bytes() if item.input_image else None,
+                  item.reference_image.read_bytes() if item.reference_image else None)
         for item, reasoning, path in zip(items, reasonings, outputs, strict=True)])
     records = [{"id": item.id, "task": item.task, "category": item.category, "instruction": item.instruction,
                 "input_image": str(item.input_image) if item.input_image else None,

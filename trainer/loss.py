@@ -46,14 +46,17 @@ def weight(kind: str, t: torch.Tensor) -> torch.Tensor:
 def diffusion_loss(logits: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor, image_target: torch.Tensor,
                    text_target: torch.Tensor, t: torch.Tensor, w_text: str = "inverse_t",
                    w_image: str = "one") -> dict[str, torch.Tensor]:
-    """Weighted CE over masked output tokens; also per-modality loss and masked-token accuracy."""
-    ce = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")  # [B, L]
-    w = torch.where(text_target, weight(w_text, t)[:, None], weight(w_image, t)[:, None])
+    """Weighted CE over masked output tokens; also per-modality loss and masked-token accuracy.
+    `logits` [M, V] are the model's at the masked positions only, in `x[masked]` order (the model's
+    `at=masked`): no other position enters the loss, and at 8B full logits would be [B, ~2.8K, 134,656]."""
+    labels, text, image = labels[masked], text_target[masked], image_target[masked]
+    t = t[:, None].expand_as(masked)[masked]
+    ce = F.cross_entropy(logits.float(), labels, reduction="none")  # [M]
+    w = torch.where(text, weight(w_text, t), weight(w_image, t))
     normaliser = (image_target | text_target).sum().clamp(min=1)
-    out = {"loss": (ce * w * masked).sum() / normaliser}
+    out = {"loss": (ce * w).sum() / normaliser}
     hit = logits.argmax(-1) == labels
-    for name, target in (("text", text_target), ("image", image_target)):
-        m = masked & target
+    for name, m in (("text", text), ("image", image)):
         n = m.sum().clamp(min=1)
         out[f"{name}_loss"] = ((ce * m).sum() / n).detach()
         out[f"{name}_acc"] = ((hit & m).sum() / n).detach()

@@ -143,9 +143,11 @@ class MMaDAModel(nn.Module):
         self.model = _Backbone(config)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                heads: list[Head] | None = None) -> torch.Tensor | list[torch.Tensor]:
+                heads: list[Head] | None = None, at: torch.Tensor | None = None) -> torch.Tensor | list[torch.Tensor]:
         """[B, L] ids (and a [B, L] mask, 1 = real, 0 = padding) -> logits [B, L, embedding_size];
-        with `heads`, only the logits each head asks for, as a list of [B, n, hi - lo].
+        with `heads`, only the logits each head asks for, as a list of [B, n, hi - lo]; with `at`
+        ([B, L] bool), the logits at those positions only, as [M, embedding_size] (SFT's loss reads
+        the masked positions alone: a quarter of the sequence on average).
 
         Samplers and ParaRL read the output positions alone, each modality over its own vocabulary
         slice: at 8B (134,656 embeddings), 2.8K tokens and batch 8, full logits are ~6 GB in bf16
@@ -164,6 +166,8 @@ class MMaDAModel(nn.Module):
                 x = block(x, cos, sin, key_mask)
         x = t["ln_f"](x)
         head = t["ff_out"].weight if "ff_out" in t else t["wte"].weight
+        if at is not None:
+            return F.linear(x[at], head)
         if heads is None:
             return F.linear(x, head)
         return [F.linear(x.gather(1, h.positions[..., None].expand(-1, -1, x.shape[-1])), head[h.lo:h.hi])

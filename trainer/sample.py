@@ -68,10 +68,11 @@ class SamplingStack:
 
 
 def load_sampling(model: str, sampler: SamplerConfig, *, image_tokenizer: str, text_tokenizer: str | None,
-                  resolution: int, device: str, dtype: str) -> SamplingStack:
-    folder = resolve(model)  # a run or export given by URI: its local copy; a hub id: its snapshot
+                  resolution: int, device: str, dtype: str, tag: str | None = None) -> SamplingStack:
+    """`tag`: a run's checkpoint (default: its newest)."""
+    folder = resolve(model, tag)  # a run or export given by URI: its local copy; a hub id: its snapshot
     builder = sequence_builder(folder, text_tokenizer)  # the layout and sequences the model was trained with
-    policy = load_model(folder, dtype=getattr(torch, dtype), device=device)
+    policy = load_model(folder, dtype=getattr(torch, dtype), device=device, tag=tag)
     magvit = MagvitV2.from_pretrained(image_tokenizer, device=device)
     grid = resolution // magvit.config.downsample
     if builder.published and len(builder.blank_image_codes or []) != grid * grid:  # none saved, or another resolution

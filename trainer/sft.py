@@ -32,7 +32,8 @@ class SFTConfig:
     dataset: str  # NAME@VERSION of a tokenized version
     registry: str | None = None
     model: str | None = None  # checkpoint folder or hub id (MMaDA layout), an export or a run; or init="tiny"
-    init: str | None = None  # "tiny": a small random model, for tests and the demo
+    init: str | None = None  # "tiny": a small random model, for tests, the demo and the shapes world
+    init_config: dict = dataclasses.field(default_factory=dict)  # init=tiny: MMaDAConfig fields over TINY_MODEL
     text_tokenizer: str | None = None  # the tokenizer the token layout is read from; default: the model's
     # folder, or for init=tiny the tokenizer the dataset was tokenized with
     out_dir: str = "runs/sft"
@@ -65,7 +66,7 @@ def build_model(cfg: SFTConfig, dataset_tokenizer: str | None) -> tuple[MMaDAMod
         tokenizer = load_text_tokenizer(cfg.text_tokenizer or dataset_tokenizer)
         layout = TokenLayout.from_tokenizer(tokenizer, embedding_size=len(tokenizer) + 8192)
         torch.manual_seed(cfg.seed)
-        config = MMaDAConfig(**TINY_MODEL, embedding_size=layout.vocab_size, vocab_size=layout.text_vocab_size,
+        config = MMaDAConfig(**{**TINY_MODEL, **cfg.init_config}, embedding_size=layout.vocab_size, vocab_size=layout.text_vocab_size,
                              gradient_checkpointing=cfg.gradient_checkpointing)
         return MMaDAModel(config), layout
     if not cfg.model:
@@ -87,8 +88,9 @@ def train_step(engine: Engine, rows: list[dict], cfg: SFTConfig, builder: Sequen
     targets = batch.image_target | batch.text_target
     noised, masked, t = apply_noise(batch.input_ids, targets, layout.mask_id, generator,
                                     schedule=cfg.mask_schedule)
-    logits = engine.forward(noised.to(engine.device), batch.attention_mask.to(engine.device))
-    out = diffusion_loss(logits, batch.input_ids.to(engine.device), masked.to(engine.device),
+    masked = masked.to(engine.device)
+    logits = engine.forward(noised.to(engine.device), batch.attention_mask.to(engine.device), at=masked)
+    out = diffusion_loss(logits, batch.input_ids.to(engine.device), masked,
                          batch.image_target.to(engine.device), batch.text_target.to(engine.device),
                          t.to(engine.device), cfg.w_text, cfg.w_image)
     engine.backward(out["loss"])

@@ -40,7 +40,7 @@ from trainer.metrics import MetricsLogger
 from trainer.model_io import load_checkpoint_weights, load_model, resolve, save_model, sequence_builder
 from trainer.rl.grpo import group_advantages
 from trainer.rl.learner import Item, accumulation_steps, grpo_update
-from trainer.rl.reward import ClipConfig, RewardModel, RewardStats, reference_sample
+from trainer.rl.reward import REWARDS, ClipConfig, RewardModel, RewardStats, reference_sample
 from trainer.rl.rollout import Rollout, generate, rollout_plan, score
 from trainer.rundir import RunDir
 from trainer.sampling import ParallelSampler, Prompt, SamplerConfig
@@ -67,6 +67,7 @@ class RLConfig:
     registry: str | None = None
     image_tokenizer: str = DEFAULT_ID
     text_tokenizer: str | None = None  # default: the model folder
+    reward: str = "clip"  # clip (the paper) | verifier (the shapes world's exact text-image consistency)
     clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)  # runs on each rank's device
     out_dir: str = "runs/rl"
     steps: int = 200
@@ -103,6 +104,8 @@ class RLConfig:
     def __post_init__(self) -> None:
         if self.reward_at not in ("trajectory", "final"):
             raise ValueError(f"reward_at must be trajectory or final, not {self.reward_at!r}")
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}, not {self.reward!r}")
         if self.step_choice not in ("fixed", "random"):
             raise ValueError(f"step_choice must be fixed or random, not {self.step_choice!r}")
         if self.num_generations < 2:
@@ -229,7 +232,7 @@ def build_rank(cfg: RLConfig, run: RunDir, checkpoints: Checkpointer, rank: int,
         print(f"resuming {resume_tag}, saved on {saved['world_size']} rank(s), on {world}: weights, step and "
               "prompt cursor carried over; optimizer moments restart")
     engine, reference = build_learner(cfg, reference_dir, checkpoints.directory / resume_tag if regrouped else None)
-    reward = RewardModel(cfg.clip, cfg.image_tokenizer, cfg.text_tokenizer or model, engine.device)
+    reward = RewardModel(cfg.clip, cfg.image_tokenizer, cfg.text_tokenizer or model, engine.device, cfg.reward)
     me = Rank(engine, reference, ParallelSampler(engine.module, builder, sampler), reward,
               reward_statistics(cfg, prompts.manifest, reward, run.local, rank), prompts, rank, world)
 
@@ -283,6 +286,8 @@ def reward_statistics(cfg: RLConfig, manifest: VersionManifest, reward: RewardMo
     path = run_dir / "reward_stats.json"
     found: list = [None]
     if rank == 0:
+        if not path.exists() and reward.kind == "verifier":
+            RewardStats.identity(cfg.reward_clip, manifest.ref).save(path)
         if not path.exists():
             rows = DatasetRegistry(cfg.registry).read_table(manifest, ["output_image_codes", "reasoning_ids"])
             codes, reasoning = reference_sample(rows, cfg.reward_stats_fraction, cfg.reward_stats_min_rows, cfg.seed)

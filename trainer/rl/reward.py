@@ -1,4 +1,5 @@
-"""ParaRL's reward: CLIP alignment between the text and the image as they stand at a denoising step.
+"""ParaRL's reward: CLIP alignment between the text and the image as they stand at a denoising step
+(or, in the shapes world, the exact verifier's text-image consistency: `reward=verifier`).
 
 The image at step t is the committed codes with every still-masked position filled by the model's
 prediction at that step (the sampler records it): a half-masked image cannot be decoded, and the
@@ -7,7 +8,9 @@ eos, masked positions left out. Both are decoded (MAGVIT-v2, the text tokenizer)
 through open_clip: cosine similarity of the normalised embeddings.
 
 Normalisation (paper): the mean and std of CLIP scores on ~1% of the training data (reference
-reasoning vs output image); a score becomes clip((s - mean) / std, -c, c), rescaled to [0, 1].
+reasoning vs output image); a score becomes clip((s - mean) / std, -c, c), rescaled to [0, 1]. The
+verifier's scores are already fractions in [0, 1] and its reference pairs all score 1, so it takes
+`RewardStats.identity`, under which normalising changes nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from annotators.world.verifier import consistency
 from pipeline.hub import load_text_tokenizer
 from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2
+
+REWARDS = ("clip", "verifier")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -54,6 +60,11 @@ class RewardStats:
     def normalise(self, scores: torch.Tensor) -> torch.Tensor:
         z = ((scores - self.mean) / max(self.std, 1e-6)).clamp(-self.clip, self.clip)
         return (z + self.clip) / (2 * self.clip)
+
+    @classmethod
+    def identity(cls, clip: float, source: str) -> "RewardStats":
+        """Statistics under which `normalise` is the identity on [0, 1]: (s - 1/2) * 2c, rescaled back."""
+        return cls(mean=0.5, std=1 / (2 * clip), clip=clip, samples=0, source=source)
 
     @classmethod
     def from_scores(cls, scores: torch.Tensor, clip: float, source: str) -> "RewardStats":
@@ -115,16 +126,29 @@ class ClipScorer:
         return rows
 
 
+class VerifierScorer:
+    """The shapes world's exact text-image consistency (annotators/world): the fraction of the scene
+    (9 cells and the background) on which the scene the text describes and the scene read from the
+    image agree. Free and exact, so a reward and its measurement can be told apart from CLIP's."""
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        arrays = (images.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        return torch.tensor([consistency(a, t) for a, t in zip(arrays, texts, strict=True)])
+
+
 class RewardModel:
-    """Codes + text ids -> CLIP scores: MAGVIT-v2 decoding, text detokenizing, CLIP."""
+    """Codes + text ids -> scores: MAGVIT-v2 decoding, text detokenizing, then CLIP (or the verifier)."""
 
     def __init__(self, clip: ClipConfig, image_tokenizer: str = DEFAULT_ID, text_tokenizer: str | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, kind: str = "clip"):
+        if kind not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}, not {kind!r}")
         device = str(device or clip.device)
         self.magvit = MagvitV2.from_pretrained(image_tokenizer, device=device)
         self.text = load_text_tokenizer(text_tokenizer)
-        self.clip = ClipScorer(dataclasses.replace(clip, device=device))
-        self.device = device
+        self.clip = ClipScorer(dataclasses.replace(clip, device=device)) if kind == "clip" else VerifierScorer()
+        self.device, self.kind = device, kind
 
     def score(self, codes: torch.Tensor, text_ids: list[list[int]], batch_size: int = 8) -> torch.Tensor:
         """[n, h*w] raw codes (square grid) and n token-id lists -> [n] raw CLIP scores. On a GPU the
