@@ -28,6 +28,13 @@ class BackendConfig:
     vllm: VLLMConfig = dataclasses.field(default_factory=VLLMConfig)  # kind=vllm: the engine
     scene: SceneConfig = dataclasses.field(default_factory=SceneConfig)  # kind=scene: how often a trace errs
 
+    @property
+    def model_name(self) -> str:
+        """What writes or judges the rows, as rows and lineage record it (the scene reader has no model)."""
+        if self.kind in ("scene", "verifier"):
+            return f"scene-reader(error_rate={self.scene.error_rate})" if self.kind == "scene" else "verifier"
+        return self.model
+
     def __post_init__(self) -> None:
         if self.kind not in BACKENDS:
             raise ValueError(f"unknown backend {self.kind!r}; choose one of {BACKENDS}")

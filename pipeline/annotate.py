@@ -72,7 +72,7 @@ class AnnotateStage(Stage):
         tasks = kept["task"].to_pylist()
         n = kept.num_rows
         kept = (kept.append_column("reasoning", pa.array([r.reasoning for r in good], pa.string()))
-                .append_column("annotator_model", pa.array([self.config.backend.model] * n, pa.string()))
+                .append_column("annotator_model", pa.array([self.config.backend.model_name] * n, pa.string()))
                 .append_column("prompt_id", pa.array([self.prompts[t].id for t in tasks], pa.string()))
                 .append_column("prompt_hash", pa.array([self.prompts[t].sha256 for t in tasks], pa.string()))
                 .append_column("sampling_params", pa.array([self.sampling] * n, pa.string()))
@@ -102,7 +102,7 @@ def plan(config: AnnotateConfig, registry: DatasetRegistry) -> Plan:
     source = registry.resolve(config.dataset, schema="raw/1")
     a = config.annotator
     prompts = load_prompts(a.prompt_edit, a.prompt_generate)
-    provenance = {"backend": a.backend.kind, "model": a.backend.model, "revision": a.backend.revision,
+    provenance = {"backend": a.backend.kind, "model": a.backend.model_name, "revision": a.backend.revision,
                   "prompts": {t: {"id": p.id, "sha256": p.sha256} for t, p in prompts.items()},
                   "sampling": dataclasses.asdict(a.sampling), "validators": dataclasses.asdict(a.validators),
                   "max_attempts": a.max_attempts, "image_max_pixels": a.image_max_pixels, "max_model_len": a.model_len}

@@ -92,7 +92,7 @@ class ScoreStage(Stage):
                 .append_column("judge_errors", pa.array(per_axis(_error_text), _PER_AXIS_TEXT))
                 .append_column("judge_answers", pa.array(per_axis(lambda j: j.raw), _PER_AXIS_TEXT))
                 .append_column("judge_failed", pa.array([sum(not j.ok for j in row.values()) for row in good], pa.int32()))
-                .append_column("judge_model", pa.array([self.config.backend.model] * n, pa.string()))
+                .append_column("judge_model", pa.array([self.config.backend.model_name] * n, pa.string()))
                 .append_column("rubric_id", pa.array([self.rubrics.id] * n, pa.string()))
                 .append_column("rubric_hash", pa.array([self.rubrics.sha256] * n, pa.string())))
         down = [(row, reasons) for row, reasons in zip(judged, outage) if reasons]
@@ -132,7 +132,7 @@ def plan(config: ScoreConfig, registry: DatasetRegistry) -> Plan:
     source = registry.resolve(config.dataset, schema="annotated/1")
     judge = config.judge
     rubrics = Rubrics.load(judge.rubrics, SCORE_AXES)  # a bad rubric file fails now, before any work
-    provenance = {"backend": judge.backend.kind, "model": judge.backend.model, "revision": judge.backend.revision,
+    provenance = {"backend": judge.backend.kind, "model": judge.backend.model_name, "revision": judge.backend.revision,
                   "rubrics": {"id": rubrics.id, "sha256": rubrics.sha256}, "axes": list(SCORE_AXES),
                   "sampling": dataclasses.asdict(judge.sampling), "image_max_pixels": judge.image_max_pixels,
                   # the engine's context decides which judgements fail as too long

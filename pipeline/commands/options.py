@@ -18,7 +18,8 @@ Output = Annotated[Optional[str], typer.Option(help="output dataset name (defaul
 Concurrency = Annotated[Optional[int], typer.Option(help="actors (vllm: one per GPU or tensor-parallel group)")]
 
 # The VLM backend's options (annotate, score): the same words reach the same keys of a BackendConfig.
-Backend = Annotated[Optional[str], typer.Option(help="vllm | openai | transformers")]
+Backend = Annotated[Optional[str], typer.Option(
+    help="vllm | openai | transformers | scene (the shapes world's annotator) | verifier (its judge, eval only)")]
 Model = Annotated[Optional[str], typer.Option(help="hub id or local folder (the served name for openai)")]
 BaseUrl = Annotated[Optional[str], typer.Option(help="openai: the server, e.g. http://host:8000/v1")]
 
