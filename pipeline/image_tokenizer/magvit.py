@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -28,6 +29,13 @@ def checkpoint_file(path_or_hub_id: str) -> Path:
     raise ValueError(f"{folder}: no weights file (expected one of {WEIGHT_FILES})")
 
 
+def config_from_json(spec: dict) -> MagvitV2Config:
+    """The architecture named by a config.json: its MagvitV2Config fields, the full-size default for
+    those absent (all of them in the published config.json)."""
+    fields = {f.name for f in dataclasses.fields(MagvitV2Config)}
+    return MagvitV2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k in fields})
+
+
 class MagvitV2(nn.Module):
     def __init__(self, config: MagvitV2Config | None = None):
         super().__init__()
@@ -44,19 +52,24 @@ class MagvitV2(nn.Module):
         spec = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
         if spec.get("_class_name", "MAGVITv2").lower() != "magvitv2":
             raise ValueError(f"{folder}/config.json is for {spec['_class_name']!r}, not MAGVITv2")
-        # The published config.json carries no architecture fields; the architecture is fixed.
-        # Built on the meta device: every tensor comes from the checkpoint, so skip the random init.
+        # The published config.json carries no architecture fields (the full-size default); a small
+        # model saved by `save_pretrained` carries them. Built on the meta device: every tensor comes
+        # from the checkpoint, so skip the random init.
         with torch.device("meta"):
-            model = cls()
+            model = cls(config_from_json(spec))
         state = torch.load(path, map_location="cpu", weights_only=True) if path.suffix == ".bin" else load_file(path)
         model.load_state_dict(state, strict=True, assign=True)
         return model.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """The published layout: a diffusers-style config.json and pytorch_model.safetensors."""
+        """The published layout: a diffusers-style config.json and pytorch_model.safetensors. The
+        full-size config writes the published config.json; another adds its architecture fields."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps({"_class_name": "MAGVITv2", "_diffusers_version": "0.30.1"}))
+        spec = {"_class_name": "MAGVITv2", "_diffusers_version": "0.30.1"}
+        if self.config != MagvitV2Config():
+            spec.update(dataclasses.asdict(self.config))
+        (path / "config.json").write_text(json.dumps(spec))
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         save_file(state, path / "pytorch_model.safetensors")
         return path

@@ -180,6 +180,12 @@ class LookupFreeQuantizer(nn.Module):
         self.register_buffer("embedding", ((codes[:, None] // powers) % 2).float() * 2 - 1)  # code -> +-1
         self.register_buffer("power_vals", powers)
 
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Training: [B, K, h, w] latents -> their +-1 quantization, with a straight-through gradient
+        (the sign's gradient taken as the identity), so an autoencoder trains through the codes."""
+        q = torch.where(z > 0, 1.0, -1.0).to(z.dtype)
+        return z + (q - z).detach()
+
     def codes(self, z: torch.Tensor) -> torch.Tensor:
         """[B, K, h, w] latents -> [B, h*w] codes."""
         bits = (z > 0).long()
