@@ -14,6 +14,8 @@ from jobs.world_models import (
     WORLD_MAGVIT,
     build_world_tokenizer,
     cell_codes,
+    clip_batch,
+    one_attribute_variant,
     reconstruction_loss,
     render_batch,
     train_magvit,
@@ -112,3 +114,16 @@ def test_a_short_train_magvit_lowers_the_reconstruction_loss(tmp_path):
     with torch.no_grad():
         after = reconstruction_loss(MagvitV2.from_pretrained(str(folder)), pixels).item()
     assert after < 0.6 * before, (before, after)
+
+
+def test_one_attribute_variants_differ_from_their_scene_in_one_attribute():
+    rng = random.Random(0)
+    for _ in range(500):
+        scene = random_scene(rng, rng.randint(1, 4))
+        variant = one_attribute_variant(rng, scene)
+        changed = [(a, b) for a, b in zip(scene.shapes, variant.shapes) if a != b]
+        assert variant.background == scene.background and len(changed) == 1
+        (a, b), = changed
+        assert sum(getattr(a, f) != getattr(b, f) for f in ("kind", "colour", "cell", "large")) == 1
+        assert len({(s.kind, s.colour) for s in variant.shapes}) == len(variant.shapes)  # still nameable
+    assert len(clip_batch(rng, 4)) == 16
