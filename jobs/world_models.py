@@ -367,11 +367,23 @@ COMPLETE = {"tokenizer": ("tokenizer.json", "tokenizer_config.json"),
             "clip": ("open_clip_config.json", "open_clip_model.safetensors")}
 
 
-def build_world_models(out: str | Path, seed: int = 0, magvit_steps: int = 2500, clip_steps: int = 1500) -> Path:
-    """DIR/{tokenizer,magvit,clip}, each skipped when its folder is already complete."""
+def build_world_models(out: str | Path, seed: int = 0, magvit_steps: int = 2500, magvit_rounds: int = 2,
+                       clip_steps: int = 1500) -> Path:
+    """DIR/{tokenizer,magvit,clip}, each skipped when its folder is already complete. MAGVIT-v2 trains
+    in `magvit_rounds` rounds of `magvit_steps`, each a fresh warm-up + cosine schedule going on
+    from the last round's weights (warm restarts), on a fresh stream of scenes (seed + round)."""
     out = Path(out)
-    builders = {"tokenizer": build_world_tokenizer,
-                "magvit": lambda path: train_magvit(path, steps=magvit_steps, seed=seed),
+
+    def magvit(path: Path) -> Path:
+        init = None
+        for r in range(magvit_rounds):
+            folder = train_magvit(path.with_name(f"{path.name}.round{r}"), steps=magvit_steps, seed=seed + r, init=init)
+            if init is not None:
+                shutil.rmtree(init)
+            init = folder
+        return init.rename(path)
+
+    builders = {"tokenizer": build_world_tokenizer, "magvit": magvit,
                 "clip": lambda path: train_clip(path, steps=clip_steps, seed=seed)}
     for name, build in builders.items():
         folder = out / name
@@ -392,10 +404,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder to hold tokenizer/, magvit/ and clip/")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--magvit-steps", type=int, default=2500)
+    parser.add_argument("--magvit-rounds", type=int, default=2)
     parser.add_argument("--clip-steps", type=int, default=1500)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one thread trains these small models fastest on a shared CPU
-    build_world_models(args.out, args.seed, args.magvit_steps, args.clip_steps)
+    build_world_models(args.out, args.seed, args.magvit_steps, args.magvit_rounds, args.clip_steps)
 
 
 if __name__ == "__main__":
