@@ -367,7 +367,7 @@ COMPLETE = {"tokenizer": ("tokenizer.json", "tokenizer_config.json"),
             "clip": ("open_clip_config.json", "open_clip_model.safetensors")}
 
 
-def build_world_models(out: str | Path, seed: int = 0, magvit_steps: int = 2500, magvit_rounds: int = 2,
+def build_world_models(out: str | Path, seed: int = 0, magvit_steps: int = 2500, magvit_rounds: int = 3,
                        clip_steps: int = 1500) -> Path:
     """DIR/{tokenizer,magvit,clip}, each skipped when its folder is already complete. MAGVIT-v2 trains
     in `magvit_rounds` rounds of `magvit_steps`, each a fresh warm-up + cosine schedule going on
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder to hold tokenizer/, magvit/ and clip/")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--magvit-steps", type=int, default=2500)
-    parser.add_argument("--magvit-rounds", type=int, default=2)
+    parser.add_argument("--magvit-rounds", type=int, default=3)
     parser.add_argument("--clip-steps", type=int, default=1500)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one thread trains these small models fastest on a shared CPU
