@@ -5,11 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := demo-run
+WORLD := world-run
 
 export HF_HUB_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: demo test bench install clean
+.PHONY: demo world test bench install clean
 
 install: $(STAMP)
 
@@ -30,6 +31,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m jobs.demo --out $(DEMO)
 
+# The shapes world: the small models trained, then SFT and ParaRL shown to learn, scored by an exact verifier.
+world: $(STAMP)
+	$(BIN)/python -m jobs.world --out $(WORLD)
+
 # Lint first (seconds): a failing `ruff check` stops before the suite. pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -46,4 +51,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.rl
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) $(WORLD) .pytest_cache

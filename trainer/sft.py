@@ -45,6 +45,7 @@ class SFTConfig:
     gradient_checkpointing: bool = False
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
+    reasoning: bool = True  # False: the ablation without reasoning (its part stays, bos + eos-padding)
     cfg_dropout: float = 0.1  # probability of training without the instruction / the input image (see sequence.preset)
     w_text: str = "inverse_t"  # the paper's finding: 1/t for text...
     w_image: str = "one"  # ...and 1 for image tokens
@@ -83,6 +84,8 @@ def build_model(cfg: SFTConfig, dataset_tokenizer: str | None) -> tuple[MMaDAMod
 def train_step(engine: Engine, rows: list[dict], cfg: SFTConfig, builder: SequenceBuilder,
                generator: torch.Generator) -> dict[str, torch.Tensor]:
     """One micro-batch: CFG dropout, noise the output part, weighted CE, backward."""
+    if not cfg.reasoning:
+        rows = [{**row, "reasoning_ids": []} for row in rows]
     batch = builder.collate(rows, builder.draw_dropout(len(rows), cfg.cfg_dropout, generator))
     layout = builder.layout
     targets = batch.image_target | batch.text_target

@@ -34,12 +34,12 @@ RESULTS = ("Result: the edited picture should hold {shapes}, on a {background} b
            "Result: I will draw {shapes}, on a {background} background.",
            "Result: the picture will then show {shapes}, on a {background} background.",
            "Result: the final picture must hold {shapes}, on a {background} background.")
-MIN_WORDS = 40  # the default validators' min_words
 
 
 @dataclasses.dataclass(kw_only=True)
 class SceneConfig:
     error_rate: float = 0.0  # probability (by the request's seed) that the result names a wrong cell for one shape
+    min_words: int = 40  # filler sentences up to this length: the default validators' min_words
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.error_rate <= 1.0:
@@ -90,7 +90,7 @@ def _mistake(rng: random.Random, scene: Scene) -> Scene:
     return Scene(scene.background, tuple(shapes))
 
 
-def write_trace(source: Scene | None, target: Scene, seed: int, error_rate: float = 0.0) -> str:
+def write_trace(source: Scene | None, target: Scene, seed: int, error_rate: float = 0.0, min_words: int = 40) -> str:
     """The reasoning trace of an edit (`source` -> `target`) or a generation (`source` None)."""
     rng = random.Random(seed)
     said = _mistake(rng, target) if rng.random() < error_rate and target.shapes else target
@@ -107,7 +107,7 @@ def write_trace(source: Scene | None, target: Scene, seed: int, error_rate: floa
     result = rng.choice(RESULTS[1:] if source is None else RESULTS).format(
         shapes=_listed([s.phrase() for s in ordered]), background=said.background)
     fillers = rng.sample(FILLERS, len(FILLERS))
-    while len(" ".join(sentences + [result]).split()) < MIN_WORDS and fillers:
+    while len(" ".join(sentences + [result]).split()) < min_words and fillers:
         sentences.append(fillers.pop())
     return " ".join(sentences + [result])
 
@@ -138,6 +138,6 @@ class SceneBackend:
         if not scenes[-1].shapes:
             return Completion("", None, error="engine_error: the target image shows no shape")
         source, target = (None, scenes[0]) if len(scenes) == 1 else scenes
-        text = write_trace(source, target, request.seed, self.config.error_rate)
+        text = write_trace(source, target, request.seed, self.config.error_rate, self.config.min_words)
         return Completion(text, "stop", 0, len(text.split()))
 
