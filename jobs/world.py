@@ -177,13 +177,14 @@ def evaluate(world: World, model: Path, out: Path, tag: str | None = None) -> di
                         resolution=world.cfg.resolution, batch_size=32, sampler=sampler,
                         judge=JudgeConfig(backend=BackendConfig(kind="verifier")),
                         clip=ClipConfig(model=f"local-dir:{world.models['clip']}", pretrained=None)))
-    return score_samples(world.bench, out / "samples", {"output": "output.png"})
+    return score_samples(world.bench, out / "samples")
 
 
-def score_samples(bench: Path, samples: Path | None, files: dict[str, str]) -> dict:
+def score_samples(bench: Path, samples: Path | None = None, baseline: str = "copy") -> dict:
     """The verifier's means over the benchmark: edits (edit accuracy, edited cells) and generations
-    (scene accuracy); reasoning correct and consistency over all. `samples=None`: the copy-the-input
-    baseline (edits only: the output is the input, with no reasoning)."""
+    (scene accuracy); reasoning correct and consistency over all. `samples=None`: a baseline over the
+    edits, with no reasoning: `copy` (the output is the input) or `blank` (the input's background
+    alone, which gets every cell an edit empties right: removals and moves)."""
     verdicts = {"edit": [], "generate": []}
     for line in bench.read_text().splitlines():
         row = json.loads(line)
@@ -191,10 +192,11 @@ def score_samples(bench: Path, samples: Path | None, files: dict[str, str]) -> d
         source = Scene.from_dict(row["meta"]["scene"]) if row["task"] == "edit" else None
         if samples is None:
             if source is not None:
-                verdicts["edit"].append(verify(source, reference, source, None))
+                output = source if baseline == "copy" else Scene(source.background, ())
+                verdicts["edit"].append(verify(output, reference, source, None))
             continue
         folder = samples / row["id"]
-        output = read_scene(Image.open(folder / files["output"]))
+        output = read_scene(Image.open(folder / "output.png"))
         verdicts[row["task"]].append(verify(output, reference, source, (folder / "reasoning.txt").read_text()))
     every = verdicts["edit"] + verdicts["generate"]
     return {"edit_accuracy": _mean(v.edit_correct for v in verdicts["edit"]),
@@ -297,7 +299,8 @@ def main() -> None:
 
     sft_dir, sft_curve = run_sft(world, dataset)
     rl_dir, rl_curve = run_rl(world, dataset, sft_dir, sft_curve[-1])
-    rows = [("copy the input", score_samples(world.bench, None, {})), ("untrained", sft_curve[0]),
+    rows = [("copy the input", score_samples(world.bench)), ("blank canvas", score_samples(world.bench, baseline="blank")),
+            ("untrained", sft_curve[0]),
             (f"SFT {cfg.sft_steps} steps", sft_curve[-1]), (f"+ ParaRL {cfg.rl_steps} steps (CLIP reward)", rl_curve[-1])]
     print("\n" + results_table(rows))
     strips(world, rl_dir)
