@@ -87,7 +87,7 @@ class WorldConfig:
     sft_steps: int = 3000
     sft_eval_every: int = 500
     # one text token per step, in 4 blocks: a single block of 88 ended the text early (eos committed
-    # first) and 48 steps repeated words
+    # first), and fewer steps than text tokens repeated words ("square square" at 4 tokens a step)
     sampler: dict = dataclasses.field(default_factory=lambda: {"steps": 88, "block_length": 22})
     rl_steps: int = 30
     rl_eval_every: int = 10
