@@ -29,6 +29,7 @@ MODEL = {"d_model": 64, "n_heads": 4, "n_layers": 2, "mlp_hidden_size": 128, "ma
 SFT_STEPS = 600  # the fewest at which the model's reasoning mostly parses (the verifier's reward needs it)
 SAMPLER = {"steps": 32, "block_length": 16}  # one text token per step: fewer repeat words
 RL_STEPS = 20
+REWARD_STEPS = 8  # recorded steps per rollout: the metrics name the last one reward_step8_of_8
 
 
 def _settings(pairs: dict) -> list[str]:
@@ -91,18 +92,19 @@ def test_sft_lowers_the_held_out_loss(small_world, sft_run):
 
 def test_pararl_keeps_the_verifier_reward(small_world, sft_run):
     """ParaRL from the SFT model with the exact verifier as the reward (text-image consistency of the
-    rollouts at 8 recorded steps): the reward the rollouts reach at their last step holds over 20
+    rollouts at REWARD_STEPS recorded steps): the reward the rollouts reach at their last step holds over 20
     steps. A learner pushing the wrong way (advantages negated) drives it to ~0 by step 12."""
     w, dataset, _ = small_world
     out = w.out / "runs" / "rl"
     run_trainer(["rl", "--no-progress", *_settings({
         "dataset": dataset, "registry": w.registry, "model": sft_run.out_dir, "out_dir": out, "reward": "verifier",
         "image_tokenizer": w.models["magvit"], "text_tokenizer": w.models["tokenizer"], "steps": RL_STEPS,
-        "save_every": RL_STEPS, "prompts_per_step": 4, "num_generations": 8, "reward_steps": 8,
+        "save_every": RL_STEPS, "prompts_per_step": 4, "num_generations": 8, "reward_steps": REWARD_STEPS,
         "micro_batch_size": 32, "bf16": "false", "deepspeed": "ds_zero0", "beta": 0.0, "optim.lr": 3e-4,
         "sampler.steps": SAMPLER["steps"], "sampler.block_length": SAMPLER["block_length"],
         "reward_stats_min_rows": 8})], env={"OMP_NUM_THREADS": "2"})
-    final = [r["reward_step8_of_8"] for r in sorted(metrics(out).values(), key=lambda r: r["step"])]
+    last_step = f"reward_step{REWARD_STEPS}_of_{REWARD_STEPS}"
+    final = [r[last_step] for r in sorted(metrics(out).values(), key=lambda r: r["step"])]
     first, last = sum(final[:5]) / 5, sum(final[-5:]) / 5
     print(f"ParaRL, verifier reward at the last step: first 5 steps {first:.3f}, last 5 {last:.3f}")
     assert first > 0.4  # the SFT model's reasoning parses: there is a reward to keep
