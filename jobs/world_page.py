@@ -55,11 +55,7 @@ def _samples(bench: Path, eval_dir: Path, strips: Path, n: int) -> str:
 
 
 def write_page(results: dict, out: Path) -> Path:
-    """`results`: what jobs.world saved (table, curves, config); the runs and evals under `out`."""
-    header = ["model", "edit accuracy", "edited cells", "generation scene acc", "reasoning correct",
-              "text-image consistency"]
-    keys = ["edit_accuracy", "edited_cells", "scene_accuracy", "reasoning_correct", "consistency"]
-    rows = [[name] + ["-" if m.get(k) is None else f"{m[k]:.3f}" for k in keys] for name, m in results["table"]]
+    """`results`: what jobs.world saved (tables, curves, config); the runs and evals under `out`."""
     sft_metrics = _metrics(out / "runs" / "sft")
     rl_runs = {name: _metrics(out / "runs" / name) for name in results.get("rl_curves", {})}
     charts = [line_chart({"loss": _smoothed(sft_metrics, "loss", 20)}, "SFT loss (running mean of 20 steps)"),
@@ -69,12 +65,10 @@ def write_page(results: dict, out: Path) -> Path:
         charts.append(line_chart({"reward": _smoothed(records, "reward_mean", 5)}, f"{name}: mean reward (running mean of 5)"))
         charts.append(line_chart({label: _points(results["rl_curves"][name], key) for key, label in CURVES.items()},
                                  f"{name}: the verifier on held-out prompts"))
-    ablation = results.get("ablation_table")
-    body = (f"<h1>The shapes world</h1><p class=muted>{esc(results['summary'])}</p>"
-            f"<h2>Results on held-out prompts</h2>{table(header, rows, 'id=results', numeric_from=1)}"
-            + (f"<h2>Ablation</h2>{table(ablation['header'], ablation['rows'], 'id=ablation', numeric_from=1)}"
-               if ablation else "")
-            + f'<h2>Learning curves</h2><div class="charts">{"".join(charts)}</div>'
+    tables = "".join(f"<h2>{esc(title)}</h2>{table(t['header'], t['rows'], numeric_from=1)}"
+                     for title, t in results["tables"].items())
+    body = (f"<h1>The shapes world</h1><p class=muted>{esc(results['summary'])}</p>{tables}"
+            f'<h2>Learning curves</h2><div class="charts">{"".join(charts)}</div>'
             f"<h2>Samples (final model, held-out prompts)</h2>"
             f"{_samples(Path(results['bench']), Path(results['final_eval']), out / 'strips', 8)}")
     path = out / "world.html"

@@ -113,3 +113,6 @@ def test_loss_against_hand_computed_values():
     assert out["image_acc"].item() == 1.0 and out["text_acc"].item() == 1.0
     flat = diffusion_loss(logits[masked], labels, masked, image_target, text_target, t, w_text="one")
     assert flat["loss"].item() == pytest.approx((ce_image + ce_text) / 3, rel=1e-6)
+    mixed = diffusion_loss(logits[masked], labels, masked, image_target, text_target, t, text_coef=0.5, image_coef=10.0)
+    assert mixed["loss"].item() == pytest.approx((10 * ce_image + 0.5 * 2 * ce_text) / 3, rel=1e-6)
+    assert mixed["image_loss"].item() == pytest.approx(ce_image, rel=1e-6)  # the per-modality CE is unscaled

@@ -185,3 +185,16 @@ def test_reading_a_run_folder_never_unpickles_it(trained_tiny_run, tmp_path):
     with pytest.raises(ValueError, match="has no model.safetensors"):
         load_model(str(run))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"cfg_dropout": 1.5}, "cfg_dropout is a probability"),
+    ({"image_coef": -1.0}, "must be >= 0"),
+    ({"text_coef": 0.0, "image_coef": 0.0}, "not both 0"),
+])
+def test_sft_config_refuses_settings_that_cannot_train(setting, message):
+    from pipeline.config import load_config
+    from trainer.sft import SFTConfig
+
+    with pytest.raises(ValueError, match=message):
+        load_config(SFTConfig, dataset="d@v", **setting)

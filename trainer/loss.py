@@ -5,7 +5,8 @@ Per sample, t ~ U(eps, 1]; each output target token is replaced by [MASK] with p
 public -M code's schedule, kept as an option). The loss is the weighted cross-entropy over masked positions,
 sum_i w(t, i) * CE_i, divided by the number of output target tokens in the batch, so that with
 w_text = 1/t it is LLaDA's unbiased ELBO estimate. The paper's finding is the default:
-w_text = 1/t, w_image = 1. Deviation from the public -M code: there the text CE is divided by raw t
+w_text = 1/t, w_image = 1. Two coefficients scale the modalities' terms (`text_coef`, `image_coef`,
+1 and 1 by default), as the public code mixes its two losses. Deviation from the public -M code: there the text CE is divided by raw t
 and by L per sample, the image CE is unweighted; here both modalities share one normaliser.
 """
 
@@ -45,14 +46,14 @@ def weight(kind: str, t: torch.Tensor) -> torch.Tensor:
 
 def diffusion_loss(logits: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor, image_target: torch.Tensor,
                    text_target: torch.Tensor, t: torch.Tensor, w_text: str = "inverse_t",
-                   w_image: str = "one") -> dict[str, torch.Tensor]:
+                   w_image: str = "one", text_coef: float = 1.0, image_coef: float = 1.0) -> dict[str, torch.Tensor]:
     """Weighted CE over masked output tokens; also per-modality loss and masked-token accuracy.
     `logits` [M, V] are the model's at the masked positions only, in `x[masked]` order (the model's
     `at=masked`): no other position enters the loss, and at 8B full logits would be [B, ~2.8K, 134,656]."""
     labels, text, image = labels[masked], text_target[masked], image_target[masked]
     t = t[:, None].expand_as(masked)[masked]
     ce = F.cross_entropy(logits.float(), labels, reduction="none")  # [M]
-    w = torch.where(text, weight(w_text, t), weight(w_image, t))
+    w = torch.where(text, text_coef * weight(w_text, t), image_coef * weight(w_image, t))
     normaliser = (image_target | text_target).sum().clamp(min=1)
     out = {"loss": (ce * w).sum() / normaliser}
     hit = logits.argmax(-1) == labels
