@@ -87,8 +87,12 @@ class WorldConfig:
     sft_steps: int = 3000
     sft_eval_every: int = 500
     # one text token per step, in 4 blocks: a single block of 88 ended the text early (eos committed
-    # first), and fewer steps than text tokens repeated words ("square square" at 4 tokens a step)
-    sampler: dict = dataclasses.field(default_factory=lambda: {"steps": 88, "block_length": 22})
+    # first), and fewer steps than text tokens repeated words ("square square" at 4 tokens a step).
+    # No image CFG (as ParaRL's rollouts): the unconditional branch (no instruction, no input image)
+    # draws every cell empty, so (1 + w) cond - w uncond pushes away from the empty cells an edit
+    # makes; at w = 4 no removal came out right. Measured on the SFT model of step 3,000 on a third
+    # seed's 116 edits (not the held-out set): edit accuracy 0.293 at w = 4, 0.466 at w = 0.
+    sampler: dict = dataclasses.field(default_factory=lambda: {"steps": 88, "block_length": 22, "image_cfg_scale": 0.0})
     rl_steps: int = 30
     rl_eval_every: int = 10
     rl: dict = dataclasses.field(default_factory=dict)  # RLConfig overrides
