@@ -6,8 +6,9 @@ public -M code's schedule, kept as an option). The loss is the weighted cross-en
 sum_i w(t, i) * CE_i, divided by the number of output target tokens in the batch, so that with
 w_text = 1/t it is LLaDA's unbiased ELBO estimate. The paper's finding is the default:
 w_text = 1/t, w_image = 1. Two coefficients scale the modalities' terms (`text_coef`, `image_coef`,
-1 and 1 by default), as the public code mixes its two losses. Deviation from the public -M code: there the text CE is divided by raw t
-and by L per sample, the image CE is unweighted; here both modalities share one normaliser.
+1 and 1 by default), as the public code mixes its two losses. Deviation from the public -M code:
+there the text CE is divided by raw t and by L per sample, the image CE is unweighted; here both
+modalities share one normaliser.
 """
 
 from __future__ import annotations
