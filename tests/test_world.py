@@ -1,5 +1,6 @@
 """The shapes world (annotators/world): the scene model, the exact verifier (pixels and text to
-scenes, edit and trace scoring) and the scene annotator backend."""
+scenes, edit and trace scoring) and the scene annotator backend; and the world's scoring of a
+benchmark (jobs.world.score_samples)."""
 
 import dataclasses
 import hashlib
@@ -203,3 +204,31 @@ def test_scene_backend_refuses_bad_requests_per_request():
         SceneConfig(error_rate=1.5)
     with pytest.raises(ValueError):
         BackendConfig(kind="nonsense")
+
+
+def test_world_scores_the_reference_right_and_the_copy_wrong_on_every_kind_of_edit(tmp_path):
+    """`jobs.world.score_samples`, the numbers `make world` prints: the reference images with their
+    own traces score 1 on every kind of edit; the input given back as the output scores 0 on each."""
+    import shutil
+
+    from jobs.world import score_samples
+
+    bench = make_demo_data(tmp_path, n=60, seed=3, resolution=48, generate_fraction=0.0)
+    rows = [json.loads(line) for line in bench.read_text().splitlines()]
+    for name, image in (("reference", "output_image"), ("copy", "input_image")):
+        for row in rows:
+            folder = tmp_path / name / row["id"]
+            folder.mkdir(parents=True)
+            shutil.copy(tmp_path / row[image], folder / "output.png")
+            source, target = Scene.from_dict(row["meta"]["scene"]), Scene.from_dict(row["meta"]["edited"])
+            (folder / "reasoning.txt").write_text(write_trace(source, target, seed=0, min_words=10))
+    reference, copy = score_samples(bench, tmp_path / "reference"), score_samples(bench, tmp_path / "copy")
+    assert reference["edits"] == copy["edits"] == len(rows)
+    assert set(reference["edit_accuracy_by_kind"]) == {"recolour", "move", "add", "remove", "resize"}
+    assert reference["edit_accuracy_by_kind"] == dict.fromkeys(reference["edit_accuracy_by_kind"], 1.0)
+    assert reference["edit_accuracy"] == reference["reasoning_correct"] == reference["consistency"] == 1.0
+    assert copy["edit_accuracy_by_kind"] == dict.fromkeys(copy["edit_accuracy_by_kind"], 0.0)
+    assert copy["edited_cells"] == 0.0
+    baseline = score_samples(bench)  # the copy baseline, scored without images: the same verdicts
+    assert {k: v for k, v in copy.items() if k not in ("reasoning_correct", "consistency")} == \
+        {k: v for k, v in baseline.items() if k not in ("reasoning_correct", "consistency")}
