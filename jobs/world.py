@@ -158,8 +158,8 @@ def sft_config(world: World, dataset: str, out_dir: Path) -> SFTConfig:
               "out_dir": str(out_dir), "steps": cfg.sft_steps, "save_every": cfg.sft_eval_every,
               "keep_last": 10**6, "micro_batch_size": 32, "bf16": False, "deepspeed": "ds_zero0",
               "optim": {"lr": 3e-3, "warmup_steps": 50, "weight_decay": 0.0},
-              # text and image CE weighed alike (the paper weighs text by 1/t): the world's runs that wrote
-              # consistent text used it; the two have not yet been compared alone here
+              # text CE not weighted by 1/t (the paper's w_text): the world's runs that wrote consistent
+              # text used it; the two have not yet been compared alone here
               "w_text": "one",
               # the image term x10: a row holds 9 image targets against 87 text ones, and a probe of the
               # edit itself (teacher-forced, the whole output masked, held-out rows) read 14% of the edits
