@@ -15,7 +15,7 @@ CSS = """
 .grid td{vertical-align:top} .grid img{image-rendering:pixelated;border:1px solid #ddd}
 .grid p{max-width:360px;font-size:12px;margin:2px 0} .strip{max-width:760px}
 """
-CURVES = {"edit_accuracy": "edit accuracy", "reasoning_correct": "reasoning correct",
+CURVES = {"edit_accuracy": "edit accuracy", "edited_cells": "edited cells", "kept_cells": "kept cells", "reasoning_correct": "reasoning correct",
           "consistency": "text-image consistency", "scene_accuracy": "generation scene accuracy"}
 
 

@@ -125,6 +125,9 @@ def test_verify_grades_edits_and_traces():
 
     copied = verify(source, reference, source, trace)  # the input, unedited: the two changed cells are wrong
     assert not copied.edit_correct and copied.edited_cells_correct == 0.0 and copied.cells_correct == 0.8
+    assert good.kept_cells_correct == copied.kept_cells_correct == 1.0  # the 8 items the edit keeps
+    blank = verify(Scene("beige", ()), reference, source, None)  # every cell empty: the square's cell is wrong
+    assert blank.kept_cells_correct == 7 / 8 and blank.edited_cells_correct == 0.5
     assert copied.reasoning_correct and not copied.consistent and copied.consistency == 0.8
 
     wrong = verify(reference, reference, source, "Result: a large red circle in the bottom, on a beige background.")
@@ -137,6 +140,7 @@ def test_verify_grades_edits_and_traces():
 
     generated = verify(source, reference, None, reference.describe())
     assert generated.edited_cells_correct == generated.cells_correct == 0.8
+    assert generated.kept_cells_correct is None  # a generation keeps nothing
 
 
 def test_consistency_reward_grades_partial_agreement():
@@ -228,7 +232,7 @@ def test_world_scores_the_reference_right_and_the_copy_wrong_on_every_kind_of_ed
     assert reference["edit_accuracy_by_kind"] == dict.fromkeys(reference["edit_accuracy_by_kind"], 1.0)
     assert reference["edit_accuracy"] == reference["reasoning_correct"] == reference["consistency"] == 1.0
     assert copy["edit_accuracy_by_kind"] == dict.fromkeys(copy["edit_accuracy_by_kind"], 0.0)
-    assert copy["edited_cells"] == 0.0
+    assert copy["edited_cells"] == 0.0 and copy["kept_cells"] == reference["kept_cells"] == 1.0
     baseline = score_samples(bench)  # the copy baseline, scored without images: the same verdicts
     assert {k: v for k, v in copy.items() if k not in ("reasoning_correct", "consistency")} == \
         {k: v for k, v in baseline.items() if k not in ("reasoning_correct", "consistency")}

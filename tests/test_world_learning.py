@@ -2,7 +2,7 @@
 
 A small world (edits only, 48 px, short traces without filler) goes the user's way: demo-data ->
 ingest -> annotate (the scene annotator) -> tokenize (the world's MAGVIT-v2, trained by
-`jobs.world_models` and kept in tests/data so the suite does not spend minutes training it) ->
+`jobs.world_models` and kept in the repository so the suite does not spend minutes training it) ->
 `trainer sft` of a small MMaDA from scratch -> `trainer rl` with the verifier's reward. The held-out
 loss must halve; the test fails when learning is broken: a flipped loss sign, targets left in the
 input. ParaRL's reward must hold where it starts; with the advantage's sign flipped it falls to ~0
@@ -13,7 +13,6 @@ rather than raising it: those claims are `make world`'s, at a larger budget.
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,13 +20,12 @@ import yaml
 
 import jobs.world as world
 from jobs.tiny_models import build_tiny_clip
-from jobs.world_models import build_world_tokenizer
+from jobs.world_models import SHIPPED_MAGVIT, build_world_tokenizer
 from schemas import SequenceConfig
 from tests.helpers import metrics, run_trainer
 from trainer.model_io import load_model, sequence_builder
 from trainer.sft import build_model
 
-WORLD_MAGVIT = Path(__file__).parent / "data" / "world-magvit"
 MODEL = {"d_model": 64, "n_heads": 4, "n_layers": 2, "mlp_hidden_size": 128, "max_sequence_length": 256}
 SFT_STEPS = 600  # the fewest at which the model's reasoning mostly parses (the verifier's reward needs it)
 SAMPLER = {"steps": 32, "block_length": 16}  # one text token per step: fewer repeat words
@@ -48,7 +46,7 @@ def small_world(ray_local, tmp_path_factory):
     """The world's models, a training version and a held-out version (another seed)."""
     out = tmp_path_factory.mktemp("world")
     # eval scores CLIP beside the verifier: a tiny random one here, the world's trained one in `make world`
-    models = {"tokenizer": build_world_tokenizer(out / "models" / "tokenizer"), "magvit": WORLD_MAGVIT,
+    models = {"tokenizer": build_world_tokenizer(out / "models" / "tokenizer"), "magvit": SHIPPED_MAGVIT,
               "clip": build_tiny_clip(out / "models" / "clip")}
     cfg = world.WorldConfig(out=str(out), train_rows=1200, bench_rows=32, generate_fraction=0.0, trace_error_rate=0.0,
                             trace_min_words=10, overflow="truncate", sampler=SAMPLER, model=MODEL,

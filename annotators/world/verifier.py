@@ -160,6 +160,7 @@ class Verdict:
     edit_correct: bool  # the output is the reference scene exactly, background included
     cells_correct: float  # fraction of the 10 items (background + 9 cells) equal to the reference's
     edited_cells_correct: float | None  # the same over the items the edit changes (all 10 for a generation)
+    kept_cells_correct: float | None  # the same over the items the edit keeps (None for a generation)
     reasoning_correct: bool  # the reasoning's scene is the reference (False when it describes none)
     consistency: float  # agreement of the reasoning's scene and the output's (0 when it describes none)
     consistent: bool  # the reasoning's scene is the output's exactly
@@ -168,11 +169,13 @@ class Verdict:
 def verify(output: Scene, reference: Scene, source: Scene | None = None, reasoning: str | None = None) -> Verdict:
     got, want = output.items(), reference.items()
     changed = range(len(want)) if source is None else [i for i, x in enumerate(source.items()) if x != want[i]]
+    kept = [i for i in range(len(want)) if i not in changed]
     said = parse_scene(reasoning)
     return Verdict(
         edit_correct=got == want,
         cells_correct=agreement(output, reference),
         edited_cells_correct=sum(got[i] == want[i] for i in changed) / len(changed) if changed else None,
+        kept_cells_correct=sum(got[i] == want[i] for i in kept) / len(kept) if kept else None,
         reasoning_correct=said is not None and said.same(reference),
         consistency=agreement(said, output) if said is not None else 0.0,
         consistent=said is not None and said.same(output))
