@@ -91,7 +91,9 @@ def line_chart(series: dict[str, Sequence[tuple[float, float]]], title: str, x_l
     if not points:
         return f"<figure><figcaption>{esc(title)}: none</figcaption></figure>"
     colours = ("#4a78c2", "#d9822b", "#3a9d5d", "#b3261e", "#7b4ab3", "#555")
-    left, right, top, bottom = 48, 12, 10, 34
+    per_row = max(1, (width - 56) // 150)  # legend entries 150 px apart, in as many rows as they need
+    rows = -(-len(series) // per_row)
+    left, right, top, bottom = 48, 12, 10, 34 + 13 * (rows - 1)
     xs, ys = [x for x, _ in points], [y for _, y in points]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
@@ -113,7 +115,8 @@ def line_chart(series: dict[str, Sequence[tuple[float, float]]], title: str, x_l
         parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.6"/>')
         parts += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.2" fill="{colour}" data-series="{esc(name)}" '
                   f'data-x="{x}" data-y="{y}"/>' for (x, y), (a, b) in zip(values, (at(x, y) for x, y in values))]
-        parts.append(f'<text x="{left + 8 + 150 * i}" y="{height - 4}" font-size="11" fill="{colour}">{esc(name)}</text>')
+        parts.append(f'<text x="{left + 8 + 150 * (i % per_row)}" y="{height - 4 - 13 * (rows - 1 - i // per_row)}" '
+                     f'font-size="11" fill="{colour}">{esc(name)}</text>')
     return (f'<figure><svg width="{width}" height="{height}" role="img" aria-label="{esc(title)}">'
             f'{"".join(parts)}</svg><figcaption>{esc(title)}</figcaption></figure>')
 
