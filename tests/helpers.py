@@ -3,6 +3,7 @@ user runs them, a small ingest, raw rows. Test files import from here, never fro
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -112,3 +113,10 @@ def metrics(run_dir):
         r = json.loads(line)
         records[r["step"]] = r
     return records
+
+
+def large_share(image, text: str) -> float:
+    """A reward a policy reaches by its word choices alone: the share of "large" among the size words
+    of a text (0 when it has none). `trainer rl --set reward=tests.helpers:large_share`."""
+    words = re.findall(r"\b(large|small)\b", text, re.I)
+    return sum(w.lower() == "large" for w in words) / len(words) if words else 0.0

@@ -65,7 +65,7 @@ def test_reward_normalisation_and_its_statistics(tokenized_demo, magvit_dir, lla
     from safetensors.torch import load_file
 
     saved = load_file(clip_dir / "open_clip_model.safetensors")
-    assert torch.equal(reward.clip.model.state_dict()["text_projection"], saved["text_projection"])  # really loaded
+    assert torch.equal(reward.scorer.model.state_dict()["text_projection"], saved["text_projection"])  # really loaded
 
     codes, reasoning = reference_sample(table, fraction=0.01, min_rows=8, seed=0)
     assert len(reasoning) == 8 == codes.shape[0]  # 1% of the rows is fewer than the minimum
@@ -335,6 +335,28 @@ def test_windowed_text_score_reads_beyond_clips_77_tokens(tmp_path):
     assert windows.score(images[:1], [short]) == pytest.approx(truncate.score(images[:1], [short]), abs=1e-6)
     with pytest.raises(ValueError, match="truncate or windows"):
         ClipConfig(text="pooled")
+
+
+def _always_two(image, text):  # out of [0, 1] on purpose
+    return 2.0
+
+
+def test_reward_functions_are_imported_checked_and_held_to_their_range():
+    """`reward=MODULE:FUNCTION`: a name that is neither a reward nor MODULE:FUNCTION is refused with
+    the config, an unimportable one when the reward loads, and a score outside [0, 1] stops the step
+    (normalised by the identity it would outweigh every other rollout)."""
+    from trainer.rl.pararl import RLConfig
+    from trainer.rl.reward import FunctionScorer
+
+    with pytest.raises(ValueError, match="MODULE:FUNCTION"):
+        RLConfig(dataset="d@1", model="m", reward="large_share")
+    assert RLConfig(dataset="d@1", model="m", reward="tests.helpers:large_share").reward == "tests.helpers:large_share"
+    with pytest.raises(ValueError, match="cannot import nothing from tests.helpers"):
+        FunctionScorer("tests.helpers:nothing")
+    images = torch.zeros(2, 3, 8, 8)
+    assert FunctionScorer("tests.helpers:large_share").score(images, ["a large and a small one", "none"]).tolist() == [0.5, 0.0]
+    with pytest.raises(ValueError, match=r"returned 2.0: a score must be within \[0, 1\]"):
+        FunctionScorer("tests.test_rl:_always_two").score(images, ["a", "b"])
 
 
 def test_rollout_plans_depend_only_on_seed_step_and_prompt():

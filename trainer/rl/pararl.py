@@ -40,7 +40,7 @@ from trainer.metrics import MetricsLogger
 from trainer.model_io import load_checkpoint_weights, load_model, resolve, save_model, sequence_builder
 from trainer.rl.grpo import group_advantages
 from trainer.rl.learner import Item, accumulation_steps, grpo_update
-from trainer.rl.reward import REWARDS, ClipConfig, RewardModel, RewardStats, reference_sample
+from trainer.rl.reward import ClipConfig, RewardModel, RewardStats, check_reward, reference_sample
 from trainer.rl.rollout import Rollout, generate, rollout_plan, score
 from trainer.rundir import RunDir
 from trainer.sampling import ParallelSampler, Prompt, SamplerConfig
@@ -67,7 +67,9 @@ class RLConfig:
     registry: str | None = None
     image_tokenizer: str = DEFAULT_ID
     text_tokenizer: str | None = None  # default: the model folder
-    reward: str = "clip"  # clip (the paper) | verifier (the shapes world's exact text-image consistency)
+    # clip (the paper) | verifier (the shapes world's exact text-image consistency) | MODULE:FUNCTION
+    # (a function of (image as an [H, W, 3] uint8 array, text) -> a score in [0, 1], used as it is)
+    reward: str = "clip"
     clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)  # runs on each rank's device
     out_dir: str = "runs/rl"
     steps: int = 200
@@ -104,8 +106,7 @@ class RLConfig:
     def __post_init__(self) -> None:
         if self.reward_at not in ("trajectory", "final"):
             raise ValueError(f"reward_at must be trajectory or final, not {self.reward_at!r}")
-        if self.reward not in REWARDS:
-            raise ValueError(f"reward must be one of {REWARDS}, not {self.reward!r}")
+        check_reward(self.reward)
         if self.step_choice not in ("fixed", "random"):
             raise ValueError(f"step_choice must be fixed or random, not {self.step_choice!r}")
         if self.num_generations < 2:
@@ -286,7 +287,7 @@ def reward_statistics(cfg: RLConfig, manifest: VersionManifest, reward: RewardMo
     path = run_dir / "reward_stats.json"
     found: list = [None]
     if rank == 0:
-        if not path.exists() and reward.kind == "verifier":
+        if not path.exists() and reward.kind != "clip":  # a reward function's scores are used as they are
             RewardStats.identity(cfg.reward_clip, manifest.ref).save(path)
         if not path.exists():
             rows = DatasetRegistry(cfg.registry).read_table(manifest, ["output_image_codes", "reasoning_ids"])

@@ -1,5 +1,6 @@
 """ParaRL's reward: CLIP alignment between the text and the image as they stand at a denoising step
-(or, in the shapes world, the exact verifier's text-image consistency: `reward=verifier`).
+(or, in the shapes world, the exact verifier's text-image consistency: `reward=verifier`; or the
+user's own function: `reward=MODULE:FUNCTION`).
 
 The image at step t is the committed codes with every still-masked position filled by the model's
 prediction at that step (the sampler records it): a half-masked image cannot be decoded, and the
@@ -9,13 +10,14 @@ through open_clip: cosine similarity of the normalised embeddings.
 
 Normalisation (paper): the mean and std of CLIP scores on ~1% of the training data (reference
 reasoning vs output image); a score becomes clip((s - mean) / std, -c, c), rescaled to [0, 1]. The
-verifier's scores are already fractions in [0, 1] and its reference pairs all score 1, so it takes
-`RewardStats.identity`, under which normalising changes nothing.
+verifier's scores (and a reward function's) are already in [0, 1], and the verifier's reference pairs
+all score 1, so they take `RewardStats.identity`, under which normalising changes nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 from pathlib import Path
@@ -28,7 +30,7 @@ from annotators.world.verifier import consistency
 from pipeline.hub import load_text_tokenizer
 from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2
 
-REWARDS = ("clip", "verifier")
+REWARDS = ("clip", "verifier")  # or MODULE:FUNCTION, a reward function of the user's (FunctionScorer)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -126,28 +128,59 @@ class ClipScorer:
         return rows
 
 
-class VerifierScorer:
-    """The shapes world's exact text-image consistency (annotators/world): the fraction of the scene
-    (9 cells and the background) on which the scene the text describes and the scene read from the
-    image agree. Free and exact, so a reward and its measurement can be told apart from CLIP's."""
+def check_reward(kind: str) -> None:
+    """A ValueError unless `kind` names a reward: one of REWARDS, or MODULE:FUNCTION."""
+    module, _, name = kind.partition(":")
+    if kind not in REWARDS and not (module and name.isidentifier()):
+        raise ValueError(f"reward must be one of {REWARDS} or MODULE:FUNCTION, not {kind!r}")
+
+
+def reward_function(kind: str):
+    """`verifier`: the shapes world's exact text-image consistency (annotators/world: the fraction of
+    the scene, 9 cells and the background, on which the text's scene and the image's agree; free and
+    exact, so a reward and its measurement can be told apart from CLIP's). MODULE:FUNCTION: the
+    user's function, imported on each rank, as TRL and verl take reward functions."""
+    if kind == "verifier":
+        return consistency
+    module, _, name = kind.partition(":")
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"reward {kind!r}: cannot import {name} from {module}: {e}") from e
+    if not callable(function):
+        raise ValueError(f"reward {kind!r} is not a function")
+    return function
+
+
+class FunctionScorer:
+    """A reward function of (image: an [H, W, 3] uint8 array, text) -> a score in [0, 1], used as
+    it is (the run's statistics are the identity). A score outside [0, 1] stops the run: normalised
+    by the identity it would silently outweigh every other rollout's."""
+
+    def __init__(self, kind: str):
+        self.kind, self.function = kind, reward_function(kind)
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
         arrays = (images.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-        return torch.tensor([consistency(a, t) for a, t in zip(arrays, texts, strict=True)])
+        scores = torch.tensor([float(self.function(a, t)) for a, t in zip(arrays, texts, strict=True)])
+        bad = scores[~((scores >= 0) & (scores <= 1))]
+        if len(bad):
+            raise ValueError(f"reward {self.kind!r} returned {bad[0].item()}: a score must be within [0, 1]")
+        return scores
 
 
 class RewardModel:
-    """Codes + text ids -> scores: MAGVIT-v2 decoding, text detokenizing, then CLIP (or the verifier)."""
+    """Codes + text ids -> scores: MAGVIT-v2 decoding, text detokenizing, then CLIP (or a reward
+    function: the verifier's, or the user's)."""
 
     def __init__(self, clip: ClipConfig, image_tokenizer: str = DEFAULT_ID, text_tokenizer: str | None = None,
                  device: str | torch.device | None = None, kind: str = "clip"):
-        if kind not in REWARDS:
-            raise ValueError(f"reward must be one of {REWARDS}, not {kind!r}")
+        check_reward(kind)
         device = str(device or clip.device)
         self.magvit = MagvitV2.from_pretrained(image_tokenizer, device=device)
         self.text = load_text_tokenizer(text_tokenizer)
-        self.clip = ClipScorer(dataclasses.replace(clip, device=device)) if kind == "clip" else VerifierScorer()
+        self.scorer = ClipScorer(dataclasses.replace(clip, device=device)) if kind == "clip" else FunctionScorer(kind)
         self.device, self.kind = device, kind
 
     def score(self, codes: torch.Tensor, text_ids: list[list[int]], batch_size: int = 8) -> torch.Tensor:
@@ -160,7 +193,7 @@ class RewardModel:
             for i in range(0, len(text_ids), batch_size):
                 images = self.magvit.decode(codes[i:i + batch_size].to(self.device), (grid, grid))
                 texts = [self.text.decode(ids) for ids in text_ids[i:i + batch_size]]
-                scores.append(self.clip.score(images, texts))
+                scores.append(self.scorer.score(images, texts))
         return torch.cat(scores)
 
 
