@@ -10,7 +10,7 @@ WORLD := world-run
 export HF_HUB_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: demo world test bench install clean
+.PHONY: demo world world-ablation test bench install clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ demo: $(STAMP)
 # The shapes world: the small models trained, then SFT and ParaRL shown to learn, scored by an exact verifier.
 world: $(STAMP)
 	$(BIN)/python -m jobs.world --out $(WORLD)
+
+# The paper's RL ablation on a finished world: trajectory-level against output-only reward, 3 seeds each (~30 min).
+world-ablation: $(STAMP)
+	$(BIN)/python -m jobs.world_ablation --world $(WORLD)
 
 # Lint first (seconds): a failing `ruff check` stops before the suite. pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: $(STAMP)

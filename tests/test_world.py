@@ -29,6 +29,7 @@ from annotators.world import (
     verify,
 )
 from annotators.world.scene_backend import write_trace
+from jobs.world_ablation import AblationConfig, ablation_table
 from pipeline.demo_data import make_demo_data
 
 
@@ -236,3 +237,19 @@ def test_world_scores_the_reference_right_and_the_copy_wrong_on_every_kind_of_ed
     baseline = score_samples(bench)  # the copy baseline, scored without images: the same verdicts
     assert {k: v for k, v in copy.items() if k not in ("reasoning_correct", "consistency")} == \
         {k: v for k, v in baseline.items() if k not in ("reasoning_correct", "consistency")}
+
+
+def test_the_ablation_table_gives_each_arm_its_mean_and_spread_over_seeds():
+    runs = [{"arm": arm, "seed": seed, "clip_first": 0.3, "clip_last": last, "edit_accuracy": 0.5,
+             "kept_cells": 0.9, "reasoning_correct": None, "consistency": last}
+            for arm, values in (("trajectory", (0.2, 0.4)), ("final", (0.1, 0.1))) for seed, last in enumerate(values)]
+    table = ablation_table(runs, {"edit_accuracy": 0.45, "consistency": 0.25}, steps=20)
+    rows = {row[0]: dict(zip(table["header"], row)) for row in table["rows"]}
+    assert rows["SFT (start)"]["text-image consistency"] == "0.250"
+    assert rows["SFT (start)"]["clip reward, last 5"] == "-"
+    trajectory = rows["+ 20 steps, trajectory reward (ParaRL)"]
+    assert trajectory["clip reward, last 5"] == "0.300 ± 0.141 (2)"
+    assert trajectory["reasoning correct"] == "-"
+    assert rows["+ 20 steps, output-only reward"]["text-image consistency"] == "0.100 ± 0.000 (2)"
+    with pytest.raises(ValueError, match="arms"):
+        AblationConfig(arms=["trajectory", "middle"])

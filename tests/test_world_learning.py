@@ -24,6 +24,7 @@ import yaml
 
 import jobs.world as world
 from jobs.tiny_models import build_tiny_clip
+from jobs.world_ablation import AblationConfig, run_ablation
 from jobs.world_models import SHIPPED_MAGVIT, build_world_tokenizer
 from schemas import SequenceConfig
 from tests.helpers import metrics, run_trainer
@@ -136,3 +137,22 @@ def test_pararl_raises_a_reward_within_reach(small_world, sft_run):
                           env={"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))})
     print(f"ParaRL, share of 'large' at the last step: first 5 steps {first:.3f}, last 5 {last:.3f}")
     assert last > first + 0.1
+
+
+def test_the_rl_ablation_trains_each_arm_from_the_sft_model(small_world, sft_run):
+    """`jobs.world_ablation` (trajectory-level against output-only reward, at equal steps): each arm
+    trains from the SFT model with its own `reward_at` and seed, rewarded at every recorded step or
+    at the last only, and is judged by the verifier; its row in the table counts its seeds."""
+    w, dataset, _ = small_world
+    result = run_ablation(AblationConfig(seeds=[3], rl_steps=1), w, dataset, Path(sft_run.out_dir), sft_scores={})
+    by_arm = {r["arm"]: r for r in result["runs"]}
+    assert set(by_arm) == {"trajectory", "final"}
+    for arm, run in by_arm.items():
+        config = json.loads((Path(run["run"]) / "config.json").read_text())
+        assert (config["reward_at"], config["seed"]) == (arm, 3)
+        assert 0 <= run["consistency"] <= 1 and 0 <= run["clip_first"] <= 1
+    assert "reward_early" in metrics(by_arm["trajectory"]["run"])[1]
+    assert "reward_early" not in metrics(by_arm["final"]["run"])[1]
+    assert [row[0] for row in result["table"]["rows"]][1:] == [
+        "+ 1 steps, trajectory reward (ParaRL)", "+ 1 steps, output-only reward"]
+    assert all(cell.endswith("(1)") for row in result["table"]["rows"][1:] for cell in row[1:])
