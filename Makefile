@@ -29,15 +29,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m jobs.demo --out $(DEMO)
+	$(BIN)/python -m jobs.demo --out $(DEMO) --world $(WORLD)
 
 # The shapes world: the small models trained, then SFT and ParaRL shown to learn, scored by an exact verifier.
 world: $(STAMP)
 	$(BIN)/python -m jobs.world --out $(WORLD)
 
-# The paper's RL ablation on a finished world: trajectory-level against output-only reward, 3 seeds each (~30 min).
+# The paper's ablations on a finished world, 3 seeds per arm: trajectory-level against output-only
+# reward (~30 min), then SFT with reasoning against without at 1,500 steps (~70 min).
 world-ablation: $(STAMP)
 	$(BIN)/python -m jobs.world_ablation --world $(WORLD)
+	$(BIN)/python -m jobs.world_ablation --world $(WORLD) --set study=sft --set steps=1500
 
 # Lint first (seconds): a failing `ruff check` stops before the suite. pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: $(STAMP)

@@ -1,7 +1,12 @@
 """`make demo`: the whole flow on the embedded default (a local Ray, the bundled demo data).
 
-Runs every stage that exists, in order, and prints where each output is. Stages not built yet are
-skipped with a line saying so."""
+Runs every stage, in order, and prints where each output is. Its models are built here with random
+weights in the published formats (a tiny Qwen2.5-VL, a full-size MAGVIT-v2, a tiny MMaDA and CLIP),
+so the flow shows that every stage runs, not that anything learns: its outputs are noise. When a
+finished `make world` is given (`--world`, the Makefile's world-run), `trainer sample` and `trainer
+eval` run on the world's trained models instead (SFT + ParaRL, its MAGVIT-v2, tokenizer and CLIP,
+the verifier as the judge) over the world's held-out edits, so the sample, the strip and the eval
+page show learned edits."""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from jobs.tiny_models import (
     build_tiny_qwen25vl,
 )
 from pipeline.annotate import AnnotateConfig, report
+from pipeline.config import load_config
 from pipeline.demo_data import make_demo_data
 from pipeline.filter import FilterConfig
 from pipeline.filter import report as filter_report
@@ -94,6 +100,7 @@ def main() -> None:
     parser.add_argument("--out", default="demo-run", help="folder for the demo data and registry")
     parser.add_argument("--n", type=int, default=64, help="demo samples")
     parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--world", default=None, help="a finished `make world` folder: sample and eval its trained models")
     args = parser.parse_args()
     out = Path(args.out)
     registry = str(out / "registry")
@@ -172,6 +179,28 @@ def main() -> None:
               f"update {r['update_s']:.1f}s, {r['rollouts']} rollouts on {r['world_size']} ranks")
     print(f"[rl] checkpoints in {rl_dir / 'checkpoints'}; reward statistics in {rl_dir / 'reward_stats.json'}")
 
+    world = Path(args.world) if args.world else None
+    if world is not None and (world / "results.json").exists():
+        eval_page = sample_and_eval_world(world, out)
+    else:
+        print("[sample] no finished world" + (f" at {world}" if world else "") + ": the random-weight models below "
+              "draw noise; `make world` (~35 min on 2 cores) trains the models that draw learned edits here")
+        eval_page = sample_and_eval_random(out, manifest_path, rl_dir, magvit, text_tokenizer, tiny_qwen, clip)
+
+    page = write_report(ReportConfig(dataset=tokenized.ref, registry=registry, out=str(out / "report.html"), cards=16))
+    print(f"[report] {tokenized.ref}: ancestry, quarantine, distributions, cards, diff -> {page}")
+    for html_page, anchor in ((page, ""), (page, "scores"), (eval_page, "")):
+        shot = screenshot(html_page, anchor)
+        print(f"[report] screenshot {shot}" if shot else "[report] no screenshot: chromium is not installed")
+
+    print(f"demo finished in {time.perf_counter() - started:.0f}s; registry: {registry}")
+    print(f"latest version: {tokenized.ref}")
+
+
+def sample_and_eval_random(out: Path, manifest_path: Path, rl_dir: Path, magvit: Path, text_tokenizer: Path,
+                           tiny_qwen: BackendConfig, clip: Path) -> Path:
+    """`trainer sample` and `trainer eval` of the demo's own ParaRL policy (random weights before 20
+    + 3 steps): the commands run end to end; the pictures are noise. Returns the eval page."""
     edit = next(json.loads(line) for line in manifest_path.read_text().splitlines() if '"input_image"' in line)
     sampled = run_sample(SampleConfig(
         model=str(rl_dir), instruction=edit["instruction"], input=str(manifest_path.parent / edit["input_image"]),
@@ -196,15 +225,35 @@ def main() -> None:
           "judgement is recorded as failed); CLIP is judge-free")
     print("[eval] " + format_summary(summary).replace("\n", "\n[eval] "))
     print(f"[eval] results in {out / 'eval' / 'results.json'}; page {out / 'eval' / 'eval.html'}")
+    return out / "eval" / "eval.html"
 
-    page = write_report(ReportConfig(dataset=tokenized.ref, registry=registry, out=str(out / "report.html"), cards=16))
-    print(f"[report] {tokenized.ref}: ancestry, quarantine, distributions, cards, diff -> {page}")
-    for html_page, anchor in ((page, ""), (page, "scores"), (out / "eval" / "eval.html", "")):
-        shot = screenshot(html_page, anchor)
-        print(f"[report] screenshot {shot}" if shot else "[report] no screenshot: chromium is not installed")
 
-    print(f"demo finished in {time.perf_counter() - started:.0f}s; registry: {registry}")
-    print(f"latest version: {tokenized.ref}")
+def sample_and_eval_world(world: Path, out: Path, n: int = 16) -> Path:
+    """`trainer sample` (with its denoising strip) and `trainer eval` of a finished world's ParaRL
+    model on its first `n` held-out edits, the verifier as the judge. Returns the eval page."""
+    results = json.loads((world / "results.json").read_text())
+    cfg = results["config"]
+    model, models = world / "runs" / "pararl", world / "models"
+    bench = world / "bench" / "bench.jsonl"
+    sampler = load_config(SamplerConfig, **cfg["sampler"])
+    edit = json.loads(bench.read_text().splitlines()[0])
+    started = time.perf_counter()
+    sampled = run_sample(SampleConfig(
+        model=str(model), instruction=edit["instruction"], input=str(bench.parent / edit["input_image"]),
+        out=str(out / "sample"), image_tokenizer=str(models / "magvit"), text_tokenizer=str(models / "tokenizer"),
+        resolution=cfg["resolution"], trajectory=True, sampler=sampler))
+    print(f"[sample] the world's SFT + ParaRL model {model}, {sampler.steps} steps: \"{edit['instruction']}\"")
+    print(f"[sample] reasoning {sampled['reasoning']}; image {sampled['image']}; trajectory strip {sampled['trajectory']}")
+    summary = run_eval(EvalConfig(
+        model=str(model), benchmark=str(bench), out=str(out / "eval"), limit=n, image_tokenizer=str(models / "magvit"),
+        text_tokenizer=str(models / "tokenizer"), resolution=cfg["resolution"], batch_size=n, sampler=sampler,
+        judge=JudgeConfig(backend=BackendConfig(kind="verifier")),
+        clip=ClipConfig(model=f"local-dir:{models / 'clip'}", pretrained=None)))
+    print(f"[eval] the world's model on its first {n} held-out edits, judged by the exact verifier "
+          f"({time.perf_counter() - started:.0f}s with the sample); the world's own table: {world / 'results.json'}")
+    print("[eval] " + format_summary(summary).replace("\n", "\n[eval] "))
+    print(f"[eval] results in {out / 'eval' / 'results.json'}; page {out / 'eval' / 'eval.html'}")
+    return out / "eval" / "eval.html"
 
 
 if __name__ == "__main__":

@@ -162,9 +162,11 @@ def tokenized_rows(world: World, ref: str) -> list[dict]:
     return registry.read_table(registry.resolve(ref)).to_pylist()
 
 
-def sft_config(world: World, dataset: str, out_dir: Path) -> SFTConfig:
+def sft_config(world: World, dataset: str, out_dir: Path, **overrides) -> SFTConfig:
+    """The world's SFT recipe, then `WorldConfig.sft`, then `overrides` (an ablation arm's)."""
     cfg = world.cfg
     values = {"dataset": dataset, "registry": world.registry, "init": "tiny", "init_config": cfg.model,
+              "text_tokenizer": str(world.models["tokenizer"]),  # the world's own, wherever it was tokenized from
               "out_dir": str(out_dir), "steps": cfg.sft_steps, "save_every": cfg.sft_eval_every,
               "keep_last": 10**6, "micro_batch_size": 32, "bf16": False, "deepspeed": "ds_zero0",
               "optim": {"lr": 3e-3, "warmup_steps": 50, "weight_decay": 0.0},
@@ -177,7 +179,7 @@ def sft_config(world: World, dataset: str, out_dir: Path) -> SFTConfig:
               # exactly right after 1,250 steps at x10, against 2% at x1 (4% at 1,500)
               "image_coef": 10.0, "sequence": dataclasses.asdict(cfg.sequence),
               "seed": cfg.seed}
-    return load_config(SFTConfig, **_merged(values, cfg.sft))
+    return load_config(SFTConfig, **_merged(_merged(values, cfg.sft), overrides))
 
 
 def _merged(base: dict, update: dict) -> dict:
@@ -250,19 +252,23 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def run_sft(world: World, dataset: str) -> tuple[Path, list[dict]]:
-    """SFT from scratch, then the verifier at every checkpoint: (run folder, curve)."""
+def run_sft(world: World, dataset: str, name: str = "sft", untrained_first: bool = True,
+            **overrides) -> tuple[Path, list[dict]]:
+    """SFT from scratch (the world's recipe unless `overrides` say otherwise), then the verifier at
+    every checkpoint, after the untrained model's scores when `untrained_first`: (run folder, curve)."""
     cfg = world.cfg
-    run_dir = world.out / "runs" / "sft"
-    sft = sft_config(world, dataset, run_dir)
+    run_dir = world.out / "runs" / name
+    sft = sft_config(world, dataset, run_dir, **overrides)
     started = time.perf_counter()
-    curve = [{"step": 0, **evaluate(world, untrained(world, sft, world.out / "models" / "untrained"),
-                                    world.out / "eval" / "sft-0")}]
+    curve = []
+    if untrained_first:
+        curve.append({"step": 0, **evaluate(world, untrained(world, sft, world.out / "models" / "untrained"),
+                                            world.out / "eval" / f"{name}-0")})
     train_sft(sft, progress=False)
-    print(f"[sft] {sft.steps} steps in {time.perf_counter() - started:.0f}s")
+    print(f"[sft] {name}: {sft.steps} steps in {time.perf_counter() - started:.0f}s")
     for step in range(cfg.sft_eval_every, cfg.sft_steps + 1, cfg.sft_eval_every):
-        curve.append({"step": step, **evaluate(world, run_dir, world.out / "eval" / f"sft-{step}", f"step-{step}")})
-        print(f"[sft] step {step}: " + _fmt(curve[-1]))
+        curve.append({"step": step, **evaluate(world, run_dir, world.out / "eval" / f"{name}-{step}", f"step-{step}")})
+        print(f"[sft] {name} step {step}: " + _fmt(curve[-1]))
     return run_dir, curve
 
 

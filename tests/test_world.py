@@ -243,7 +243,7 @@ def test_the_ablation_table_gives_each_arm_its_mean_and_spread_over_seeds():
     runs = [{"arm": arm, "seed": seed, "clip_first": 0.3, "clip_last": last, "edit_accuracy": 0.5,
              "kept_cells": 0.9, "reasoning_correct": None, "consistency": last}
             for arm, values in (("trajectory", (0.2, 0.4)), ("final", (0.1, 0.1))) for seed, last in enumerate(values)]
-    table = ablation_table(runs, {"edit_accuracy": 0.45, "consistency": 0.25}, steps=20)
+    table = ablation_table("rl", runs, steps=20, start={"edit_accuracy": 0.45, "consistency": 0.25})
     rows = {row[0]: dict(zip(table["header"], row)) for row in table["rows"]}
     assert rows["SFT (start)"]["text-image consistency"] == "0.250"
     assert rows["SFT (start)"]["clip reward, last 5"] == "-"
@@ -251,5 +251,18 @@ def test_the_ablation_table_gives_each_arm_its_mean_and_spread_over_seeds():
     assert trajectory["clip reward, last 5"] == "0.300 ± 0.141 (2)"
     assert trajectory["reasoning correct"] == "-"
     assert rows["+ 20 steps, output-only reward"]["text-image consistency"] == "0.100 ± 0.000 (2)"
+    # the SFT study: no starting model, and nothing to judge of the reasoning the image-only arm lacks
+    runs = [{"arm": "reasoning", "seed": 0, "edit_accuracy": 0.3, "consistency": 0.5, "reasoning_correct": 0.1},
+            {"arm": "none", "seed": 0, "edit_accuracy": 0.2, "consistency": None, "reasoning_correct": None}]
+    table = ablation_table("sft", runs, steps=1500)
+    rows = {row[0]: dict(zip(table["header"], row)) for row in table["rows"]}
+    assert list(rows) == ["SFT 1500 steps, with reasoning", "SFT 1500 steps, without reasoning (image only)"]
+    assert rows["SFT 1500 steps, without reasoning (image only)"]["text-image consistency"] == "-"
+    assert rows["SFT 1500 steps, with reasoning"]["edit accuracy"] == "0.300 ± 0.000 (1)"
     with pytest.raises(ValueError, match="arms"):
         AblationConfig(arms=["trajectory", "middle"])
+    with pytest.raises(ValueError, match="arms"):
+        AblationConfig(study="sft", arms=["trajectory"])
+    with pytest.raises(ValueError, match="study"):
+        AblationConfig(study="dpo")
+    assert AblationConfig(study="sft").arms == ["reasoning", "none"]

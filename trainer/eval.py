@@ -266,7 +266,9 @@ def run_eval(cfg: EvalConfig) -> dict:
                for item, reasoning, score, judged in zip(items, reasonings, clip, judgements, strict=True)]
     summary = summarize(records)
     results = {"config": dataclasses.asdict(cfg),
-               "judge": {"backend": cfg.judge.backend.kind, "model": cfg.judge.backend.model,
+               # the verifier reads the image itself: no model to name
+               "judge": {"backend": cfg.judge.backend.kind,
+                         "model": None if cfg.judge.backend.kind == "verifier" else cfg.judge.backend.model,
                          "rubrics": judge.rubrics.id, "rubrics_sha256": judge.rubrics.sha256},
                "samples": records, "summary": summary}
     (out / "results.json").write_text(json.dumps(results, indent=2))

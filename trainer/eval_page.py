@@ -94,7 +94,7 @@ def write_page(results: dict, out: Path) -> Path:
                '<option value="no">all scored</option></select><span class="shown"></span></div>')
     body = (f"<h1>Evaluation of {esc(cfg['model'])}</h1>"
             f"<p class=muted>benchmark {esc(cfg['benchmark'])} · {len(records)} prompts · judge "
-            f"{esc(judge['backend'])}:{esc(judge['model'])} · rubrics {esc(judge['rubrics'])} "
+            f"{esc(judge['backend'])}{':' + esc(judge['model']) if judge['model'] else ''} · rubrics {esc(judge['rubrics'])} "
             f"(<code>{esc(judge['rubrics_sha256'][:12])}</code>) · {cfg['sampler']['steps']} sampler steps · "
             f"{cfg['resolution']} px</p>{_summary_section(results)}<h2>Samples</h2>{filters}"
             f'<div class="cards">{"".join(_card(r, out) for r in records)}</div>')
