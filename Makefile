@@ -36,7 +36,7 @@ world: $(STAMP)
 	$(BIN)/python -m jobs.world --out $(WORLD)
 
 # The paper's ablations on a finished world, 3 seeds per arm: trajectory-level against output-only
-# reward (~30 min), then SFT with reasoning against without at 1,500 steps (~70 min).
+# reward (~30 min), then SFT with reasoning against without at 1,500 steps (~90 min).
 world-ablation: $(STAMP)
 	$(BIN)/python -m jobs.world_ablation --world $(WORLD)
 	$(BIN)/python -m jobs.world_ablation --world $(WORLD) --set study=sft --set steps=1500
