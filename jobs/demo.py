@@ -228,33 +228,29 @@ def sample_and_eval_random(out: Path, manifest_path: Path, rl_dir: Path, magvit:
     return out / "eval" / "eval.html"
 
 
-def sample_and_eval_world(world: Path, out: Path, n: int = 16) -> Path:
+def sample_and_eval_world(folder: Path, out: Path, n: int = 16) -> Path:
     """`trainer sample` (with its denoising strip) and `trainer eval` of a finished world's ParaRL
     model on its first `n` held-out edits, the verifier as the judge. Returns the eval page."""
-    results = json.loads((world / "results.json").read_text())
-    cfg = results["config"]
-    model, models = world / "runs" / "pararl", world / "models"
-    bench = world / "bench" / "bench.jsonl"
-    sampler = load_config(SamplerConfig, **cfg["sampler"])
-    edit = json.loads(bench.read_text().splitlines()[0])
+    from jobs.world import eval_config  # here, not at the top: jobs.world imports this module's screenshot
+    from jobs.world_ablation import open_world
+
+    world = open_world(folder)[0]
+    model = world.out / "runs" / "pararl"
+    sampler = load_config(SamplerConfig, **world.cfg.sampler)
+    edit = json.loads(world.bench.read_text().splitlines()[0])
     started = time.perf_counter()
     sampled = run_sample(SampleConfig(
-        model=str(model), instruction=edit["instruction"], input=str(bench.parent / edit["input_image"]),
-        out=str(out / "sample"), image_tokenizer=str(models / "magvit"), text_tokenizer=str(models / "tokenizer"),
-        resolution=cfg["resolution"], trajectory=True, sampler=sampler))
+        model=str(model), instruction=edit["instruction"], input=str(world.bench.parent / edit["input_image"]),
+        out=str(out / "sample"), image_tokenizer=str(world.models["magvit"]),
+        text_tokenizer=str(world.models["tokenizer"]), resolution=world.cfg.resolution, trajectory=True, sampler=sampler))
     print(f"[sample] the world's SFT + ParaRL model {model}, {sampler.steps} steps: \"{edit['instruction']}\"")
     print(f"[sample] reasoning {sampled['reasoning']}; image {sampled['image']}; trajectory strip {sampled['trajectory']}")
-    summary = run_eval(EvalConfig(
-        model=str(model), benchmark=str(bench), out=str(out / "eval"), limit=n, image_tokenizer=str(models / "magvit"),
-        text_tokenizer=str(models / "tokenizer"), resolution=cfg["resolution"], batch_size=n, sampler=sampler,
-        judge=JudgeConfig(backend=BackendConfig(kind="verifier")),
-        clip=ClipConfig(model=f"local-dir:{models / 'clip'}", pretrained=None)))
+    summary = run_eval(eval_config(world, model, out / "eval", limit=n))
     print(f"[eval] the world's model on its first {n} held-out edits, judged by the exact verifier "
-          f"({time.perf_counter() - started:.0f}s with the sample); the world's own table: {world / 'results.json'}")
+          f"({time.perf_counter() - started:.0f}s with the sample); the world's own table: {folder / 'results.json'}")
     print("[eval] " + format_summary(summary).replace("\n", "\n[eval] "))
     print(f"[eval] results in {out / 'eval' / 'results.json'}; page {out / 'eval' / 'eval.html'}")
     return out / "eval" / "eval.html"
-
 
 if __name__ == "__main__":
     main()

@@ -200,15 +200,19 @@ def untrained(world: World, sft: SFTConfig, out_dir: Path) -> Path:
     return out_dir
 
 
+def eval_config(world: World, model: Path, out: Path, tag: str | None = None, limit: int | None = None) -> EvalConfig:
+    """`trainer eval` of a model on the world's held-out prompts (the first `limit`), the verifier as the judge."""
+    return EvalConfig(model=str(model), tag=tag, benchmark=str(world.bench), out=str(out), limit=limit,
+                      image_tokenizer=str(world.models["magvit"]), text_tokenizer=str(world.models["tokenizer"]),
+                      resolution=world.cfg.resolution, batch_size=32, sampler=load_config(SamplerConfig, **world.cfg.sampler),
+                      judge=JudgeConfig(backend=BackendConfig(kind="verifier")),
+                      clip=ClipConfig(model=f"local-dir:{world.models['clip']}", pretrained=None))
+
+
 def evaluate(world: World, model: Path, out: Path, tag: str | None = None) -> dict:
     """`trainer eval` with the verifier judge on the held-out prompts, then the world's metrics,
     recomputed from the saved samples against the scene graphs in the benchmark's meta."""
-    sampler = load_config(SamplerConfig, **world.cfg.sampler)
-    run_eval(EvalConfig(model=str(model), tag=tag, benchmark=str(world.bench), out=str(out),
-                        image_tokenizer=str(world.models["magvit"]), text_tokenizer=str(world.models["tokenizer"]),
-                        resolution=world.cfg.resolution, batch_size=32, sampler=sampler,
-                        judge=JudgeConfig(backend=BackendConfig(kind="verifier")),
-                        clip=ClipConfig(model=f"local-dir:{world.models['clip']}", pretrained=None)))
+    run_eval(eval_config(world, model, out, tag))
     return score_samples(world.bench, out / "samples")
 
 

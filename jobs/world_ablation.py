@@ -99,17 +99,24 @@ def run_ablation(cfg: AblationConfig, world: World, dataset: str, sft_dir: Path,
     for seed in cfg.seeds:
         for arm in cfg.arms:
             path = folder / f"{arm}-seed{seed}.json"
-            if path.exists() and json.loads(path.read_text())["steps"] == steps:
+            if path.exists() and _same_settings(json.loads(path.read_text()), steps, cfg.overrides):
                 continue
             started = time.perf_counter()
             run = _train(cfg, world, dataset, sft_dir, sft_scores, arm, seed)
-            path.write_text(json.dumps({"arm": arm, "seed": seed, "steps": steps,
+            path.write_text(json.dumps({"arm": arm, "seed": seed, "steps": steps, "overrides": cfg.overrides,
                                         "seconds": round(time.perf_counter() - started), **run}, default=str))
-    runs = [r for r in (json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))) if r["steps"] == steps]
+    runs = [r for r in (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))
+            if _same_settings(r, steps, cfg.overrides)]
     runs.sort(key=lambda r: (STUDIES[cfg.study].index(r["arm"]), r["seed"]))
     start = sft_scores if cfg.study == "rl" else None
     return {"config": dataclasses.asdict(cfg), "study": cfg.study, "steps": steps, "sft": sft_scores, "runs": runs,
             "table": ablation_table(cfg.study, runs, steps, start)}
+
+
+def _same_settings(run: dict, steps: int, overrides: dict) -> bool:
+    """A finished run counts for this study only at its steps and overrides (a run of other settings
+    is trained again, and left out of the table)."""
+    return run["steps"] == steps and run.get("overrides", {}) == overrides
 
 
 def _train(cfg: AblationConfig, world: World, dataset: str, sft_dir: Path, sft_scores: dict, arm: str,
