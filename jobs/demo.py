@@ -25,12 +25,14 @@ import pipeline.score
 import pipeline.tokenize
 from annotators import AnnotatorConfig, BackendConfig, SamplingConfig, ValidatorConfig
 from annotators.judge import JudgeConfig
+from jobs.screenshot import screenshot
 from jobs.tiny_models import (
     build_random_magvitv2,
     build_tiny_clip,
     build_tiny_llada_tokenizer,
     build_tiny_qwen25vl,
 )
+from jobs.world import eval_config, open_world
 from pipeline.annotate import AnnotateConfig, report
 from pipeline.config import load_config
 from pipeline.demo_data import make_demo_data
@@ -60,39 +62,6 @@ DEMO_TOKENIZE_RESOLUTION = 128
 # complete, so the flow can be followed end to end. Real runs keep the default validators.
 TINY_MODEL_VALIDATORS = ValidatorConfig(min_words=1, language=None,
                                         disabled=["too_long", "leakage", "refusal", "repetition"])
-
-
-def screenshot(html_page: Path, element: str = "") -> Path | None:
-    """The top of a page as PNG through Debian's headless Chromium, when it is installed; with
-    `element` (an id), just that element, through chromedriver (selenium comes with `make`'s install)."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        return None
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--window-size=1280,1600"]
-    png = html_page.with_name(f"{html_page.stem}{'-' + element if element else ''}.png")
-    if not element:
-        subprocess.run([chromium, *flags, f"--screenshot={png.resolve()}", html_page.resolve().as_uri()],
-                       capture_output=True, timeout=120, check=True)
-        return png
-    try:
-        # selenium is a test extra: without it the demo takes whole-page screenshots only
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        return None
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in flags:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    try:
-        driver.get(html_page.resolve().as_uri())
-        found = driver.find_element("id", element)
-        driver.set_window_size(1280, found.rect["y"] + found.rect["height"] + 200)  # all of it in the viewport
-        found.screenshot(str(png))
-    finally:
-        driver.quit()
-    return png
 
 
 def main() -> None:
@@ -231,9 +200,6 @@ def sample_and_eval_random(out: Path, manifest_path: Path, rl_dir: Path, magvit:
 def sample_and_eval_world(folder: Path, out: Path, n: int = 16) -> Path:
     """`trainer sample` (with its denoising strip) and `trainer eval` of a finished world's ParaRL
     model on its first `n` held-out edits, the verifier as the judge. Returns the eval page."""
-    from jobs.world import eval_config  # here, not at the top: jobs.world imports this module's screenshot
-    from jobs.world_ablation import open_world
-
     world = open_world(folder)[0]
     model = world.out / "runs" / "pararl"
     sampler = load_config(SamplerConfig, **world.cfg.sampler)

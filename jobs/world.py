@@ -36,7 +36,7 @@ from annotators.backend import SceneConfig
 from annotators.judge import JudgeConfig
 from annotators.world.scene import EDITS, Scene
 from annotators.world.verifier import read_scene, verify
-from jobs.demo import screenshot
+from jobs.screenshot import screenshot
 from jobs.world_models import SHIPPED_MAGVIT, build_world_models
 from jobs.world_page import write_page
 from pipeline.annotate import AnnotateConfig
@@ -116,6 +116,21 @@ class World:
     registry: str
     models: dict[str, Path]
     bench: Path
+
+
+def open_world(folder: str | Path) -> tuple[World, str, Path, dict]:
+    """A finished world, as `make world` left it: (World, its tokenized dataset, its SFT run, the SFT
+    model's verifier scores)."""
+    out = Path(folder)
+    results_path = out / "results.json"
+    if not results_path.exists():
+        raise FileNotFoundError(f"{results_path} not found: run `make world` (python -m jobs.world --out {out}) first")
+    results = json.loads(results_path.read_text())
+    cfg = load_config(WorldConfig, **{**results["config"], "out": str(out)})
+    models = {name: out / "models" / name for name in ("tokenizer", "magvit", "clip")}
+    world = World(cfg, out, str(out / "registry"), models, out / "bench" / "bench.jsonl")
+    dataset = DatasetRegistry(world.registry).resolve("world", schema="tokenized/1").ref
+    return world, dataset, out / "runs" / "sft", results["sft_curve"][-1]
 
 
 def held_out_benchmark(cfg: WorldConfig, out: Path, train_manifest: Path) -> Path:

@@ -28,9 +28,8 @@ import statistics
 import time
 from pathlib import Path
 
-from jobs.world import World, WorldConfig, format_table, run_rl, run_sft
+from jobs.world import World, format_table, open_world, run_rl, run_sft
 from pipeline.config import load_config
-from pipeline.registry import DatasetRegistry
 
 STUDIES = {"rl": ("trajectory", "final"), "sft": ("reasoning", "none")}
 ARM_NAMES = {"trajectory": "trajectory reward (ParaRL)", "final": "output-only reward",
@@ -62,21 +61,6 @@ class AblationConfig:
             raise ValueError(f"the {self.study} study's arms are {STUDIES[self.study]}, not {sorted(unknown)}")
         if not self.seeds:
             raise ValueError("seeds: at least one")
-
-
-def open_world(folder: str | Path) -> tuple[World, str, Path, dict]:
-    """A finished world, as `make world` left it: (World, its tokenized dataset, its SFT run, the SFT
-    model's verifier scores)."""
-    out = Path(folder)
-    results_path = out / "results.json"
-    if not results_path.exists():
-        raise FileNotFoundError(f"{results_path} not found: run `make world` (python -m jobs.world --out {out}) first")
-    results = json.loads(results_path.read_text())
-    cfg = load_config(WorldConfig, **{**results["config"], "out": str(out)})
-    models = {name: out / "models" / name for name in ("tokenizer", "magvit", "clip")}
-    world = World(cfg, out, str(out / "registry"), models, out / "bench" / "bench.jsonl")
-    dataset = DatasetRegistry(world.registry).resolve("world", schema="tokenized/1").ref
-    return world, dataset, out / "runs" / "sft", results["sft_curve"][-1]
 
 
 def clip_rewards(run_dir: Path, n: int = 5) -> dict[str, float]:
