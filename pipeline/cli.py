@@ -40,9 +40,13 @@ def run(typer_app: typer.Typer) -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as e:  # click usage errors
-        if isinstance(e, click.ClickException):
-            e.show()
+    except Exception as e:
+        # usage errors (a misspelled option, a missing argument): typer raises those of the click it
+        # vendors, older typers click's own; one line each, with where the help is
+        if isinstance(e, (click.ClickException, typer.TyperException)):
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            print(f"error: {e.format_message()}{hint}", file=sys.stderr)
             sys.exit(e.exit_code)
         raise
 

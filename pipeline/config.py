@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from pipeline.storage import check_location
+
 C = TypeVar("C")
 
 
@@ -50,6 +52,10 @@ def _build(cls: type[C], values: dict[str, Any], where: str) -> C:
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
+        if dataclasses.is_dataclass(hint) and not isinstance(value, (dict, hint)):
+            keys = ", ".join(sorted(f.name for f in dataclasses.fields(hint)))
+            raise ValueError(f"config key {where}{name}: a group of settings ({keys}), not {value!r}; "
+                             f"set one with {where}{name}.KEY=VALUE")
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             default = fields[name].default_factory
             if default is not dataclasses.MISSING:  # a command's own defaults for the part (a factory) stay
@@ -60,7 +66,11 @@ def _build(cls: type[C], values: dict[str, Any], where: str) -> C:
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """YAML gives ints for floats and scalars for one-element lists; accept those, refuse the rest."""
+    """YAML gives ints for floats and scalars for one-element lists; accept those, refuse the rest.
+    A URI with credentials in it is refused in any field: a config is recorded and printed."""
+    for text in (value if isinstance(value, (list, tuple)) else [value]):
+        if isinstance(text, str):
+            check_location(text, f"config key {key}")
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -82,6 +92,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise ValueError(f"config key {key}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def require_positive(config: Any, *names: str) -> None:
+    """Raises ValueError naming each of `names` (int fields of `config`) that is below 1: a zero
+    batch size or logging interval is refused when the config is read, before anything is built."""
+    bad = [f"{n}={getattr(config, n)}" for n in names if getattr(config, n) < 1]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: must be at least 1")
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None,

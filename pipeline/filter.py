@@ -60,9 +60,12 @@ def parse_thresholds(pairs: list[str]) -> dict[str, float]:
     for pair in pairs:
         axis, _, value = pair.partition("=")
         try:
-            out[axis.strip()] = float(value)
+            threshold = float(value)
         except ValueError:
             raise ValueError(f"--min {pair!r} is not AXIS=N (e.g. --min reasoning_following=60)") from None
+        if axis.strip() in out:  # which one was meant? not the last by accident
+            raise ValueError(f"--min {axis.strip()} is given twice ({out[axis.strip()]:g} and {threshold:g}); give it once")
+        out[axis.strip()] = threshold
     return out
 
 

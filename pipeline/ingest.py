@@ -25,8 +25,9 @@ from annotators.annotator import speed_only
 from pipeline import dedup
 from pipeline.images import ImageRules, Rejected, check_image, stable_message
 from pipeline.registry import DatasetRegistry
-from pipeline.sources import UNIT_ROWS, detect_format, filesystem, inside, plan_source, read_file, read_unit
+from pipeline.sources import UNIT_ROWS, detect_format, inside, plan_source, read_file, read_unit
 from pipeline.stage import MapTasks, Plan, Processed, Resources, Stage, UnitResult, rejected_rows
+from pipeline.storage import open_location
 from schemas import RAW, TASKS, VersionManifest, sample_id
 
 STAGE = "ingest"
@@ -72,9 +73,9 @@ def _load_image(inline: bytes | None, path: str | None, base: str, config: Inges
             raise Rejected("remote_not_allowed", f"{path}: remote images are fetched only with --allow-remote")
         if path.startswith(("http://", "https://")):
             return _fetch(path, config.max_image_bytes, config.fetch_deadline_s)
-        fs, inner = filesystem(path)
+        fs, inner = open_location(path)
         return read_file(fs, inner, path, config.max_image_bytes)
-    fs, base_path = filesystem(base)
+    fs, base_path = open_location(base)
     # Resolve against the source's own folder and refuse anything that escapes it, by `..`, an
     # absolute path or a symlink.
     target = posixpath.normpath(posixpath.join(base_path, path))

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
+from pipeline.storage import cache_root, cached_shard_name, check_location, open_location
 from schemas import Counts, ShardInfo, VersionManifest, conform, get_schema, schema_name
 
 DEFAULT_ROOT = "./paraforge-data"
@@ -46,6 +47,7 @@ TARGET_SHARD_BYTES = 256 * 1024 * 1024
 # manifest) of a version written before it with per-version shard folders, which stays readable.
 STORE_LAYOUT = "content-addressed/1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_VERSION_LIKE = re.compile(r"^[0-9a-f]{1,16}$")  # a version id (16 hex digits) or a prefix of one
 _SHARD_PATH = re.compile(r"^shards/[0-9a-f]{2}/[0-9a-f]{64}\.arrow$")
 _OLD_SHARD_PATH = re.compile(r"^(shards|quarantine)/part-[0-9]{5}\.arrow$")  # per-version folders, read only
 
@@ -71,13 +73,8 @@ class DatasetRegistry:
         """`filesystem` overrides the one the root's URI implies (e.g. an fsspec one wrapped in
         `pyarrow.fs.PyFileSystem`); the root is then a path inside it."""
         self.root = resolve_root(root)
-        if filesystem is not None:
-            self.fs, self.base = filesystem, self.root
-        elif "://" in self.root and not self.root.startswith("file://"):
-            self.fs, self.base = pafs.FileSystem.from_uri(self.root)
-        else:
-            path = self.root.removeprefix("file://")
-            self.fs, self.base = pafs.LocalFileSystem(), os.path.abspath(path)
+        check_location(self.root, "registry")
+        self.fs, self.base = (filesystem, self.root) if filesystem is not None else open_location(self.root)
         self.base = self.base.rstrip("/")
 
     # -- paths and small files ---------------------------------------------------------------
@@ -118,7 +115,7 @@ class DatasetRegistry:
 
     def tags(self, dataset: str) -> dict[str, str]:
         return {t: self._read_text(self._path(dataset, "tags", t)).strip()
-                for t in self._children(self._path(dataset, "tags"))}
+                for t in self._children(self._path(dataset, "tags")) if not t.startswith(".")}
 
     def resolve(self, ref: str, schema: str | tuple[str, ...] | None = None) -> VersionManifest:
         """NAME (latest), NAME@VERSION, NAME@TAG or NAME@<unique version prefix>. With `schema` (one
@@ -150,10 +147,20 @@ class DatasetRegistry:
             raise ValueError(f"{path}: {e}") from None
 
     def _select(self, ref: str, dataset: str, selector: str, versions: list[VersionManifest]) -> VersionManifest:
-        selector = self.tags(dataset).get(selector, selector)
+        """A full version id first (nothing shadows it), then a tag, then a unique id prefix; a
+        selector that is both a tag and a prefix (a tag from before tags were checked) is refused."""
+        exact = [m for m in versions if m.version == selector]
+        if exact:
+            return exact[0]
+        known = ", ".join(m.version for m in versions)
         matches = [m for m in versions if m.version.startswith(selector)]
+        tagged = self.tags(dataset).get(selector)
+        if tagged is not None:
+            if matches:
+                raise ValueError(f"{ref!r}: {selector!r} is both a tag and a version id prefix in {dataset!r}; "
+                                 f"give the full version id (versions: {known})")
+            matches = [m for m in versions if m.version == tagged]
         if len(matches) != 1:
-            known = ", ".join(m.version for m in versions)
             what = "no version or tag" if not matches else "an ambiguous version prefix"
             raise ValueError(f"{ref!r}: {what} {selector!r} in {dataset!r} (versions: {known})")
         return matches[0]
@@ -180,12 +187,11 @@ class DatasetRegistry:
             paths = self.shard_paths(manifest)
             problems = self.verify(manifest, paths) if verify else []
         else:
-            folder = os.path.join(cache or os.environ.get("PARAFORGE_CACHE")
-                                  or os.path.join(os.path.expanduser("~"), ".cache", "paraforge"), "shards")
+            folder = os.path.join(cache or cache_root(), "shards")
             os.makedirs(folder, exist_ok=True)
             paths, cached = [], []
             for shard, remote in zip(manifest.shards, self.shard_paths(manifest)):
-                local = os.path.join(folder, f"{shard.sha256}.arrow")
+                local = os.path.join(folder, cached_shard_name(shard.sha256))
                 if os.path.exists(local) and os.path.getsize(local) == shard.bytes:
                     cached.append((shard, local))
                 else:
@@ -331,9 +337,20 @@ class DatasetRegistry:
                              target_shard_bytes)
 
     def tag(self, ref: str, tag: str) -> VersionManifest:
+        """Points `tag` at a version. A tag may not look like a version id or a prefix of one (1 to 16
+        hex digits), so no tag can shadow a version; the write is atomic (readers see the old
+        version or the new, never a torn file)."""
+        if _VERSION_LIKE.match(_check_name("tag", tag)):
+            raise ValueError(f"tag {tag!r} looks like a version id or a prefix of one; "
+                             "use a name with a letter beyond a-f (best, v2, release-1)")
         manifest = self.resolve(ref)
-        self._write_bytes(self._path(manifest.dataset, "tags", _check_name("tag", tag)),
-                          manifest.version.encode())
+        path = self._path(manifest.dataset, "tags", tag)
+        if self.fs.type_name in ("s3", "gcs"):  # an object PUT is atomic already
+            self._write_bytes(path, manifest.version.encode())
+        else:
+            temporary = self._path(manifest.dataset, "tags", f".{tag}.{uuid.uuid4().hex}.tmp")  # no tag starts with "."
+            self._write_bytes(temporary, manifest.version.encode())
+            self.fs.move(temporary, path)  # a rename
         return self.resolve(f"{manifest.dataset}@{manifest.version}")
 
     def publish(self, dataset: str, stage: str, schema: str, parent: str | None, counts: Counts,

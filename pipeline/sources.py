@@ -34,6 +34,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from pipeline.images import Rejected, stable_message
+from pipeline.storage import is_uri, open_location
 
 FORMATS = ("jsonl", "parquet", "hf", "folder", "webdataset")
 CANONICAL_COLUMNS = ("task", "instruction", "input_image", "output_image", "id", "category", "meta")
@@ -58,20 +59,9 @@ REFERENCE_SCHEMA = pa.schema([
 ])
 
 
-def is_uri(location: str) -> bool:
-    return "://" in location and not location.startswith("file://")
-
-
-def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
-    """A local path or any pyarrow filesystem URI -> (filesystem, path inside it)."""
-    if is_uri(location):
-        return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), os.path.abspath(location.removeprefix("file://"))
-
-
 def _folder(location: str) -> str:
     """The location itself as a folder, in the form image paths are resolved against."""
-    return location.rstrip("/") if is_uri(location) else filesystem(location)[1]
+    return location.rstrip("/") if is_uri(location) else open_location(location)[1]
 
 
 def _parent(location: str) -> str:
@@ -109,7 +99,7 @@ def inside(fs: pafs.FileSystem, target: str, root: str) -> bool:
 
 
 def detect_format(source: str) -> str:
-    fs, path = filesystem(source)
+    fs, path = open_location(source)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise ValueError(f"source {source!r} does not exist")
@@ -201,7 +191,7 @@ def _record_row(obj: dict[str, Any], ref: str) -> dict[str, Any]:
 def plan_jsonl(source: str, unit_rows: int) -> list[dict[str, Any]]:
     """Byte ranges of `unit_rows` lines each, found by one streaming pass over the file (the
     driver holds one block at a time, never the file)."""
-    fs, path = filesystem(source)
+    fs, path = open_location(source)
     units, start, lines, offset, line = [], 0, 0, 0, 1
     with fs.open_input_stream(path) as f:
         while block := f.read(64 << 20):
@@ -218,7 +208,7 @@ def plan_jsonl(source: str, unit_rows: int) -> list[dict[str, Any]]:
 
 
 def read_jsonl(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
-    fs, _ = filesystem(source)
+    fs, _ = open_location(source)
     with fs.open_input_file(unit["path"]) as f:
         data = f.read_at(unit["end"] - unit["start"], unit["start"])
     batcher = _Batcher(source, _parent(source))
@@ -312,7 +302,7 @@ def _table_rows(source: str, base: str, name: str, first_row: int, batches: Iter
 
 
 def _parquet_files(source: str) -> tuple[pafs.FileSystem, list[str], str]:
-    fs, path = filesystem(source)
+    fs, path = open_location(source)
     if fs.get_file_info(path).type == pafs.FileType.File:
         return fs, [path], _parent(source)
     selector = pafs.FileSelector(path, recursive=True)
@@ -371,7 +361,7 @@ class _LostRows:
 
 def _hf_files(source: str) -> list[tuple[str, str]]:
     """(path, name) of every Arrow file of a `save_to_disk` folder, splits in their listed order."""
-    fs, path = filesystem(source)
+    fs, path = open_location(source)
     names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(path))}
     if "dataset_dict.json" in names:
         splits = json.loads(read_bytes(fs, f"{path}/dataset_dict.json"))["splits"]
@@ -400,7 +390,7 @@ def _hf_files(source: str) -> list[tuple[str, str]]:
 def plan_hf_saved(source: str, columns: dict[str, str]) -> list[dict[str, Any]]:
     """`Dataset.save_to_disk` writes Arrow IPC *streams* listed in state.json (a DatasetDict: one
     such folder per split); one unit per file. Read with pyarrow: no `datasets` import needed."""
-    fs, _ = filesystem(source)
+    fs, _ = open_location(source)
     units = []
     for path, name in _hf_files(source):
         with fs.open_input_stream(path) as f:
@@ -410,7 +400,7 @@ def plan_hf_saved(source: str, columns: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def read_hf_saved(source: str, unit: dict[str, Any], columns: dict[str, str]) -> Iterator[pa.Table]:
-    fs, _ = filesystem(source)
+    fs, _ = open_location(source)
     def batches() -> Iterator[pa.RecordBatch | _LostRows]:
         with fs.open_input_stream(unit["path"]) as f:
             try:
@@ -446,14 +436,14 @@ def _files_row(names: set[str], key: str, path_of) -> dict[str, Any]:
 
 def plan_folder(source: str, unit_rows: int) -> list[dict[str, Any]]:
     """Runs of `unit_rows` sample folders, in name order (a listing's order is the filesystem's)."""
-    fs, path = filesystem(source)
+    fs, path = open_location(source)
     names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path))
                    if i.type == pafs.FileType.Directory)
     return [{"samples": names[i:i + unit_rows]} for i in range(0, len(names), unit_rows)]
 
 
 def read_folder(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
-    fs, path = filesystem(source)
+    fs, path = open_location(source)
     batcher = _Batcher(source, _folder(source))
     for key in unit["samples"]:
         sample = f"{path}/{key}"
@@ -513,7 +503,7 @@ def _ends_cleanly(fs: pafs.FileSystem, path: str) -> bool:
 
 
 def plan_webdataset(source: str) -> list[dict[str, Any]]:
-    fs, path = filesystem(source)
+    fs, path = open_location(source)
     if fs.get_file_info(path).type == pafs.FileType.File:
         return [{"path": path}]
     return [{"path": i.path} for i in sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda i: i.path)
@@ -521,7 +511,7 @@ def plan_webdataset(source: str) -> list[dict[str, Any]]:
 
 
 def read_webdataset(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
-    fs, _ = filesystem(source)
+    fs, _ = open_location(source)
     batcher = _Batcher(source, _parent(source))
     tar_name = posixpath.basename(unit["path"])
 

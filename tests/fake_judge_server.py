@@ -1,7 +1,7 @@
 """A scripted OpenAI-compatible judge for `trainer eval` and `pipeline score` tests.
 
-It reads the criterion ("Criterion: text quality.") and the instruction (`Instruction: "..."`) from
-the rubric prompt and answers with a fixed score per criterion (BASE), so a test can work out the
+It reads the criterion ("Criterion: text quality.") and the instruction (fenced as data after
+"Instruction:") from the rubric prompt and answers with a fixed score per criterion (BASE), so a test can work out the
 expected table by hand. Markers in the instruction change the answers: `[judge:+N]` / `[judge:-N]`
 shift every score; `[judge:garbage]` answers nonsense (with a stray number, but no score);
 `[judge:range]` answers "Score: 140"; `[judge:reject]` answers HTTP 400; `[judge:down]` answers
@@ -24,7 +24,7 @@ BASE = {"text_quality": 80, "text_alignment": 70, "image_consistency": 60, "imag
         "image_quality": 90, "output_alignment": 40,  # trainer eval's (judge-v1)
         "instruction_following": 75, "reasoning_following": 65, "consistency": 85, "quality": 55}  # score-v1
 CRITERION = re.compile(r"Criterion: ([a-z ]+)\.")
-INSTRUCTION = re.compile(r'Instruction: "(.*?)"\n', re.S)
+INSTRUCTION = re.compile(r"Instruction:\n<data (\w+)>\n(.*?)\n</data \1>", re.S)
 MARKER = re.compile(r"\[judge:([a-z]+|[+=-]\d+)(?:@([a-z_]+))?\]")
 GARBAGE = "Banana clouds whisper 7 purple theorems; the ledger of moths is closed."
 
@@ -44,8 +44,6 @@ def answer(dimension: str, instruction: str) -> tuple[int, str]:
         if kind == "down":
             return 503, "overloaded"
         score = int(kind[1:]) if kind.startswith("=") else score + int(kind)
-    if dimension == "image_quality":  # a markdown flavour of the same answer
-        return 200, f"Clean and sharp.\n**Score:** {score}/100"
     return 200, f"The {dimension.replace('_', ' ')} is as expected for this output.\nScore: {score}"
 
 
@@ -60,7 +58,7 @@ class Script:
         text = "\n".join([m["content"] for m in body["messages"] if isinstance(m["content"], str)]
                          + [p["text"] for p in parts if p["type"] == "text"])
         dimension = CRITERION.search(text).group(1).replace(" ", "_")
-        instruction = INSTRUCTION.search(text).group(1)
+        instruction = INSTRUCTION.search(text).group(2)
         self.log.append({"dimension": dimension, "instruction": instruction, "seed": body.get("seed"),
                          "images": sum(p["type"] == "image_url" for p in parts)})
         status, content = answer(dimension, instruction)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 
 from pipeline.demo_data import make_demo_data
 from pipeline.registry import DatasetRegistry
@@ -46,6 +47,14 @@ def test_user_errors_are_one_line(tmp_path):
     assert r.stderr.strip() == f"error: dataset 'nothing' has no versions in registry {tmp_path}"
     r = cli("ingest", tmp_path / "missing.jsonl", "--dataset", "x", "--registry", tmp_path, check=False)
     assert r.returncode == 2 and "does not exist" in r.stderr
+    for args, says in ((("ingest", "--bogus"), "No such option: --bogus"),
+                       (("ingest", tmp_path / "a.jsonl"), "Missing option '--dataset'"),
+                       (("versions", "show"), "Missing argument"), (("nosuchcommand",), "No such command")):
+        r = cli(*args, check=False)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and says in r.stderr, r.stderr[-2000:]
+        assert r.stderr.startswith("error: ")
+    r = subprocess.run([str(BIN / "trainer"), "sft", "--bogus"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == "error: No such option: --bogus (see `trainer sft --help`)"
 
 
 def test_registry_from_environment(ray_local, demo_dir, tmp_path):

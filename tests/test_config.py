@@ -36,6 +36,22 @@ def test_unknown_keys_and_bad_types_are_errors():
         load_config(Outer, None, ["name=a", "steps=many"])
     with pytest.raises(ValueError, match="not key=value"):
         parse_overrides(["steps"])
+    with pytest.raises(ValueError, match=r"optim: a group of settings \(betas, lr\), not 3"):
+        load_config(Outer, None, ["name=a", "optim=3"])
+
+
+def test_trainer_settings_below_one_are_refused_before_anything_is_built():
+    """`--set micro_batch_size=0` (or log_every=0, steps=0, ...) fails as the config is read, one error
+    naming each such setting, not as a division by zero after the model is built."""
+    from trainer.rl.pararl import RLConfig
+    from trainer.sft import SFTConfig
+
+    with pytest.raises(ValueError, match=r"micro_batch_size=0, log_every=0: must be at least 1"):
+        load_config(SFTConfig, None, ["dataset=d", "micro_batch_size=0", "log_every=0"])
+    with pytest.raises(ValueError, match=r"reward_steps=0: must be at least 1"):
+        load_config(RLConfig, None, ["dataset=d", "model=m", "reward_steps=0"])
+    with pytest.raises(ValueError, match="cfg_dropout is a probability"):
+        load_config(SFTConfig, None, ["dataset=d", "cfg_dropout=1.5"])
 
 
 @dataclasses.dataclass(kw_only=True)

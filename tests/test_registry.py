@@ -196,3 +196,24 @@ def test_a_broken_manifest_is_named_not_a_traceback(tmp_path):
     path.write_text('{"dataset": "d", "vers')  # cut mid-write by hand
     with pytest.raises(ValueError, match="manifest.json: Unterminated string"):
         registry.resolve(m.ref)
+
+
+def test_a_version_id_always_wins_and_no_tag_can_look_like_one(tmp_path):
+    """A tag named like another version's id (written before tags were checked) does not shadow it;
+    one named like a prefix of an id is refused as ambiguous; new tags that look like ids or
+    prefixes are refused; a tag write leaves no temporary name behind."""
+    registry = DatasetRegistry(str(tmp_path))
+    a, b = publish(registry, ["a"]), publish(registry, ["a", "b"])
+    tags = tmp_path / "d" / "tags"
+    tags.mkdir(parents=True, exist_ok=True)
+    (tags / a.version).write_text(b.version)  # an old tag named like version a, pointing at b
+    (tags / b.version[:6]).write_text(a.version)  # and one named like a prefix of b, pointing at a
+    assert registry.resolve(f"d@{a.version}").version == a.version
+    with pytest.raises(ValueError, match="both a tag and a version id prefix"):
+        registry.resolve(f"d@{b.version[:6]}")
+    for tag in (a.version, b.version[:6], "cafe", "0"):
+        with pytest.raises(ValueError, match="looks like a version id"):
+            registry.tag(f"d@{b.version}", tag)
+    registry.tag(f"d@{b.version}", "best")
+    assert registry.resolve("d@best").version == b.version
+    assert sorted(p.name for p in tags.iterdir()) == sorted([a.version, b.version[:6], "best"])

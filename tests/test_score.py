@@ -76,6 +76,8 @@ def test_the_filter_rule_by_hand():
         FilterConfig(dataset="d", min={"quality": 140})
     with pytest.raises(ValueError, match="is not AXIS=N"):
         parse_thresholds(["quality"])
+    with pytest.raises(ValueError, match=r"--min quality is given twice \(90 and 10\)"):
+        parse_thresholds(["quality=90", "consistency=5", "quality=10"])
     # an image that does not decode fails its item's judgements, unsent (no backend is even needed)
     judge = Judge(backend=None, rubrics=Rubrics.load("score-v1", SCORE_AXES))
     [broken] = judge.judge([JudgeItem("s", "generate", "draw", "plan", b"not an image")])

@@ -42,6 +42,13 @@ def test_kill_and_resume_repeats_the_loss_sequence_bitwise(tokenized_demo, tmp_p
     assert sorted(a) == sorted(b) == list(range(1, 31))
     assert [a[s]["loss"] for s in a] == [b[s]["loss"] for s in a]  # bitwise, step by step
     assert [p.name for p in sorted((resumed / "checkpoints").glob("step-*"))] == ["step-10", "step-20", "step-30"]
+    # resuming with other settings would mix two runs in one: refused, unless forced (both kept)
+    changed = [*sft_args(registry, ref, resumed, steps=31, save_every=10), "--set", "optim.lr=0.5"]
+    r = run_trainer(changed, check=False)
+    assert r.returncode == 2 and "optim: " in r.stderr and "resume=force" in r.stderr, r.stderr[-2000:]
+    run_trainer([*changed, "--set", "resume=force"])
+    assert json.loads((resumed / "config.json").read_text())["optim"]["lr"] == 0.5
+    assert json.loads((resumed / "config.before-step-31.json").read_text())["optim"]["lr"] != 0.5
 
 
 def test_a_tiny_model_learns_the_demo_task_and_exports(trained_tiny_run, tmp_path):
@@ -61,6 +68,8 @@ def test_a_tiny_model_learns_the_demo_task_and_exports(trained_tiny_run, tmp_pat
 
     from trainer.model_io import load_model, sequence_builder
 
+    own = run_trainer(["export", str(run), "--out", str(run)], check=False)  # would overwrite the run's config
+    assert own.returncode == 2 and "the run's own folder" in own.stderr, own.stderr[-2000:]
     out = tmp_path / "exported"
     run_trainer(["export", str(run), "--out", str(out)])
     model = load_model(str(out))

@@ -22,9 +22,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.hub import hub_folder, load_text_tokenizer
+from pipeline.storage import is_uri
 from schemas import SequenceConfig, TokenLayout
 from trainer.model import MMaDAConfig, MMaDAModel
-from trainer.rundir import DONE, RunDir, is_uri
+from trainer.rundir import DONE, RunDir
 from trainer.sequence import SEQUENCE_FILE, SequenceBuilder
 
 HUB_FILES = ["*.json", "*.safetensors"]  # the weights, config and tokenizer of a published repo
@@ -155,6 +156,10 @@ def export(run_dir: str | Path, out: str | Path, tag: str | None = None, dtype: 
     """A run's checkpoint as a model folder in the published layout, with the run's config and
     sequence layout beside it; either may be a URI (the export is written locally, then uploaded)."""
     run, target = str(run_dir), RunDir(out, mirror="exports")
+    if str(out).rstrip("/") == run.rstrip("/") or (not target.remote and not is_uri(run)
+                                                  and target.local.resolve() == Path(run).resolve()):
+        raise ValueError(f"export {run} --out {out}: that is the run's own folder, whose config.json and "
+                         "checkpoints the export would overwrite; give another --out")
     if target.remote:
         shutil.rmtree(target.local, ignore_errors=True)  # an earlier export to the same URI
     local_run = resolve(run, tag)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import os
 import re
 import shutil
 import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+from pipeline.storage import cache_root, confined, is_uri, open_location
 
 DONE = "done"  # written last into a checkpoint folder: a checkpoint without it is never read
 _TAG = re.compile(r"^step-(\d+)$")
@@ -32,14 +33,6 @@ _TAG = re.compile(r"^step-(\d+)$")
 def sort_tags(tags: list[str]) -> list[str]:
     """`step-N` tags, oldest first; anything else in the folder is not ours."""
     return sorted((t for t in tags if _TAG.match(t)), key=lambda t: int(_TAG.match(t).group(1)))
-
-
-def is_uri(path: str | Path) -> bool:
-    return "://" in str(path) and not str(path).startswith("file://")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("PARAFORGE_CACHE") or Path.home() / ".cache" / "paraforge")
 
 
 def _mirror(uri: str, kind: str) -> Path:
@@ -53,7 +46,7 @@ class RunDir:
         out_dir = str(out_dir)
         if is_uri(out_dir):
             self.uri = out_dir.rstrip("/")
-            self.fs, self.base = pafs.FileSystem.from_uri(self.uri)
+            self.fs, self.base = open_location(self.uri)
             self.local = _mirror(self.uri, mirror)
         else:
             self.uri, self.fs, self.base = None, None, ""
@@ -96,7 +89,7 @@ class RunDir:
     def download(self, relative: str) -> None:
         if not self.remote:
             return
-        target = self.local / relative
+        target = confined(self.local, relative) if relative else self.local  # `relative` may come from a listing
         info = self.fs.get_file_info(self._remote(relative))
         if info.type == pafs.FileType.NotFound:
             return
@@ -173,7 +166,9 @@ def _download(fs: pafs.FileSystem, remote: str, local: Path, folder: bool) -> No
         pairs = [(remote, local)]
     else:
         listing = fs.get_file_info(pafs.FileSelector(remote, recursive=True))
-        pairs = [(i.path, local / i.path[len(remote):].lstrip("/")) for i in listing if i.type == pafs.FileType.File]
+        # object names are whatever the store holds: each is confined to the target folder
+        pairs = [(i.path, confined(local, i.path[len(remote):].removeprefix("/")))
+                 for i in listing if i.type == pafs.FileType.File]
     for _, path in pairs:
         path.parent.mkdir(parents=True, exist_ok=True)
     _copy([(src, str(dst)) for src, dst in pairs], fs, pafs.LocalFileSystem())

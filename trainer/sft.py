@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from pipeline.config import require_positive
 from pipeline.hub import load_text_tokenizer
 from pipeline.registry import DatasetRegistry
 from schemas import SequenceConfig, TokenLayout
@@ -58,7 +59,8 @@ class SFTConfig:
     seed: int = 0
     save_every: int = 100
     keep_last: int = 3
-    resume: str = "auto"  # auto | none | a checkpoint tag or path
+    # auto | none | a checkpoint tag or path | force: auto, even where settings changed (both kept)
+    resume: str = "auto"
     log_every: int = 1
     peak_flops: float | None = None  # per device, for the MFU estimate (e.g. 989e12 for H100 bf16)
     ray_workers: int = 0  # > 0: this many ranks as Ray Train workers (--ray-workers), else torchrun's or one
@@ -66,6 +68,7 @@ class SFTConfig:
     ray_address: str | None = None  # the Ray cluster for ray_workers (else $RAY_ADDRESS, else local)
 
     def __post_init__(self) -> None:
+        require_positive(self, "steps", "micro_batch_size", "grad_accum", "save_every", "keep_last", "log_every")
         if not 0.0 <= self.cfg_dropout <= 1.0:
             raise ValueError(f"cfg_dropout is a probability, not {self.cfg_dropout}")
         if min(self.text_coef, self.image_coef) < 0 or self.text_coef + self.image_coef == 0:
@@ -114,6 +117,30 @@ def train_step(engine: Engine, rows: list[dict], cfg: SFTConfig, builder: Sequen
     return out
 
 
+# what may change when a run resumes: its length, its pace and where it runs
+RESUMABLE = {"steps", "resume", "save_every", "keep_last", "log_every", "peak_flops", "ray_workers", "ray_gpu",
+             "ray_address", "registry", "out_dir"}
+
+
+def _check_resume(cfg: SFTConfig, run_dir: Path, tag: str | None) -> dict | None:
+    """Before resuming from `tag`: the settings the run was trained with must be these, but for
+    RESUMABLE ones; otherwise a ValueError naming each change, unless `resume=force`, which returns
+    the old settings (kept beside the new). None when there is nothing to compare."""
+    saved = run_dir / "config.json"
+    if tag is None or not saved.is_file():
+        return None
+    before, now = json.loads(saved.read_text()), json.loads(json.dumps(dataclasses.asdict(cfg)))
+    # a setting newer than the run (absent from its config) has its default: not a change
+    changed = sorted(k for k in set(before) & set(now) if k not in RESUMABLE and before[k] != now[k])
+    if not changed:
+        return None
+    if cfg.resume != "force":
+        detail = "; ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
+        raise ValueError(f"{run_dir} was trained with other settings ({detail}): resuming would mix them. "
+                         "Use a new out_dir, or --set resume=force to go on with the new settings (both are kept)")
+    return before
+
+
 def train(cfg: SFTConfig, progress: bool = True) -> Path:
     """Trains, and returns the local run folder (for a URI `out_dir`, its mirror)."""
     rank, world = init_distributed()
@@ -127,7 +154,9 @@ def train(cfg: SFTConfig, progress: bool = True) -> Path:
     run_dir = run.local
     checkpoints = Checkpointer(run, cfg.keep_last, rank)
     checkpoints.prepare()
-    state = checkpoints.resume(engine, cfg.resume)
+    resume = "auto" if cfg.resume == "force" else cfg.resume
+    previous = _check_resume(cfg, run_dir, checkpoints.resume_tag(resume))
+    state = checkpoints.resume(engine, resume)
     step = 0
     if state:
         step = state["step"]
@@ -135,6 +164,8 @@ def train(cfg: SFTConfig, progress: bool = True) -> Path:
     metrics = MetricsLogger(run_dir, rank, n_params=sum(p.numel() for p in model.parameters()),
                             peak_flops=cfg.peak_flops, world_size=world)
     if rank == 0:
+        if previous is not None:  # resume=force over changed settings: the run keeps what it had
+            (run_dir / f"config.before-step-{state['step'] + 1}.json").write_text(json.dumps(previous, indent=2))
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         builder.save(run_dir)  # the layout and sequences this model learns: sample, rl, eval, export reuse them
         run.push_files()

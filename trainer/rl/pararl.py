@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from pipeline.config import require_positive
 from pipeline.image_tokenizer import DEFAULT_ID
 from pipeline.registry import DatasetRegistry
 from schemas import VersionManifest
@@ -104,6 +105,8 @@ class RLConfig:
     ray_address: str | None = None  # the Ray cluster for ray_workers (else $RAY_ADDRESS, else local)
 
     def __post_init__(self) -> None:
+        require_positive(self, "steps", "prompts_per_step", "groups_per_batch", "reward_steps", "reward_batch_size",
+                         "mu", "micro_batch_size", "save_every", "keep_last")
         if self.reward_at not in ("trajectory", "final"):
             raise ValueError(f"reward_at must be trajectory or final, not {self.reward_at!r}")
         check_reward(self.reward)
