@@ -48,8 +48,62 @@ def test_save_and_load_round_trip_strictly(tmp_path):
     state = load_file(tmp_path / "one" / "model.safetensors")
     state["model.transformer.blocks.0.extra.weight"] = torch.zeros(1)
     save_file(state, tmp_path / "one" / "model.safetensors")
-    with pytest.raises(RuntimeError, match="extra"):
+    with pytest.raises(ValueError, match=r"1 unexpected \(model.transformer.blocks.0.extra.weight\)"):
         load_model(str(tmp_path / "one"))
+
+
+def _broken(folder: Path, how: str) -> None:
+    """Break a saved model folder one way a download or a hand edit does."""
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    if how == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif how == "huge header":
+        weights.write_bytes((2**62).to_bytes(8, "little") + data[8:])
+    elif how == "not safetensors":
+        weights.write_bytes(b"<html>404 Not Found</html>")
+    elif how == "empty":
+        weights.write_bytes(b"")
+    elif how == "config not json":
+        (folder / "config.json").write_text("{'d_model': 64")
+    else:
+        state = load_file(weights)
+        name = "model.transformer.blocks.1.attn_out.weight"
+        if how == "wrong shape":
+            state[name] = torch.zeros(64, 32)
+        elif how == "missing layer":
+            state = {k: v for k, v in state.items() if ".blocks.1." not in k}
+        save_file(state, weights)
+
+
+@pytest.mark.parametrize("how, says", [
+    ("truncated", "not a readable safetensors file"), ("huge header", "not a readable safetensors file"),
+    ("not safetensors", "not a readable safetensors file"), ("empty", "not a readable safetensors file"),
+    ("config not json", "config.json: not a JSON file"),
+    ("wrong shape", r"1 of the wrong shape \(model.transformer.blocks.1.attn_out.weight \[64, 32\] where the config says \[64, 64\]\)"),
+    ("missing layer", r"missing \(model.transformer.blocks.1"),
+])
+def test_a_broken_model_file_is_named_with_what_was_expected(tmp_path, how, says):
+    """A corrupt, truncated, absurd-header or foreign weights file, a config that is not JSON, a
+    tensor of the wrong shape, a missing layer: one ValueError naming the file and what differs
+    (the CLI prints it as one line), not safetensors' or torch's traceback."""
+    save_model(tiny(), tmp_path / "m")
+    _broken(tmp_path / "m", how)
+    with pytest.raises(ValueError, match=says) as refused:
+        load_model(str(tmp_path / "m"))
+    assert str(tmp_path / "m") in str(refused.value)
+
+
+def test_an_index_naming_a_file_outside_the_folder_is_refused(tmp_path):
+    save_model(tiny(), tmp_path / "m", max_shard_bytes=40_000)
+    index = tmp_path / "m" / "model.safetensors.index.json"
+    spec = json.loads(index.read_text())
+    spec["weight_map"] = dict.fromkeys(spec["weight_map"], "../../elsewhere.safetensors")
+    index.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="refused the name"):
+        load_model(str(tmp_path / "m"))
 
 
 def test_one_resolver_for_every_model(tmp_path):
@@ -86,3 +140,16 @@ def test_unsupported_configs_are_refused():
     with pytest.raises(ValueError, match="block_type"):
         MMaDAConfig.from_dict({"block_type": "sequential"})
     assert MMaDAConfig.from_dict({"d_model": 64, "mlp_ratio": 4, "mlp_hidden_size": None}).mlp_hidden_size == 256
+
+
+def test_a_token_layout_from_another_model_is_refused():
+    """`trainer sample | eval` and SFT from a model read it with its saved layout: one whose
+    vocabulary is not the model's embedding (a `paraforge_sequence.json` copied from another run)
+    would put every image code on the wrong row."""
+    from schemas import TokenLayout
+    from trainer.model_io import check_layout
+
+    model = tiny()
+    check_layout(model, TokenLayout.compact(200, image_codebook_size=100), "m")
+    with pytest.raises(ValueError, match="the model has 300 embeddings, but its token layout"):
+        check_layout(model, TokenLayout.compact(200, image_codebook_size=8192), "m")

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.hub import hub_folder, load_text_tokenizer
-from pipeline.storage import is_uri
+from pipeline.storage import confined, is_uri
 from schemas import SequenceConfig, TokenLayout
 from trainer.model import MMaDAConfig, MMaDAModel
 from trainer.rundir import DONE, RunDir
@@ -75,27 +75,56 @@ def load_model(model: str | Path, dtype: torch.dtype = torch.float32, device: st
         state, config, _ = _checkpoint(folder, tag)
     else:
         state, config = _published(folder)
-    return _build(state, config, dtype).to(device).eval()
+    return _build(state, config, dtype, folder).to(device).eval()
 
 
 def load_checkpoint_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     """A checkpoint folder's weights into `model`, strictly (ParaRL resuming on another world size)."""
-    model.load_state_dict(load_file(str(checkpoint / WEIGHTS)), strict=True)
+    state = _read_weights(checkpoint / WEIGHTS)
+    check_weights(state, model, checkpoint)
+    model.load_state_dict(state, strict=True)
 
 
 def _published(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    config = json.loads((folder / "config.json").read_text())
+    config = _read_json(folder / "config.json")
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index}: no weight_map naming the shard files")
+        files = sorted(set(weight_map.values()))
     elif (folder / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
         raise ValueError(f"{folder}: no model.safetensors or model.safetensors.index.json")
     state: dict[str, torch.Tensor] = {}
-    for name in files:
-        state.update(load_file(folder / name))
+    for name in files:  # names from the index file: confined to the folder
+        state.update(_read_weights(confined(folder, name)))
     return state, config
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return value
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, or a ValueError naming it: a truncated download, a corrupt or absurd
+    header (safetensors refuses headers over 100 MB) or a file that is not safetensors at all."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing") from None
+    except Exception as e:  # safetensors' own error type (SafetensorError), and OSError
+        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); "
+                         "download or export it again") from None
 
 
 def _checkpoint(run_dir: Path, tag: str | None) -> tuple[dict[str, torch.Tensor], dict, str]:
@@ -107,14 +136,40 @@ def _checkpoint(run_dir: Path, tag: str | None) -> tuple[dict[str, torch.Tensor]
     if not (folder / WEIGHTS).is_file():
         raise ValueError(f"{folder} has no {WEIGHTS}: it was saved by an older paraforge, whose checkpoints only "
                          "DeepSpeed's pickles hold; resume the run for one step to write one")
-    return load_file(str(folder / WEIGHTS)), json.loads((folder / MODEL_CONFIG).read_text()), tag
+    return _read_weights(folder / WEIGHTS), _read_json(folder / MODEL_CONFIG), tag
 
 
-def _build(state: dict[str, torch.Tensor], config: dict, dtype: torch.dtype) -> MMaDAModel:
+def _build(state: dict[str, torch.Tensor], config: dict, dtype: torch.dtype, where: str | Path = "") -> MMaDAModel:
     with torch.device("meta"):  # every tensor comes from the file: no random init
         model = MMaDAModel(MMaDAConfig.from_dict(config))
+    check_weights(state, model, where)
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     return model
+
+
+def check_layout(model: MMaDAModel, layout: TokenLayout, where: str | Path) -> None:
+    """A model and the token layout it is read with (its `paraforge_sequence.json`, or its
+    tokenizer's) must agree on the vocabulary, or every image code would index the wrong row."""
+    if model.config.embedding_size != layout.vocab_size:
+        raise ValueError(f"{where}: the model has {model.config.embedding_size} embeddings, but its token layout "
+                         f"({SEQUENCE_FILE} or tokenizer) says {layout.vocab_size}; they come from different models")
+
+
+def check_weights(state: dict[str, torch.Tensor], model: torch.nn.Module, where: str | Path = "") -> None:
+    """The file's tensors must be exactly the model's, name for name and shape for shape: a
+    ValueError saying what differs (the first few of each kind) instead of torch's page of them."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    problems = []
+    for what, names in (("missing", sorted(set(want) - set(got))), ("unexpected", sorted(set(got) - set(want)))):
+        if names:
+            problems.append(f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+    shapes = [f"{k} {list(got[k])} where the config says {list(want[k])}" for k in sorted(set(want) & set(got))
+              if want[k] != got[k]]
+    if shapes:
+        problems.append(f"{len(shapes)} of the wrong shape ({'; '.join(shapes[:3])})")
+    if problems:
+        raise ValueError(f"{where or 'the weights'}: the tensors do not match the model's config: {'; '.join(problems)}")
 
 
 # -- weights out ------------------------------------------------------------------------------
@@ -164,7 +219,7 @@ def export(run_dir: str | Path, out: str | Path, tag: str | None = None, dtype: 
         shutil.rmtree(target.local, ignore_errors=True)  # an earlier export to the same URI
     local_run = resolve(run, tag)
     state, config, tag = _checkpoint(local_run, tag)
-    save_model(_build(state, config, getattr(torch, dtype)), target.local)
+    save_model(_build(state, config, getattr(torch, dtype), local_run), target.local)
     (target.local / TRAINING_FILE).write_text(json.dumps({"run": run, "tag": tag,
                                                           "training": training_config(local_run)}, indent=2))
     sequence_builder(local_run).save(target.local)  # the layout and sequences it was trained with travel along

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.hub import load_text_tokenizer
 from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2, encode_blank_image
-from trainer.model_io import load_model, resolve, sequence_builder
+from trainer.model_io import check_layout, load_model, resolve, sequence_builder
 from trainer.sampling import ParallelSampler, Prompt, SamplerConfig, SampleResult, filled
 
 
@@ -73,6 +73,7 @@ def load_sampling(model: str, sampler: SamplerConfig, *, image_tokenizer: str, t
     folder = resolve(model, tag)  # a run or export given by URI: its local copy; a hub id: its snapshot
     builder = sequence_builder(folder, text_tokenizer)  # the layout and sequences the model was trained with
     policy = load_model(folder, dtype=getattr(torch, dtype), device=device, tag=tag)
+    check_layout(policy, builder.layout, folder)
     magvit = MagvitV2.from_pretrained(image_tokenizer, device=device)
     grid = resolution // magvit.config.downsample
     if builder.published and len(builder.blank_image_codes or []) != grid * grid:  # none saved, or another resolution

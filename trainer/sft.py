@@ -21,7 +21,7 @@ from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distribut
 from trainer.loss import apply_noise, diffusion_loss
 from trainer.metrics import MetricsLogger
 from trainer.model import MMaDAConfig, MMaDAModel
-from trainer.model_io import load_model, resolve, sequence_builder
+from trainer.model_io import check_layout, load_model, resolve, sequence_builder
 from trainer.rundir import RunDir
 from trainer.sequence import SequenceBuilder, recorded_blank_codes
 
@@ -90,8 +90,7 @@ def build_model(cfg: SFTConfig, dataset_tokenizer: str | None) -> tuple[MMaDAMod
     folder = resolve(cfg.model)  # a hub id, a folder, or a run or export given by URI: fetched once
     layout = sequence_builder(folder, cfg.text_tokenizer).layout
     model = load_model(folder).train()
-    if model.config.embedding_size != layout.vocab_size:
-        raise ValueError(f"{cfg.model}: {model.config.embedding_size} embeddings, but its layout says {layout.vocab_size}")
+    check_layout(model, layout, cfg.model)
     model.config.gradient_checkpointing = cfg.gradient_checkpointing
     return model, layout
 
