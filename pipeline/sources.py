@@ -17,6 +17,8 @@ sample folders, a tar.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -213,6 +215,8 @@ def read_jsonl(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
         data = f.read_at(unit["end"] - unit["start"], unit["start"])
     batcher = _Batcher(source, _parent(source))
     name = posixpath.basename(unit["path"])
+    if unit["start"] == 0:  # a UTF-8 byte-order mark (Windows editors write one) is not part of the first row
+        data = data.removeprefix(codecs.BOM_UTF8)
     for lineno, raw in enumerate(data.split(b"\n"), start=unit["first_line"]):
         if not raw.strip():
             continue
@@ -542,22 +546,27 @@ def read_webdataset(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
     trouble: dict[str, tuple[str, str]] = {}
     lost: _LostRows | None = None
     last, in_order = None, True
-    with fs.open_input_stream(unit["path"]) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in _members(tar):
-            if isinstance(member, _LostRows):
-                lost = member
-                break
-            name, data = member
-            dirname, base = posixpath.split(name)
-            stem, _, suffix = base.partition(".")
-            key = posixpath.join(dirname, stem)
-            if key != last and key in samples:
-                in_order = False
-            members = samples.setdefault(key, {})
-            if suffix in members:
-                trouble[key] = ("duplicate_member", f"{name!r} appears twice in {tar_name}")
-            members[suffix] = data
-            last = key
+    with fs.open_input_stream(unit["path"]) as stream:
+        try:
+            tar = tarfile.open(fileobj=stream, mode="r|")
+        except (tarfile.TarError, EOFError, OSError) as e:  # empty, gzip under a .tar name, not a tar at all
+            tar, lost = None, _LostRows(None, "unreadable_archive", f"{tar_name} is not a tar archive: {stable_message(e)}")
+        with tar or contextlib.nullcontext():
+            for member in _members(tar) if tar else ():
+                if isinstance(member, _LostRows):
+                    lost = member
+                    break
+                name, data = member
+                dirname, base = posixpath.split(name)
+                stem, _, suffix = base.partition(".")
+                key = posixpath.join(dirname, stem)
+                if key != last and key in samples:
+                    in_order = False
+                members = samples.setdefault(key, {})
+                if suffix in members:
+                    trouble[key] = ("duplicate_member", f"{name!r} appears twice in {tar_name}")
+                members[suffix] = data
+                last = key
     if lost is None and samples and not _ends_cleanly(fs, unit["path"]):
         # streamed, a tar cut at a member boundary reads as complete: only its end tells
         lost = _LostRows(None, "truncated_archive", f"{tar_name} does not end with the tar end-of-archive blocks")
@@ -572,7 +581,7 @@ def read_webdataset(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
         if (table := batcher.add(**sample_row(key, members, trouble.get(key)))) is not None:
             yield table
     if lost is not None:  # what followed the cut is unknown: one row stands for it
-        rest = {"source_ref": f"{tar_name}:after:{last or ''}", "error_reason": lost.reason,
+        rest = {"source_ref": f"{tar_name}:after:{last}" if last else tar_name, "error_reason": lost.reason,
                 "error_message": lost.message}
         if (table := batcher.add(**rest)) is not None:
             yield table

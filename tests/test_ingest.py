@@ -1,3 +1,4 @@
+import codecs
 import io
 import json
 import re
@@ -253,3 +254,18 @@ def test_remote_images_are_fetched_within_a_deadline_and_a_size_cap(ray_local, t
     got = ["ok" if i not in quarantine else quarantine[i]["reason"] for i in range(1, len(cases) + 1)]
     assert got == [fate for _, fate in cases], [q["message"] for q in quarantine.values()]
     assert "within 2 s" in quarantine[4]["message"] and m.counts.reconciles()
+
+
+def test_a_byte_order_mark_does_not_cost_the_first_row(demo_dir):
+    """A JSONL file saved with a UTF-8 BOM (as Windows editors write it): the mark is not part of
+    the first row, which is read like the others instead of quarantined as bad JSON."""
+    plain = demo_dir / "data.jsonl"
+    marked = demo_dir / "data-bom.jsonl"  # beside the images its rows name
+    marked.write_bytes(codecs.BOM_UTF8 + plain.read_bytes())
+    try:
+        rows, with_bom = next(read_source(str(plain))), next(read_source(str(marked)))
+    finally:
+        marked.unlink()
+    assert with_bom.num_rows == rows.num_rows
+    assert with_bom["error_reason"].to_pylist() == rows["error_reason"].to_pylist() == [None] * rows.num_rows
+    assert with_bom["instruction"].to_pylist() == rows["instruction"].to_pylist()

@@ -201,3 +201,22 @@ def test_a_cut_tar_and_a_corrupt_parquet_row_group_keep_the_rows_read(records, t
     assert sorted((r["source_ref"], r["reason"]) for r in quarantine) == [
         ("three.parquet:2", "unreadable_row_group"), ("three.parquet:3", "unreadable_row_group")]
     assert (m.counts.input, m.counts.output) == (6, 4)
+
+
+def test_a_tar_that_is_not_one_is_one_quarantined_row_with_its_reason(tmp_path):
+    """An empty `.tar`, gzip data named `.tar`, and text named `.tar`: each is one row with a reason
+    (the count stays whole), never a traceback that fails the job."""
+    import gzip
+
+    from pipeline.sources import read_source
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "a-empty.tar").write_bytes(b"")
+    (shards / "b-gzip.tar").write_bytes(gzip.compress(b"x" * 4096))
+    (shards / "c-text.tar").write_bytes(b"not a tar archive, just words\n" * 40)
+    rows = [r for t in read_source(str(shards), "webdataset") for r in t.to_pylist()]
+    print({r["source_ref"]: (r["error_reason"], r["error_message"]) for r in rows})
+    assert [r["source_ref"] for r in rows] == ["a-empty.tar", "b-gzip.tar", "c-text.tar"]
+    assert [r["error_reason"] for r in rows] == ["unreadable_archive"] * 3
+    assert all(r["error_message"].startswith(f"{r['source_ref']} is not a tar archive: ReadError") for r in rows)
