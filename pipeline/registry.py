@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
-from pipeline.storage import cache_root, cached_shard_name, check_location, open_location
+from pipeline.storage import cache_root, cached_shard_name, open_location
 from schemas import Counts, ShardInfo, VersionManifest, conform, get_schema, schema_name
 
 DEFAULT_ROOT = "./paraforge-data"
@@ -73,8 +73,8 @@ class DatasetRegistry:
         """`filesystem` overrides the one the root's URI implies (e.g. an fsspec one wrapped in
         `pyarrow.fs.PyFileSystem`); the root is then a path inside it."""
         self.root = resolve_root(root)
-        check_location(self.root, "registry")
-        self.fs, self.base = (filesystem, self.root) if filesystem is not None else open_location(self.root)
+        # with `filesystem`, the root is a path inside it: only a URI root can carry credentials
+        self.fs, self.base = (filesystem, self.root) if filesystem is not None else open_location(self.root, "registry")
         self.base = self.base.rstrip("/")
 
     # -- paths and small files ---------------------------------------------------------------

@@ -35,10 +35,11 @@ def check_location(location: str | Path, what: str = "location") -> None:
                          "environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE) or the machine's role")
 
 
-def open_location(location: str | Path) -> tuple[pafs.FileSystem, str]:
-    """A local path or any pyarrow filesystem URI -> (filesystem, path inside it)."""
+def open_location(location: str | Path, what: str = "location") -> tuple[pafs.FileSystem, str]:
+    """A local path or any pyarrow filesystem URI -> (filesystem, path inside it); `what` names it
+    in the error for a URI with credentials."""
     location = str(location)
-    check_location(location)
+    check_location(location, what)
     if is_uri(location):
         return pafs.FileSystem.from_uri(location)
     return pafs.LocalFileSystem(), os.path.abspath(location.removeprefix("file://"))

@@ -46,7 +46,7 @@ class RunDir:
         out_dir = str(out_dir)
         if is_uri(out_dir):
             self.uri = out_dir.rstrip("/")
-            self.fs, self.base = open_location(self.uri)
+            self.fs, self.base = open_location(self.uri, "run folder")
             self.local = _mirror(self.uri, mirror)
         else:
             self.uri, self.fs, self.base = None, None, ""
