@@ -75,6 +75,10 @@ def check_image(data: bytes, rules: ImageRules) -> CheckedImage:
             image.load()
     except Exception as e:
         raise Rejected("undecodable_image", f"decoding failed: {stable_message(e)}") from None
+    if image.mode == "F":  # a float image (TIFF): NaN or inf would convert to black, silently
+        bad = int(np.count_nonzero(~np.isfinite(np.asarray(image))))
+        if bad:
+            raise Rejected("non_finite_pixels", f"{bad} of {width * height} float pixels are NaN or infinite")
 
     try:  # the metadata is parsed lazily, and a junk EXIF block fails here, after the pixels decoded
         with warnings.catch_warnings():

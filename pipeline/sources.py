@@ -306,22 +306,28 @@ def _table_rows(source: str, base: str, name: str, first_row: int, batches: Iter
 
 
 def _parquet_files(source: str) -> tuple[pafs.FileSystem, list[str], str]:
+    """(file system, the Parquet files in name order, the folder their names are relative to)."""
     fs, path = open_location(source)
     if fs.get_file_info(path).type == pafs.FileType.File:
-        return fs, [path], _parent(source)
+        return fs, [path], posixpath.dirname(path)
     selector = pafs.FileSelector(path, recursive=True)
-    return fs, sorted(i.path for i in fs.get_file_info(selector) if i.path.endswith(".parquet")), _folder(source)
+    return fs, sorted(i.path for i in fs.get_file_info(selector) if i.path.endswith(".parquet")), path
 
 
 def plan_parquet(source: str, columns: dict[str, str], unit_rows: int) -> list[dict[str, Any]]:
     """Runs of whole row groups of up to `unit_rows` rows (a bigger row group is a unit of its
-    own: Parquet reads a row group's column chunks whole), from the files' footers alone."""
-    fs, files, _ = _parquet_files(source)
+    own: Parquet reads a row group's column chunks whole), from the files' footers alone. A file
+    whose footer cannot be read is a unit of its own that reads as one quarantined row."""
+    fs, files, top = _parquet_files(source)
     units = []
     for f in files:
-        meta = pq.ParquetFile(fs.open_input_file(f)).metadata
+        name = posixpath.relpath(f, top)
+        try:
+            meta = pq.ParquetFile(fs.open_input_file(f)).metadata
+        except (OSError, pa.ArrowException) as e:  # a cut or corrupt footer, not Parquet at all
+            units.append({"path": f, "name": name, "unreadable": f"{name}: {stable_message(e)}"})
+            continue
         read = _check_columns(source, meta.schema.to_arrow_schema().names, columns)
-        name = posixpath.relpath(f, posixpath.dirname(files[0]))
         group, rows, first = [], 0, 0
         for i in range(meta.num_row_groups):
             n = meta.row_group(i).num_rows
@@ -336,7 +342,15 @@ def plan_parquet(source: str, columns: dict[str, str], unit_rows: int) -> list[d
 
 
 def read_parquet(source: str, unit: dict[str, Any], columns: dict[str, str]) -> Iterator[pa.Table]:
-    fs, _, base = _parquet_files(source)
+    fs, path = open_location(source)
+    # A file's image paths are relative to its own folder: a file in a subfolder has its images beside it
+    subfolder = posixpath.dirname(unit["name"])
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        base = _parent(source)
+    else:
+        base = posixpath.join(_folder(source), subfolder) if subfolder else _folder(source)
+    if "unreadable" in unit:
+        return _table_rows(source, base, unit["name"], 0, iter([_LostRows(None, "unreadable_file", unit["unreadable"])]), columns)
     parquet = pq.ParquetFile(fs.open_input_file(unit["path"]))
 
     def batches() -> Iterator[pa.RecordBatch | _LostRows]:
@@ -416,16 +430,19 @@ def read_hf_saved(source: str, unit: dict[str, Any], columns: dict[str, str]) ->
     yield from _table_rows(source, _folder(source), unit["name"], 0, batches(), columns)
 
 
-class _Ambiguous(ValueError):
+class _BadFileNames(ValueError):
     pass
 
 
 def _find(names: set[str], stem: str) -> str | None:
-    """The one file named `stem.<ext>`; two candidates (`input.png` and `input.jpg`, or a
-    `.bak`) are ambiguous: refused, never a silent pick."""
+    """The one file named `stem.<ext>`. Two candidates (`input.png` and `input.jpg`, or a `.bak`
+    beside it) are ambiguous, and a lone name with more than one extension (`output.png.bak`) is
+    not an image's name: both refused, never a silent pick."""
     found = sorted(n for n in names if n.split(".", 1)[0] == stem and n != f"{stem}.txt")
     if len(found) > 1:
-        raise _Ambiguous(f"{len(found)} candidate {stem} files: {found}")
+        raise _BadFileNames("ambiguous_files", f"{len(found)} candidate {stem} files: {found}")
+    if found and found[0].count(".") > 1:
+        raise _BadFileNames("unknown_extension", f"{found[0]!r} is not named {stem}.<image extension>")
     return found[0] if found else None
 
 
@@ -433,8 +450,9 @@ def _files_row(names: set[str], key: str, path_of) -> dict[str, Any]:
     """The image fields of a folder or tar sample from its file names: paths or bytes via `path_of`."""
     try:
         inp, out = _find(names, "input"), _find(names, "output")
-    except _Ambiguous as e:
-        return {"error_reason": "ambiguous_files", "error_message": f"{key}: {e}"}
+    except _BadFileNames as e:
+        reason, message = e.args
+        return {"error_reason": reason, "error_message": f"{key}: {message}"}
     return {**path_of("input", inp), **path_of("output", out), "task": "edit" if inp else "generate"}
 
 
@@ -482,12 +500,15 @@ def _read_text(fs: pafs.FileSystem, sample: str, name: str, max_bytes: int = 1 <
         raise Rejected("invalid_utf8", stable_message(e)) from None
 
 
-def _members(tar: tarfile.TarFile) -> Iterator[tuple[str, bytes] | _LostRows]:
-    """(name, bytes) of the archive's files in order; where it breaks off (cut, corrupt), one
-    _LostRows, then nothing."""
+def _members(tar: tarfile.TarFile) -> Iterator[tuple[str, bytes | None] | _LostRows]:
+    """(name, bytes) of the archive's files in order, (name, None) for a link (its target is
+    never followed, so a sample made of links is quarantined, not lost); where it breaks off
+    (cut, corrupt), one _LostRows, then nothing. Folders carry no sample data: skipped."""
     try:
         for member in tar:
-            if member.isfile():
+            if member.issym() or member.islnk():
+                yield member.name, None
+            elif member.isfile():
                 data = tar.extractfile(member).read()
                 if len(data) != member.size:  # a streamed archive that ends early reads short, silently
                     raise tarfile.ReadError(f"{member.name}: {len(data)} of {member.size} bytes")
@@ -565,7 +586,9 @@ def read_webdataset(source: str, unit: dict[str, Any]) -> Iterator[pa.Table]:
                 members = samples.setdefault(key, {})
                 if suffix in members:
                     trouble[key] = ("duplicate_member", f"{name!r} appears twice in {tar_name}")
-                members[suffix] = data
+                if data is None:
+                    trouble.setdefault(key, ("link_member", f"{name!r} is a link; a sample's members must be files"))
+                members[suffix] = data or b""
                 last = key
     if lost is None and samples and not _ends_cleanly(fs, unit["path"]):
         # streamed, a tar cut at a member boundary reads as complete: only its end tells

@@ -217,6 +217,21 @@ def _parquet(root: Path, img: dict[str, bytes]) -> tuple[Path, list[tuple[str, s
     damage_row_group(folder / "c-damaged.parquet", row_group=1, column=3)
     cases += [("c-damaged.parquet:0", "ok"), ("c-damaged.parquet:1", "ok"),
               ("c-damaged.parquet:2", "unreadable_row_group"), ("c-damaged.parquet:3", "unreadable_row_group")]
+
+    # a file whose footer is corrupt: nothing in it can be read, so it is one row standing for all of it
+    pq.write_table(damaged, folder / "d-corrupt-footer.parquet")
+    raw = bytearray((folder / "d-corrupt-footer.parquet").read_bytes())
+    raw[-12:-4] = b"\xff" * 8  # the footer's length and its end: unreadable
+    (folder / "d-corrupt-footer.parquet").write_bytes(bytes(raw))
+    cases += [("d-corrupt-footer.parquet:0-end", "unreadable_file")]
+
+    # a file in a subfolder resolves image paths against its own folder, and is confined to it
+    (folder / "sub" / "img").mkdir(parents=True)
+    (folder / "sub" / "img" / "beside.png").write_bytes(_png(colour=(5, 99, 5)))
+    pq.write_table(pa.table({"task": ["edit", "edit"], "instruction": ["P: beside", "P: up and over"],
+                             "input_image": ["img/beside.png", "img/beside.png"],
+                             "output_image": ["img/beside.png", "../img/out.png"]}), folder / "sub" / "e-beside.parquet")
+    cases += [("sub/e-beside.parquet:0", "ok"), ("sub/e-beside.parquet:1", "path_outside_source")]
     return folder, cases
 
 
@@ -269,10 +284,23 @@ def _hf(root: Path, img: dict[str, bytes]) -> tuple[Path, list[tuple[str, str]]]
             writer.write_batch(batch)
     data = stream.getvalue().to_pybytes()
     (folder / "data-extra.arrow").write_bytes(data[: len(data) - 200])
+    # Image features holding paths, not bytes (`save_to_disk` embeds the bytes; a hand-written file
+    # need not): resolved against the dataset folder and confined to it, as Parquet's are
+    (folder / "beside.png").write_bytes(_png(colour=(3, 3, 90)))
+    (root / "hf-secret.png").write_bytes(img["out2"])
+    by_path = pa.table({"task": ["edit"] * 3, "instruction": ["H: by path", "H: absolute", "H: dotdot"],
+                        "input_image": [{"bytes": img["in"], "path": None}] * 3,
+                        "output_image": [{"bytes": None, "path": p}
+                                         for p in ("beside.png", str(root / "hf-secret.png"), "../hf-secret.png")]},
+                       schema=more.schema)
+    with ipc.new_stream(folder / "data-paths.arrow", by_path.schema) as writer:
+        writer.write_table(by_path)
     state = json.loads((folder / "state.json").read_text())
-    state["_data_files"].append({"filename": "data-extra.arrow"})
+    state["_data_files"] += [{"filename": "data-extra.arrow"}, {"filename": "data-paths.arrow"}]
     (folder / "state.json").write_text(json.dumps(state))
-    cases += [("data-extra.arrow:0", "ok"), ("data-extra.arrow:1", "ok"), ("data-extra.arrow:2-end", "truncated_file")]
+    cases += [("data-extra.arrow:0", "ok"), ("data-extra.arrow:1", "ok"), ("data-extra.arrow:2-end", "truncated_file"),
+              ("data-paths.arrow:0", "ok"), ("data-paths.arrow:1", "path_outside_source"),
+              ("data-paths.arrow:2", "path_outside_source")]
     return folder, cases
 
 
@@ -305,6 +333,8 @@ def _folder(root: Path, img: dict[str, bytes]) -> tuple[Path, list[tuple[str, st
         "f17-undecodable": ({"instruction.txt": b"F: junk", "output.png": img["junk"]}, "undecodable_image"),
         "f18-junk-exif": ({"instruction.txt": b"F: exif", "output.png": img["exif"]}, "bad_image_metadata"),
         "f19-bomb": ({"instruction.txt": b"F: bomb", "output.png": img["bomb"]}, "too_many_pixels"),
+        "f20-lone-backup": ({"instruction.txt": b"F: lone bak", "output.png.bak": img["out"]}, "unknown_extension"),
+        "f21-nan-tiff": ({"instruction.txt": b"F: nan", "output.tif": _nan_tiff()}, "non_finite_pixels"),
     }
     for key, (files, _) in samples.items():
         (folder / key).mkdir(parents=True)
@@ -322,11 +352,22 @@ def _folder(root: Path, img: dict[str, bytes]) -> tuple[Path, list[tuple[str, st
     return folder, [(key, fate) for key, (_, fate) in samples.items()]
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]], end: bool = True) -> None:
+def _nan_tiff() -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.full((64, 64), np.nan, dtype=np.float32), "F").save(out, format="TIFF")
+    return out.getvalue()
+
+
+def _tar(path: Path, members: list[tuple[str, bytes | str]], end: bool = True) -> None:
+    """A tar of (name, bytes) files; (name, "->target") is a symbolic link instead."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
+            if isinstance(data, str):
+                info.type, info.linkname = tarfile.SYMTYPE, data.removeprefix("->")
+                tar.addfile(info)
+                continue
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     data = out.getvalue()
@@ -379,6 +420,12 @@ def _webdataset(root: Path, img: dict[str, bytes]) -> tuple[Path, list[tuple[str
     _tar(folder / "d-no-end.tar", whole("no end")[:6], end=False)
     cases += [("d-no-end.tar:c0", "ok"), ("d-no-end.tar:c1", "truncated_archive"),
               ("d-no-end.tar:after:c1", "truncated_archive")]
+    # a sample whose members are all links (never followed), one with a linked target, one whole
+    _tar(folder / "e-links.tar", [
+        ("l0.instruction.txt", "->/etc/hostname"), ("l0.output.png", "->/etc/passwd"),
+        ("l1.instruction.txt", b"W: linked target"), ("l1.output.png", "->l2.output.png"),
+        ("l2.instruction.txt", b"W: whole"), ("l2.output.png", _png(colour=(70, 7, 70)))])
+    cases += [("e-links.tar:l0", "link_member"), ("e-links.tar:l1", "link_member"), ("e-links.tar:l2", "ok")]
     return folder, cases
 
 
