@@ -26,7 +26,7 @@ from pipeline import dedup
 from pipeline.images import ImageRules, Rejected, check_image, stable_message
 from pipeline.registry import DatasetRegistry
 from pipeline.sources import UNIT_ROWS, detect_format, inside, plan_source, read_file, read_unit
-from pipeline.stage import MapTasks, Plan, Processed, Resources, Stage, UnitResult, rejected_rows
+from pipeline.stage import MapTasks, Plan, Processed, Resources, Stage, UnitResult, keys_file, rejected_rows
 from pipeline.storage import open_location
 from schemas import RAW, TASKS, VersionManifest, sample_id
 
@@ -206,10 +206,10 @@ def plan_units(config: IngestConfig) -> tuple[list[dict[str, Any]], list[dict[st
 def plan(config: IngestConfig, registry: DatasetRegistry) -> Plan:
     units, sources = plan_units(config)
 
-    def after(results: list[UnitResult], map_tasks: MapTasks) -> tuple[list[UnitResult], int]:
+    def after(results: list[UnitResult], map_tasks: MapTasks, work: str) -> tuple[list[UnitResult], int]:
         if not sum(r.input for r in results):  # an empty or mistaken source: an error, not an empty version
             raise ValueError(f"no rows found in {', '.join(s['uri'] for s in sources)}: nothing to publish")
-        return deduplicate(registry, config, results, map_tasks)
+        return deduplicate(registry, config, results, map_tasks, work)
 
     return Plan(name=STAGE, schema="raw/1", output=config.dataset, make_stage=lambda on_gpu: IngestStage(config),
                 provenance={"sources": sources}, units=units, read=read_unit, keys=True, after=after,
@@ -227,11 +227,11 @@ def canonical_source(source: str) -> str:
 
 
 def deduplicate(registry: DatasetRegistry, config: IngestConfig, results: list[UnitResult],
-                map_tasks: MapTasks) -> tuple[list[UnitResult], int]:
+                map_tasks: MapTasks, work: str) -> tuple[list[UnitResult], int]:
     """Drop every repeat of a sample_id after its first occurrence in source order: a hash-bucketed
     scan of the units' keys files, then a rewrite of only the units that hold a repeat, as tasks."""
     buckets = dedup.bucket_count(sum(r.output for r in results))
-    keys = [(r.unit, r.keys) for r in results if r.output]
+    keys = [(r.unit, keys_file(work, r)) for r in results if r.output]
     found = map_tasks(dedup.find_repeats, list(range(buckets)), registry=registry.root, keys=keys, buckets=buckets)
     by_unit: dict[int, list[int]] = {}
     for unit, row in (pair for repeats in found for pair in repeats):

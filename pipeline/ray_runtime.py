@@ -11,6 +11,7 @@ with the same arguments skips the units already done. Stage modules never import
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tqdm import tqdm
 
 from pipeline.registry import DatasetRegistry
-from pipeline.stage import Reader, Stage, UnitResult, ipc_bytes, read_ipc, run_unit, schema_fingerprint
+from pipeline.stage import Reader, Stage, UnitResult, ipc_bytes, keys_file, read_ipc, run_unit, schema_fingerprint
 from schemas import VersionManifest
 
 # Every Ray worker runs this first, so torchvision imports cleanly beside a CPU torch.
@@ -131,19 +132,55 @@ def _placement(bundles: tuple[dict[str, float], ...], groups: list[Any]) -> Any:
                                             placement_group_capture_child_tasks=True)
 
 
-def done_units(registry: DatasetRegistry, work: str, transient: tuple[str, ...] = (),
+def done_units(registry: DatasetRegistry, dataset: str, work: str, transient: tuple[str, ...] = (),
                schema: str | None = None) -> dict[int, UnitResult]:
-    """The completion markers a previous run of the same work left, less the units that
-    quarantined rows for a `transient` reason and those written in another layout than `schema`
-    (a fingerprint; a marker from before fingerprints counts as another layout): those are redone,
-    so a version never mixes shards of two layouts."""
+    """The units a previous run of the same work finished, by their completion markers. A marker
+    counts only when it parses; was written in the layout `schema` (a fingerprint; a marker from
+    before fingerprints counts as another layout), so a version never mixes shards of two layouts;
+    quarantined nothing for a `transient` reason; and when what it names is there: every shard at
+    its recorded size (one listing of the dataset's shard store for all markers, not a request per
+    file) and its keys file hashing to the recorded sha256. Every other unit is redone; the
+    reason is printed once per kind."""
     folder = f"{work}/units"
     if not registry.exists(folder):
         return {}
     paths = [i.path for i in registry.fs.get_file_info(pafs.FileSelector(folder)) if i.path.endswith(".json")]
+
+    def read(path: str) -> UnitResult | str:
+        try:
+            result = UnitResult.from_json(registry.read_text(path))
+        except (OSError, ValueError, TypeError, KeyError) as e:  # cut, empty or foreign
+            return f"an unreadable marker ({path.rsplit('/', 1)[-1]}: {type(e).__name__})"
+        if result.keys is not None:
+            try:
+                with registry.fs.open_input_stream(keys_file(work, result)) as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            except OSError:
+                digest = None
+            if digest != result.keys_sha256:
+                return "a keys file missing or not the one its marker names"
+        return result
+
     with concurrent.futures.ThreadPoolExecutor(16) as pool:  # thousands of small GETs on an object store
-        results = list(pool.map(lambda p: UnitResult.from_json(registry.read_text(p)), paths))
-    return {r.unit: r for r in results if not set(r.reasons) & set(transient) and (schema is None or r.schema == schema)}
+        found = list(pool.map(read, paths))
+    sizes = registry.shard_sizes(dataset)
+    done, redo = {}, {}
+    for r in found:
+        if isinstance(r, str):
+            problem = r
+        elif set(r.reasons) & set(transient):
+            continue  # transient trouble (a server outage): retried, as expected, not worth a line
+        elif schema is not None and r.schema != schema:
+            problem = "a marker of another layout"
+        elif any(sizes.get(s.path) != s.bytes for s in r.shards + r.quarantine_shards):
+            problem = "shards missing or of another size than their marker says"
+        else:
+            done[r.unit] = r
+            continue
+        redo[problem] = redo.get(problem, 0) + 1
+    for problem, n in sorted(redo.items()):
+        print(f"redoing {n} unit(s): {problem}")
+    return done
 
 
 def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, registry: DatasetRegistry,
@@ -151,7 +188,7 @@ def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, regist
               secrets: dict[str, str] | None = None) -> tuple[list[UnitResult], int]:
     """Run `stage` over the units with no completion marker yet. Returns (every unit's result in unit
     order, units resumed from an earlier run)."""
-    done = done_units(registry, work, stage.transient_reasons, schema_fingerprint(stage.output_schema))
+    done = done_units(registry, dataset, work, stage.transient_reasons, schema_fingerprint(stage.output_schema))
     missing = [u for u in units if u["unit"] not in done]
     resumed = len(units) - len(missing)
     if resumed:

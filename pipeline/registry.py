@@ -176,6 +176,16 @@ class DatasetRegistry:
             raise ValueError(f"{dataset}: shard path {shard.path!r} is not in the shard store")
         return self._path(dataset, shard.path)
 
+    def shard_sizes(self, dataset: str) -> dict[str, int]:
+        """{shard path as a manifest names it: bytes} of every file in the dataset's shard store, from
+        one recursive listing (pages of 1,000 keys on an object store)."""
+        root = self._path(dataset, "shards")
+        if not self.exists(root):
+            return {}
+        start = len(self._path(dataset)) + 1
+        return {i.path[start:]: i.size for i in self.fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                if i.type == pafs.FileType.File}
+
     def local_shard_paths(self, manifest: VersionManifest, cache: str | None = None, verify: bool = False) -> list[str]:
         """Paths a trainer can memory-map: the shards themselves on a local disk; from anywhere else
         copies in a local cache named by their sha256 (checked once, as they arrive), so a cached

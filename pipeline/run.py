@@ -50,7 +50,7 @@ def run_stage(make_plan: Callable[[Any, DatasetRegistry], Plan], config: Any, pr
         plan.read or functools.partial(read_row_range, registry=registry.root), registry=registry,
         dataset=plan.output, work=work, target_bytes=plan.target_bytes or TARGET_SHARD_BYTES, keys=plan.keys,
         progress=progress, secrets=plan.secrets)
-    results, removed = plan.after(results, ray_runtime.map_tasks) if plan.after else (results, 0)
+    results, removed = plan.after(results, ray_runtime.map_tasks, work) if plan.after else (results, 0)
     seconds = time.perf_counter() - started
     counts, reasons, stats = totals(results, removed)
     stats = {**plan.summarize(stats, counts, seconds), "quarantine_reasons": reasons, "seconds": round(seconds, 3),

@@ -123,7 +123,10 @@ class UnitResult:
     reasons: dict[str, int]
     stats: dict[str, Any]
     seconds: float
-    keys: str | None = None  # path of the kept rows' sample_ids, when the stage deduplicates
+    # The kept rows' sample_ids, when the stage deduplicates: a path relative to the run's work folder
+    # (a registry moved elsewhere still resumes; `keys_file`) and the file's sha256, checked on resume
+    keys: str | None = None
+    keys_sha256: str | None = None
     schema: str | None = None  # fingerprint of the layout the shards were written in (`schema_fingerprint`)
 
     @property
@@ -154,8 +157,9 @@ def marker_path(work: str, unit: int) -> str:
     return f"{work}/units/{unit:08d}.json"
 
 
-def keys_path(work: str, unit: int) -> str:
-    return f"{work}/keys/{unit:08d}.arrow"
+def keys_file(work: str, result: UnitResult) -> str:
+    """Where a unit's keys file lies (its marker records it relative to the work folder)."""
+    return f"{work}/{result.keys}"
 
 
 def run_unit(stage: Stage, unit: int, tables: Iterable[pa.Table], *, registry: DatasetRegistry, dataset: str,
@@ -187,8 +191,9 @@ def run_unit(stage: Stage, unit: int, tables: Iterable[pa.Table], *, registry: D
                         seconds=round(time.perf_counter() - started, 3),
                         schema=schema_fingerprint(stage.output_schema))
     if keys:
-        result.keys = keys_path(work, unit)
-        registry.write_atomic(result.keys, ipc_bytes(pa.table({"sample_id": pa.array(ids, pa.string())})))
+        data = ipc_bytes(pa.table({"sample_id": pa.array(ids, pa.string())}))
+        result.keys, result.keys_sha256 = f"keys/{unit:08d}.arrow", hashlib.sha256(data).hexdigest()
+        registry.write_atomic(keys_file(work, result), data)
     registry.write_atomic(marker_path(work, unit), result.to_json().encode())  # the unit's commit point
     return result
 
@@ -259,8 +264,9 @@ class Plan:
     units: list[dict[str, Any]] | None = None
     read: Reader | None = None
     keys: bool = False  # write each unit's sample_ids beside its shards (for `after`)
-    # A step over the finished units (ingest's dedup): (results, map_tasks) -> (results, rows removed).
-    after: Callable[[list[UnitResult], MapTasks], tuple[list[UnitResult], int]] | None = None
+    # A step over the finished units (ingest's dedup): (results, map_tasks, the run's work folder) ->
+    # (results, rows removed).
+    after: Callable[[list[UnitResult], MapTasks, str], tuple[list[UnitResult], int]] | None = None
     target_bytes: int | None = None  # shard size (default: the registry's)
     device: str = "cpu"  # auto | cpu | cuda: whether the stage's actors ask for GPUs (`ray_runtime.use_gpus`)
     gpu_wait_s: float = 0.0

@@ -14,7 +14,7 @@ import pytest
 from pipeline.ingest import IngestConfig, IngestStage, plan_units
 from pipeline.registry import DatasetRegistry
 from pipeline.sources import read_unit
-from pipeline.stage import UnitResult, marker_path, merge_stats, run_unit, schema_fingerprint
+from pipeline.stage import UnitResult, keys_file, marker_path, merge_stats, run_unit, schema_fingerprint
 from schemas import RAW, Counts
 from tests.helpers import raw_rows
 
@@ -65,7 +65,7 @@ def test_a_unit_runs_in_process_and_leaves_shards_keys_and_a_marker(demo_dir, tm
         assert hashlib.sha256(data).hexdigest() == shard.sha256 and len(data) == shard.bytes
         rows += pa.ipc.open_file(pa.BufferReader(data)).read_all()["source_ref"].to_pylist()
     assert rows == [f"data.jsonl:{i}" for i in range(11, 21)]  # source order
-    keys = pa.ipc.open_file(Path(result.keys)).read_all()["sample_id"].to_pylist()
+    keys = pa.ipc.open_file(Path(keys_file(work, result))).read_all()["sample_id"].to_pylist()
     assert len(keys) == 10
     # how batches are cut never changes the shards: the same unit gives the same files
     assert [s.sha256 for s in run(7).shards] == [s.sha256 for s in result.shards]
@@ -73,8 +73,50 @@ def test_a_unit_runs_in_process_and_leaves_shards_keys_and_a_marker(demo_dir, tm
     # stage's schema, a rerun redoes the unit instead of publishing shards of two layouts
     from pipeline.ray_runtime import done_units
 
-    assert list(done_units(registry, work, (), schema_fingerprint(RAW))) == [1]
-    assert done_units(registry, work, (), schema_fingerprint(RAW.append(pa.field("new", pa.int32())))) == {}
+    assert list(done_units(registry, "d", work, (), schema_fingerprint(RAW))) == [1]
+    assert done_units(registry, "d", work, (), schema_fingerprint(RAW.append(pa.field("new", pa.int32())))) == {}
+
+
+def test_resume_trusts_only_markers_whose_shards_and_keys_are_there(demo_dir, tmp_path, capsys):
+    """A unit counts as done only if its marker parses and what it names is there: its shards at
+    their recorded sizes and its keys file with its recorded hash. A cut marker, a deleted or cut
+    shard, a cut keys file and another unit's keys file each make that unit redone (said once per
+    kind), never publish a version with rows missing. Markers name their keys file relative to the
+    work folder, so a registry moved elsewhere resumes whole."""
+    import shutil
+
+    from pipeline.ray_runtime import done_units
+
+    config = IngestConfig(sources=[str(demo_dir / "data.jsonl")], dataset="d", unit_rows=4, batch_size=4)
+    units, _ = plan_units(config)
+    registry = DatasetRegistry(str(tmp_path / "reg"))
+    work = registry.work_dir("d", "w")
+    results = [run_unit(IngestStage(config), u["unit"], read_unit(u), registry=registry, dataset="d", work=work,
+                        target_bytes=1 << 30, keys=True) for u in units]
+    assert len(results) == 6 and all(len(r.shards) == 1 and r.keys == f"keys/{r.unit:08d}.arrow" for r in results)
+
+    def check(reg: DatasetRegistry, work: str) -> list[int]:
+        return sorted(done_units(reg, "d", work, (), schema_fingerprint(RAW)))
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "reg", moved)
+    assert check(DatasetRegistry(str(moved)), DatasetRegistry(str(moved)).work_dir("d", "w")) == [0, 1, 2, 3, 4, 5]
+
+    marker = Path(marker_path(work, 0))
+    marker.write_text(marker.read_text()[:40])  # cut
+    Path(registry.shard_path("d", results[1].shards[0])).unlink()
+    shard = Path(registry.shard_path("d", results[2].shards[0]))
+    shard.write_bytes(shard.read_bytes()[:100])
+    keys = Path(keys_file(work, results[3]))
+    keys.write_bytes(keys.read_bytes()[:50])
+    shutil.copy(keys_file(work, results[5]), keys_file(work, results[4]))  # another unit's keys
+    capsys.readouterr()
+    assert check(registry, work) == [5]
+    printed = capsys.readouterr().out
+    print(printed)
+    assert "redoing 1 unit(s): an unreadable marker (00000000.json: JSONDecodeError)" in printed
+    assert "redoing 2 unit(s): shards missing or of another size than their marker says" in printed
+    assert "redoing 2 unit(s): a keys file missing or not the one its marker names" in printed
 
 
 def test_merge_stats_adds_counters_and_keeps_maxima():
