@@ -20,12 +20,15 @@ shards (never a half version), and versions whose shards have equal bytes share 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import os
 import re
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,6 +49,12 @@ TARGET_SHARD_BYTES = 256 * 1024 * 1024
 # In every version id: a version of the content-addressed store never takes the id (and so the
 # manifest) of a version written before it with per-version shard folders, which stays readable.
 STORE_LAYOUT = "content-addressed/1"
+# A run's lease (`DatasetRegistry.lease`): the file under its work folder, how long one beat keeps it
+# live (many beats: a slow store or a paused driver does not lose it), and how far apart two
+# machines' clocks may be when gc compares a shard's age with a run's start.
+LEASE_FILE = "lease.json"
+LEASE_TTL_S = 600.0
+CLOCK_SKEW_S = 300.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VERSION_LIKE = re.compile(r"^[0-9a-f]{1,16}$")  # a version id (16 hex digits) or a prefix of one
 _SHARD_PATH = re.compile(r"^shards/[0-9a-f]{2}/[0-9a-f]{64}\.arrow$")
@@ -381,6 +390,11 @@ class DatasetRegistry:
         path = self._path(_check_name("dataset", dataset), "versions", version, "manifest.json")
         if self.exists(path):  # versions are immutable
             return VersionManifest.from_json(self._read_text(path))
+        sizes = self.shard_sizes(dataset)  # one listing: never a version naming a shard that is gone
+        gone = [s.path for s in [*shards, *quarantine_shards] if sizes.get(s.path) != s.bytes]
+        if gone:
+            raise ValueError(f"{dataset}: {len(gone)} shard(s) this run wrote are gone or changed ({gone[0]}, ...): "
+                             "run it again (its units whose shards are missing are redone)")
         manifest = VersionManifest(
             dataset=dataset, version=version, stage=stage, schema=schema, parent=parent,
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(), counts=counts, shards=list(shards),
@@ -388,32 +402,102 @@ class DatasetRegistry:
         self.write_atomic(path, manifest.to_json().encode())
         return manifest
 
-    def collect_garbage(self, dataset: str, older_than_s: float, dry_run: bool = False) -> dict[str, int]:
-        """Delete what no version needs, once older than `older_than_s` (a grace period for runs in
-        flight, whose shards exist before their manifest): shards no manifest lists (from runs that
-        never published, units rewritten by dedup), and the completion markers of finished or
-        abandoned runs (a rerun of such a run redoes its work and publishes the same version)."""
-        cutoff = time.time() - older_than_s
-        referenced = {s.path for m in self.versions(dataset) for s in m.shards + m.quarantine_shards}
-        found = {"shards": 0, "shards_kept": 0, "bytes": 0, "work_files": 0}
-        for folder, kind in (("shards", "shards"), ("_work", "work_files")):
-            root = self._path(dataset, folder)
-            if not self.exists(root):
+    @contextlib.contextmanager
+    def lease(self, work: str, heartbeat_s: float = 30.0) -> Iterator[None]:
+        """Hold a run's lease while it is alive: `<work>/lease.json` says when the run started and
+        until when the lease holds (LEASE_TTL_S ahead), renewed every `heartbeat_s` by a thread and
+        removed at the end. `collect_garbage` spares everything a live lease's run may publish; a
+        killed run's lease lapses by itself."""
+        path, started = f"{work}/{LEASE_FILE}", time.time()
+
+        def renew() -> None:
+            self.write_atomic(path, json.dumps({"started": started, "expires": time.time() + LEASE_TTL_S,
+                                                "host": socket.gethostname(), "pid": os.getpid()}).encode())
+
+        renew()
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(heartbeat_s):
+                with contextlib.suppress(OSError):  # a missed beat is retried; the TTL spans many
+                    renew()
+
+        thread = threading.Thread(target=beat, name="lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(path)
+
+    def _live_runs(self, dataset: str, work_files: list[pafs.FileInfo]) -> dict[str, float]:
+        """{work folder: start time} of the runs whose lease holds now. A lease that cannot be read
+        (cut mid-write) counts as live from the beginning of time while its file is younger than
+        the TTL: sparing too much for a while is safe, deleting a live run's shards is not."""
+        live = {}
+        for info in work_files:
+            if info.base_name != LEASE_FILE:
                 continue
-            for info in self.fs.get_file_info(pafs.FileSelector(root, recursive=True)):
-                if info.type != pafs.FileType.File:
-                    continue
-                relative = info.path[len(self._path(dataset)) + 1:]
-                if kind == "shards" and relative in referenced:
-                    found["shards_kept"] += 1
-                    continue
-                if info.mtime is not None and info.mtime.timestamp() > cutoff:
-                    continue
-                found[kind] += 1
-                found["bytes"] += info.size or 0
-                if not dry_run:
-                    self.fs.delete_file(info.path)
+            try:
+                lease = json.loads(self._read_text(info.path))
+                expires, started = float(lease["expires"]), float(lease["started"])
+            except (OSError, ValueError, TypeError, KeyError):
+                expires, started = (info.mtime.timestamp() if info.mtime else 0.0) + LEASE_TTL_S, 0.0
+            if expires > time.time():
+                live[info.path.rsplit("/", 1)[0]] = started
+        return live
+
+    def collect_garbage(self, dataset: str, older_than_s: float, dry_run: bool = False) -> dict[str, int]:
+        """Delete what no version needs: shards no manifest lists (from runs that never published,
+        units rewritten by dedup) and the work files of finished or abandoned runs (a rerun of such
+        a run redoes its work and publishes the same version). Spared: anything younger than
+        `older_than_s`, and whatever a live run (`lease`) may publish: its work folder, the shards
+        its completion markers name (resumed units' shards are older than the run) and every shard
+        written or renewed since it started (a unit's shards exist before its marker, however long
+        the unit takes; a shard written again is renewed, `put_shard`)."""
+        cutoff = time.time() - older_than_s
+        work_root, shard_root = self._path(dataset, "_work"), self._path(dataset, "shards")
+        # Shards are listed before leases are read: a run that starts after the listing renews
+        # what it writes, and `publish` refuses a version naming a shard that is gone.
+        shard_files = self._files(shard_root)
+        work_files = self._files(work_root)
+        live = self._live_runs(dataset, work_files)
+        named: set[str] = set()
+        for folder in live:
+            for info in work_files:
+                if info.path.startswith(f"{folder}/units/") and info.path.endswith(".json"):
+                    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                        marker = json.loads(self._read_text(info.path))
+                        named.update(s["path"] for s in marker["shards"] + marker["quarantine_shards"])
+        shard_cutoff = min([cutoff, *(started - CLOCK_SKEW_S for started in live.values())])
+        referenced = {s.path for m in self.versions(dataset) for s in m.shards + m.quarantine_shards}
+        found = {"shards": 0, "shards_kept": 0, "bytes": 0, "work_files": 0, "live_runs": len(live)}
+        start = len(self._path(dataset)) + 1
+        for info in shard_files:
+            relative = info.path[start:]
+            if relative in referenced or relative in named:
+                found["shards_kept"] += 1
+            elif info.mtime is None or info.mtime.timestamp() < shard_cutoff:
+                self._collect(info, "shards", found, dry_run)
+        for info in work_files:
+            in_live_run = any(info.path.startswith(f"{folder}/") for folder in live)
+            if not in_live_run and info.mtime is not None and info.mtime.timestamp() < cutoff:
+                self._collect(info, "work_files", found, dry_run)
         return found
+
+    def _files(self, root: str) -> list[pafs.FileInfo]:
+        if not self.exists(root):
+            return []
+        return [i for i in self.fs.get_file_info(pafs.FileSelector(root, recursive=True)) if i.type == pafs.FileType.File]
+
+    def _collect(self, info: pafs.FileInfo, kind: str, found: dict[str, int], dry_run: bool) -> None:
+        found[kind] += 1
+        found["bytes"] += info.size or 0
+        if not dry_run:
+            with contextlib.suppress(FileNotFoundError):  # two collectors at once
+                self.fs.delete_file(info.path)
 
     # -- comparing -----------------------------------------------------------------------------
     def diff(self, ref_a: str, ref_b: str, examples: int = 10) -> dict[str, Any]:

@@ -42,6 +42,13 @@ def run_stage(make_plan: Callable[[Any, DatasetRegistry], Plan], config: Any, pr
     key = run_key(plan, config, units)
     work = registry.work_dir(plan.output, key)
     ray_runtime.init_ray(config.ray_address)
+    with registry.lease(work):  # `versions gc` spares what this run writes until it has published
+        return _run(plan, config, registry, units, key, work, progress)
+
+
+def _run(plan: Plan, config: Any, registry: DatasetRegistry, units: list[dict[str, Any]], key: str, work: str,
+         progress: bool) -> VersionManifest:
+    """Verify the input, run the units not done yet, apply `after`, total and publish."""
     if plan.source is not None:
         ray_runtime.verify_input(registry, plan.source, work)
     started = time.perf_counter()

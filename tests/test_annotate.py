@@ -312,3 +312,39 @@ def test_device_cuda_waits_for_gpus_then_stops_instead_of_running_on_cpus(fault_
     with pytest.raises(ValueError, match="device=cuda, but no GPU joined the Ray cluster within 1 s"):
         run_stage(pipeline.annotate.plan, config, progress=False)
     assert 1.0 <= time.monotonic() - started < 30 and DatasetRegistry(registry_root).versions("on-gpu") == []
+
+
+def test_gc_in_a_loop_during_an_annotate_on_s3_takes_nothing_it_publishes(ray_local, demo_dir, fake_server,
+                                                                          s3_bucket, capsys):
+    """`versions gc` with no grace period, run over and over while an annotate writes its units to
+    an S3 registry: the run's lease (a heartbeat file in its work folder) spares every shard it
+    writes, so the version it publishes verifies; once it has published, gc takes the rest.
+    (Without the lease, gc deletes the units' shards before their version names them, and publish
+    refuses: measured when the lease was disabled.)"""
+    import threading
+
+    root = f"{s3_bucket}/reg"
+    raw = ingest([demo_dir / "data.jsonl"], root, dataset="demo")
+    registry = DatasetRegistry(root)
+    stop, passes, spared = threading.Event(), [], []
+
+    def collect() -> None:
+        while not stop.is_set():
+            found = registry.collect_garbage("demo", older_than_s=0)
+            passes.append(found)
+            spared.append(found["live_runs"])
+
+    thread = threading.Thread(target=collect)
+    thread.start()
+    try:
+        m = annotate("demo", root, fake_server, unit_rows=4, batch_size=2)
+    finally:
+        stop.set()
+        thread.join()
+    print(f"gc passes during the run: {len(passes)}, with a live run: {sum(spared)}; "
+          f"deleted {sum(p['shards'] for p in passes)} shards, {sum(p['work_files'] for p in passes)} work files")
+    assert m.parent == raw.ref and m.counts.output > 0
+    assert sum(spared) >= 3  # gc ran while the lease was live, more than once
+    assert registry.verify(m) == [] and registry.verify(raw) == []
+    after = registry.collect_garbage("demo", older_than_s=0)
+    assert after["live_runs"] == 0 and registry.verify(m) == []

@@ -117,6 +117,48 @@ def test_garbage_collection_keeps_what_versions_list(tmp_path):
         registry.read_table(kept)["sample_id"].to_pylist()
 
 
+def test_gc_spares_what_a_live_run_may_publish_and_nothing_once_its_lease_lapses(tmp_path):
+    """A live lease spares its work folder, the shards its markers name (a resumed unit's, older than
+    the run) and every shard written since it started; a lapsed lease (a killed run) and a finished
+    run (lease removed) spare nothing; a lease file cut mid-write counts as live while it is young."""
+    import os
+    import time
+
+    from pipeline.stage import UnitResult
+
+    registry = DatasetRegistry(str(tmp_path))
+    shards = {}
+    for name in ("old", "resumed", "new"):
+        with registry.writer("d", "ingest", RAW) as w:
+            w.write(raw_rows([name]))
+            [shards[name]] = w.rows.flush()
+    an_hour_ago = time.time() - 3600
+    for name in ("old", "resumed"):
+        os.utime(registry.shard_path("d", shards[name]), (an_hour_ago, an_hour_ago))
+
+    def shards_left() -> set[str]:
+        return {name for name, s in shards.items() if Path(registry.shard_path("d", s)).exists()}
+
+    work = registry.work_dir("d", "run-1")
+    marker = UnitResult(unit=0, input=1, shards=[shards["resumed"]], quarantine_shards=[], reasons={}, stats={}, seconds=0)
+    registry.write_atomic(f"{work}/units/00000000.json", marker.to_json().encode())
+    os.utime(f"{work}/units/00000000.json", (an_hour_ago, an_hour_ago))
+    with registry.lease(work, heartbeat_s=0.05):
+        time.sleep(0.2)  # a few beats
+        found = registry.collect_garbage("d", older_than_s=0)
+        assert found["live_runs"] == 1 and shards_left() == {"resumed", "new"}  # "old": no run needs it
+        assert Path(f"{work}/units/00000000.json").exists()
+    assert not Path(work, "lease.json").exists()
+    assert registry.collect_garbage("d", older_than_s=0)["live_runs"] == 0 and shards_left() == set()
+
+    lease = Path(registry.work_dir("d", "killed"), "lease.json")
+    lease.parent.mkdir(parents=True)
+    lease.write_text(json.dumps({"started": an_hour_ago, "expires": time.time() - 1}))  # lapsed
+    assert registry.collect_garbage("d", older_than_s=0, dry_run=True)["live_runs"] == 0
+    lease.write_text('{"started": 17')  # cut mid-write, just now
+    assert registry.collect_garbage("d", older_than_s=0, dry_run=True)["live_runs"] == 1
+
+
 def test_versions_written_before_the_shard_store_stay_readable(tmp_path):
     """Such a version keeps its shards in its own folder (`versions/<id>/shards/part-00000.arrow`)."""
     registry = DatasetRegistry(str(tmp_path))

@@ -84,10 +84,10 @@ def tag(ref: str, tag: str, registry: Registry = None) -> None:
 
 @app.command()
 def gc(name: str, registry: Registry = None,
-       older_than_hours: Annotated[float, typer.Option(help="keep anything younger (runs in flight)")] = 24.0,
+       older_than_hours: Annotated[float, typer.Option(help="keep anything younger (live runs are spared by their lease)")] = 24.0,
        dry_run: Annotated[bool, typer.Option("--dry-run", help="count, delete nothing")] = False) -> None:
-    """Delete shards no version lists and old completion markers of a dataset."""
+    """Delete shards no version lists and old completion markers of a dataset, sparing what live runs write."""
     found = DatasetRegistry(registry).collect_garbage(name, older_than_hours * 3600, dry_run)
     verb = "would delete" if dry_run else "deleted"
     print(f"{verb} {found['shards']} unreferenced shard(s) ({found['bytes']} bytes with the work files) and "
-          f"{found['work_files']} work file(s); {found['shards_kept']} shard(s) in use")
+          f"{found['work_files']} work file(s); {found['shards_kept']} shard(s) in use; {found['live_runs']} live run(s) spared")
