@@ -5,6 +5,7 @@ The one resolver behind every checkpoint and tokenizer that the pipeline and the
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -26,6 +27,14 @@ def hub_folder(path_or_hub_id: str, patterns: list[str]) -> Path:
                          f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): {e}") from None
 
 
+def portable_name(name: str) -> str:
+    """How a version's lineage records a model or tokenizer, so a run in another folder finds it: a
+    local folder by its absolute path (`demo-run/models/tok` typed in one folder means nothing in
+    another), a hub id or a URI as given. The recorded sha256 beside it is checked on use."""
+    path = Path(name)
+    return str(path.resolve()) if path.exists() else name
+
+
 def load_text_tokenizer(name: str):
     """A text tokenizer by hub id or folder (the LLaDA tokenizer of the -M family)."""
     from transformers import AutoTokenizer  # why: transformers takes seconds to import; only tokenizer users pay
@@ -40,3 +49,25 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what decides the ids: the vocabulary and the special tokens."""
+    spec = {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.all_special_tokens}
+    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
+
+
+def load_recorded_tokenizer(tokenized: dict, override: str | None = None):
+    """The text tokenizer a tokenized version was made with (its tokenize lineage), or `override`,
+    checked against the recorded fingerprint: another tokenizer, even of the same size, would
+    read every id as another word."""
+    name = override or tokenized.get("text_tokenizer")
+    if not name:
+        raise ValueError("the version records no text tokenizer: give text_tokenizer=")
+    tokenizer = load_text_tokenizer(name)
+    recorded = tokenized.get("text_tokenizer_sha256")
+    if recorded and tokenizer_fingerprint(tokenizer) != recorded:
+        raise ValueError(f"the text tokenizer {name} is not the one the version was tokenized with (its "
+                         f"fingerprint {tokenizer_fingerprint(tokenizer)[:12]}, recorded {recorded[:12]} for "
+                         f"{tokenized.get('text_tokenizer')}): give that one, or tokenize again")
+    return tokenizer

@@ -18,7 +18,7 @@ def preview(ref: str, out: str | Path, n: int = 8, image_tokenizer: str | None =
     reg = DatasetRegistry(registry)
     manifest = reg.resolve(ref, schema="tokenized/1")
     tokenize = manifest.lineage["tokenize"]
-    magvit = MagvitV2.from_pretrained(image_tokenizer or tokenize["image_tokenizer"])
+    magvit = MagvitV2.for_version(tokenize, image_tokenizer)
     rows = reg.read_table(manifest).slice(0, n)
     sources = reg.rows_by_id(reg.resolve(manifest.parent), rows["sample_id"].to_pylist(),
                              ["input_image", "output_image"])

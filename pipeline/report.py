@@ -117,7 +117,7 @@ def _decode_codes(registry: DatasetRegistry, manifest: VersionManifest, wanted: 
 
     from pipeline.image_tokenizer import MagvitV2
 
-    magvit = MagvitV2.from_pretrained(cfg.image_tokenizer or manifest.lineage["tokenize"]["image_tokenizer"])
+    magvit = MagvitV2.for_version(manifest.lineage["tokenize"], cfg.image_tokenizer)
     rows = registry.rows_by_id(manifest, wanted, ["output_image_codes", "grid_h", "grid_w"])
     decoded = {}
     for start in range(0, len(wanted), 8):  # the grid is the version's: one resolution per tokenize run

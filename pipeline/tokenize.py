@@ -25,9 +25,7 @@ of that black image).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
-import json
 from typing import Any
 
 import numpy as np
@@ -37,7 +35,7 @@ import torch
 from PIL import Image
 
 from annotators.annotator import speed_only
-from pipeline.hub import load_text_tokenizer, sha256_file
+from pipeline.hub import load_text_tokenizer, portable_name, sha256_file, tokenizer_fingerprint
 from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2, encode_blank_image
 from pipeline.image_tokenizer.magvit import checkpoint_file
 from pipeline.images import stable_message
@@ -77,12 +75,6 @@ class TokenizeConfig:
             raise ValueError(f"overflow must be quarantine or truncate, not {self.overflow!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32 or bfloat16, not {self.dtype!r}")
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of what decides the ids: the vocabulary and the special tokens."""
-    spec = {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.all_special_tokens}
-    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 
 
 def pixel_array(column: pa.ChunkedArray, resolution: int) -> np.ndarray:
@@ -208,10 +200,10 @@ def plan(config: TokenizeConfig, registry: DatasetRegistry) -> Plan:
     # One small MAGVIT forward on the driver: the black image every generation row stands on.
     magvit = MagvitV2.from_pretrained(config.image_tokenizer)
     sequence = config.sequence
-    provenance = {"image_tokenizer": config.image_tokenizer,
+    provenance = {"image_tokenizer": portable_name(config.image_tokenizer),
                   "image_tokenizer_sha256": sha256_file(checkpoint_file(config.image_tokenizer)),
                   "resolution": config.resolution, "image_codebook_size": magvit.config.codebook_size,
-                  "text_tokenizer": config.text_tokenizer, "text_tokenizer_sha256": tokenizer_fingerprint(text),
+                  "text_tokenizer": portable_name(config.text_tokenizer), "text_tokenizer_sha256": tokenizer_fingerprint(text),
                   "text_tokenizer_size": len(text), "sequence": dataclasses.asdict(sequence),
                   "max_instruction_tokens": sequence.max_instruction_tokens,
                   "max_reasoning_tokens": sequence.max_reasoning_tokens, "overflow": config.overflow,

@@ -89,7 +89,9 @@ def llada_tokenizer_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tokenized_demo(ray_local, demo_dir, magvit_dir, llada_tokenizer_dir, tmp_path_factory):
     """The demo data through ingest -> annotate (scripted server) -> tokenize (64 px): a real
-    tokenized version for the trainer tests. Returns (registry root, version ref)."""
+    tokenized version for the trainer tests. Returns (registry root, version ref). Its tokenizers
+    are given as paths relative to this folder, as typed at a prompt: the lineage must record them
+    so a trainer in another folder finds them (`trained_tiny_run` trains from one)."""
     import pipeline.annotate
     import pipeline.ingest
     import pipeline.tokenize
@@ -112,8 +114,8 @@ def tokenized_demo(ray_local, demo_dir, magvit_dir, llada_tokenizer_dir, tmp_pat
                                                          annotator=AnnotatorConfig(backend=fake)), progress=False)
     finally:
         server.terminate()
-    m = run_stage(pipeline.tokenize.plan, TokenizeConfig(dataset="demo", registry=root, image_tokenizer=str(magvit_dir),
-                                                         text_tokenizer=str(llada_tokenizer_dir), resolution=64),
+    m = run_stage(pipeline.tokenize.plan, TokenizeConfig(dataset="demo", registry=root, image_tokenizer=os.path.relpath(magvit_dir),
+                                                         text_tokenizer=os.path.relpath(llada_tokenizer_dir), resolution=64),
                   progress=False)
     return root, m.ref
 
@@ -121,13 +123,14 @@ def tokenized_demo(ray_local, demo_dir, magvit_dir, llada_tokenizer_dir, tmp_pat
 @pytest.fixture(scope="session")
 def trained_tiny_run(tokenized_demo, tmp_path_factory):
     """A tiny compact-layout MMaDA trained 80 steps on the tokenized demo (DeepSpeed, CPU): the
-    starting point of the sampler and ParaRL tests. Returns the run folder."""
+    starting point of the sampler and ParaRL tests. Returns the run folder. It trains in another
+    folder than the one the version was tokenized in, so the version's lineage must travel."""
     from tests.helpers import run_trainer, sft_args
 
     registry, ref = tokenized_demo
     run = tmp_path_factory.mktemp("sft-run") / "learn"
     run_trainer(sft_args(registry, ref, run, steps=80, save_every=80, cfg_dropout=0.0, micro_batch_size=4,
-                         **{"optim.lr": 2e-3}))
+                         **{"optim.lr": 2e-3}), cwd=tmp_path_factory.mktemp("elsewhere"))
     return run
 
 

@@ -97,10 +97,10 @@ def sft_args(registry, ref, out, legacy=False, **overrides):
     return ["sft", "--no-progress", *(pairs if legacy else [w for p in pairs for w in ("--set", p)])]
 
 
-def run_trainer(args, env=None, check=True, launcher=None):
-    """`trainer ARGS` (or under `launcher`, e.g. torchrun) in a fresh process."""
+def run_trainer(args, env=None, check=True, launcher=None, cwd=None):
+    """`trainer ARGS` (or under `launcher`, e.g. torchrun) in a fresh process (in folder `cwd`)."""
     cmd = (launcher or [str(BIN / "trainer")]) + args
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})}, cwd=cwd)
     if check and r.returncode != 0:
         raise AssertionError(f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
     return r

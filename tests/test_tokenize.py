@@ -62,6 +62,17 @@ def test_shards_have_the_contract_types(annotated, magvit_dir, llada_tokenizer_d
     from pipeline.tokenize import encode_blank_image
     assert lineage["blank_image_codes"] == encode_blank_image(MagvitV2.from_pretrained(str(magvit_dir)), 64)
     assert len(lineage["blank_image_codes"]) == 16
+    # what reads the version back loads the recorded models, checked: another one is refused by name
+    from jobs.world_models import SHIPPED_MAGVIT, build_world_tokenizer
+    from pipeline.hub import load_recorded_tokenizer
+
+    assert len(load_recorded_tokenizer(lineage)) == lineage["text_tokenizer_size"]
+    other = build_world_tokenizer(Path(registry_root).parent / "other-tokenizer")
+    with pytest.raises(ValueError, match=f"{other} is not the one the version was tokenized with"):
+        load_recorded_tokenizer(lineage, str(other))
+    MagvitV2.for_version(lineage)
+    with pytest.raises(ValueError, match="world-magvit is not the one the version was tokenized with"):
+        MagvitV2.for_version(lineage, str(SHIPPED_MAGVIT))
 
     registry = DatasetRegistry(registry_root)
     [path] = registry.shard_paths(m)

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.config import require_positive
-from pipeline.hub import load_text_tokenizer
+from pipeline.hub import load_recorded_tokenizer
 from pipeline.registry import DatasetRegistry
 from schemas import SequenceConfig, TokenLayout
 from trainer.checkpoint import Checkpointer
@@ -76,11 +76,14 @@ class SFTConfig:
                              f"(text_coef={self.text_coef}, image_coef={self.image_coef})")
 
 
-def build_model(cfg: SFTConfig, dataset_tokenizer: str | None) -> tuple[MMaDAModel, TokenLayout]:
-    """The model and its token layout (from its tokenizer and embedding; see schemas.TokenLayout)."""
+def build_model(cfg: SFTConfig, tokenized: dict) -> tuple[MMaDAModel, TokenLayout]:
+    """The model and its token layout (from its tokenizer and embedding; see schemas.TokenLayout).
+    `tokenized`: the dataset's tokenize lineage; a model built from scratch (`init=tiny`) takes its
+    text tokenizer (unless `text_tokenizer` is set) and its image codebook from there."""
     if cfg.init == "tiny":
-        tokenizer = load_text_tokenizer(cfg.text_tokenizer or dataset_tokenizer)
-        layout = TokenLayout.from_tokenizer(tokenizer, embedding_size=len(tokenizer) + 8192)
+        tokenizer = load_recorded_tokenizer(tokenized, cfg.text_tokenizer)
+        codebook = tokenized.get("image_codebook_size", TokenLayout.image_codebook_size)
+        layout = TokenLayout.from_tokenizer(tokenizer, len(tokenizer) + codebook, image_codebook_size=codebook)
         torch.manual_seed(cfg.seed)
         config = MMaDAConfig(**{**TINY_MODEL, **cfg.init_config}, embedding_size=layout.vocab_size, vocab_size=layout.text_vocab_size,
                              gradient_checkpointing=cfg.gradient_checkpointing)
@@ -144,7 +147,7 @@ def train(cfg: SFTConfig, progress: bool = True) -> Path:
     """Trains, and returns the local run folder (for a URI `out_dir`, its mirror)."""
     rank, world = init_distributed()
     manifest = DatasetRegistry(cfg.registry).resolve(cfg.dataset, schema="tokenized/1")
-    model, layout = build_model(cfg, manifest.lineage.get("tokenize", {}).get("text_tokenizer"))
+    model, layout = build_model(cfg, manifest.lineage.get("tokenize", {}))
     builder = SequenceBuilder(layout, cfg.sequence, recorded_blank_codes(manifest))
     loader = ShardLoader(cfg.dataset, cfg.registry, cfg.micro_batch_size, rank, world, cfg.seed, builder)
     engine = Engine(model, deepspeed_config(cfg.deepspeed, cfg.optim, micro_batch_size=cfg.micro_batch_size,

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.hub import hub_folder
+from pipeline.hub import hub_folder, sha256_file
 from pipeline.image_tokenizer.model import Decoder, Encoder, LookupFreeQuantizer, MagvitV2Config
 
 DEFAULT_ID = "showlab/magvitv2"
@@ -60,6 +60,20 @@ class MagvitV2(nn.Module):
         state = torch.load(path, map_location="cpu", weights_only=True) if path.suffix == ".bin" else load_file(path)
         model.load_state_dict(state, strict=True, assign=True)
         return model.to(device=device, dtype=dtype).eval()
+
+    @classmethod
+    def for_version(cls, tokenized: dict, override: str | None = None) -> "MagvitV2":
+        """The MAGVIT-v2 a tokenized version's codes were made with (its tokenize lineage), or
+        `override`, checked against the recorded sha256 of the weights: another model draws other
+        pictures from the same codes, silently."""
+        name = override or tokenized.get("image_tokenizer")
+        if not name:
+            raise ValueError("the version records no image tokenizer: give --image-tokenizer")
+        recorded, found = tokenized.get("image_tokenizer_sha256"), sha256_file(checkpoint_file(name))
+        if recorded and found != recorded:
+            raise ValueError(f"the image tokenizer {name} is not the one the version was tokenized with (weights "
+                             f"sha256 {found[:12]}, recorded {recorded[:12]} for {tokenized.get('image_tokenizer')})")
+        return cls.from_pretrained(name)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """The published layout: a diffusers-style config.json and pytorch_model.safetensors. The
