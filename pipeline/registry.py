@@ -86,6 +86,19 @@ class DatasetRegistry:
         self.fs, self.base = (filesystem, self.root) if filesystem is not None else open_location(self.root, "registry")
         self.base = self.base.rstrip("/")
 
+    def check_reachable(self) -> None:
+        """One request before a run does any work (and before it starts Ray): a registry it cannot
+        reach (wrong credentials or endpoint, a bucket that does not exist) is a ValueError of one
+        line, not a traceback from a worker minutes later."""
+        try:
+            self.fs.get_file_info(self.base)
+            if self.fs.type_name in ("s3", "gcs"):
+                bucket = self.base.split("/", 1)[0]
+                if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                    raise ValueError(f"the registry {self.root}: bucket {bucket!r} does not exist")
+        except OSError as e:
+            raise ValueError(f"cannot reach the registry {self.root}: {str(e).splitlines()[0]}") from None
+
     # -- paths and small files ---------------------------------------------------------------
     def _path(self, *parts: str) -> str:
         return "/".join((self.base, *parts))

@@ -37,6 +37,7 @@ def run_stage(make_plan: Callable[[Any, DatasetRegistry], Plan], config: Any, pr
     """Run one stage from its module's `plan` and its config (which has `registry` and
     `ray_address`); returns the published version."""
     registry = DatasetRegistry(config.registry)
+    registry.check_reachable()  # credentials, endpoint, bucket: before any work, and before Ray starts
     plan = make_plan(config, registry)  # input resolved, models and servers checked: before any work
     units = plan.units if plan.units is not None else plan_row_ranges(plan.source, plan.unit_rows, plan.columns)
     key = run_key(plan, config, units)

@@ -168,8 +168,11 @@ def test_pararl_on_two_ranks_resumes_exactly_and_matches_one_rank(tokenized_demo
     assert len(client["rng"]) == 2  # each rank's
 
     # and on one rank: DeepSpeed cannot re-partition the optimizer over another world size, so the
-    # checkpoint's weights, step and prompt cursor carry over and Adam restarts
-    run_rl(rl_args(*common, run, *tools, ranks=1, steps=4), cache)
+    # checkpoint's weights, step and prompt cursor carry over and Adam restarts. With another learning
+    # rate too: a changed setting resumes only with resume=force, and the run keeps both configs
+    # (refused without it, as SFT's test shows: the same check, `check_resume_settings`)
+    run_rl(rl_args(*common, run, *tools, ranks=1, steps=4, **{"optim.lr": 5e-4, "resume": "force"}), cache)
+    assert json.loads(remote_text(f"{run}/config.before-step-4.json"))["optim"]["lr"] == 1e-3
     records = [json.loads(line) for line in remote_text(f"{run}/metrics.jsonl").splitlines()]
     assert [(x["step"], x["world_size"]) for x in records] == [(1, 2), (2, 2), (3, 2), (4, 1)]
     saved = json.loads(remote_text(f"{run}/checkpoints/step-4/trainer_state.json"))
@@ -177,6 +180,7 @@ def test_pararl_on_two_ranks_resumes_exactly_and_matches_one_rank(tokenized_demo
     # the run's config, as SFT's checkpoints hold it: the schedule, and the sampler the version implies
     assert saved["config"]["optim"]["schedule"] == "constant" and saved["config"]["sampler"]["image_tokens"] == 16
     assert json.loads(remote_text(f"{run}/config.json"))["optim"] == saved["config"]["optim"]
+    assert saved["config"]["optim"]["lr"] == 5e-4
 
     # the same step on one rank: the same rollouts, rewards and loss
     one = tmp_path / "one"

@@ -89,3 +89,18 @@ def test_the_commands_refuse_credentials_in_a_uri_in_one_line(tmp_path):
         assert "credentials" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
         assert SECRET not in r.stdout + r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]
+
+
+def test_a_registry_that_cannot_be_reached_is_one_line_before_ray_starts(s3_server, tmp_path, demo_dir):
+    """A bucket that does not exist and an endpoint nothing answers on: `pipeline ingest` stops with
+    one line naming the registry, exit 2, before it starts Ray (no Ray session is made)."""
+    ray_sessions = set(os.listdir("/tmp/ray")) if os.path.isdir("/tmp/ray") else set()
+    cases = [("s3://no-such-bucket/reg", {}, "bucket 'no-such-bucket' does not exist"),
+             ("s3://b/reg", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "cannot reach the registry s3://b/reg: ")]
+    for registry, env, message in cases:
+        r = subprocess.run([str(BIN / "pipeline"), "ingest", str(demo_dir / "data.jsonl"), "--dataset", "d",
+                            "--registry", registry, "--no-progress"], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, **env, "RAY_ADDRESS": ""})
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (set(os.listdir("/tmp/ray")) if os.path.isdir("/tmp/ray") else set()) <= ray_sessions | {"session_latest"}

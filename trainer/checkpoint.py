@@ -24,6 +24,32 @@ def _json_safe(value: Any) -> bool:
         return False
 
 
+def check_resume_settings(run_dir: Path, now: dict[str, Any], resumable: set[str], force: bool) -> dict | None:
+    """Before a run resumes: the settings it was trained with (its `config.json`) must be `now`, but
+    for the `resumable` ones (length, pace, placement); otherwise a ValueError naming each change,
+    unless `force`, which returns the old settings for the caller to keep beside the new. None when
+    there is nothing to compare or nothing changed."""
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        return None
+    before, now = json.loads(saved.read_text()), json.loads(json.dumps(now))
+    # a setting newer than the run (absent from its config) has its default: not a change
+    changed = sorted(k for k in set(before) & set(now) if k not in resumable and before[k] != now[k])
+    if not changed:
+        return None
+    if not force:
+        detail = "; ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
+        raise ValueError(f"{run_dir} was trained with other settings ({detail}): resuming would mix them. "
+                         "Use a new out_dir, or --set resume=force to go on with the new settings (both are kept)")
+    return before
+
+
+def keep_previous_settings(run_dir: Path, previous: dict | None, step: int) -> None:
+    """After `resume=force` over changed settings: the run keeps what it had, as config.before-step-N.json."""
+    if previous is not None:
+        (run_dir / f"config.before-step-{step + 1}.json").write_text(json.dumps(previous, indent=2))
+
+
 class Checkpointer:
     def __init__(self, run: RunDir | str | Path, keep_last: int, rank: int):
         self.run = run if isinstance(run, RunDir) else RunDir(run)

@@ -15,7 +15,7 @@ from pipeline.config import require_positive
 from pipeline.hub import load_recorded_tokenizer
 from pipeline.registry import DatasetRegistry
 from schemas import SequenceConfig, TokenLayout
-from trainer.checkpoint import Checkpointer
+from trainer.checkpoint import Checkpointer, check_resume_settings, keep_previous_settings
 from trainer.data import ShardLoader
 from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distributed
 from trainer.loss import apply_noise, diffusion_loss
@@ -124,25 +124,6 @@ RESUMABLE = {"steps", "resume", "save_every", "keep_last", "log_every", "peak_fl
              "ray_address", "registry", "out_dir"}
 
 
-def _check_resume(cfg: SFTConfig, run_dir: Path, tag: str | None) -> dict | None:
-    """Before resuming from `tag`: the settings the run was trained with must be these, but for
-    RESUMABLE ones; otherwise a ValueError naming each change, unless `resume=force`, which returns
-    the old settings (kept beside the new). None when there is nothing to compare."""
-    saved = run_dir / "config.json"
-    if tag is None or not saved.is_file():
-        return None
-    before, now = json.loads(saved.read_text()), json.loads(json.dumps(dataclasses.asdict(cfg)))
-    # a setting newer than the run (absent from its config) has its default: not a change
-    changed = sorted(k for k in set(before) & set(now) if k not in RESUMABLE and before[k] != now[k])
-    if not changed:
-        return None
-    if cfg.resume != "force":
-        detail = "; ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
-        raise ValueError(f"{run_dir} was trained with other settings ({detail}): resuming would mix them. "
-                         "Use a new out_dir, or --set resume=force to go on with the new settings (both are kept)")
-    return before
-
-
 def train(cfg: SFTConfig, progress: bool = True) -> Path:
     """Trains, and returns the local run folder (for a URI `out_dir`, its mirror)."""
     rank, world = init_distributed()
@@ -157,7 +138,8 @@ def train(cfg: SFTConfig, progress: bool = True) -> Path:
     checkpoints = Checkpointer(run, cfg.keep_last, rank)
     checkpoints.prepare()
     resume = "auto" if cfg.resume == "force" else cfg.resume
-    previous = _check_resume(cfg, run_dir, checkpoints.resume_tag(resume))
+    previous = (check_resume_settings(run_dir, dataclasses.asdict(cfg), RESUMABLE, cfg.resume == "force")
+                if checkpoints.resume_tag(resume) else None)
     state = checkpoints.resume(engine, resume)
     step = 0
     if state:
@@ -166,8 +148,7 @@ def train(cfg: SFTConfig, progress: bool = True) -> Path:
     metrics = MetricsLogger(run_dir, rank, n_params=sum(p.numel() for p in model.parameters()),
                             peak_flops=cfg.peak_flops, world_size=world)
     if rank == 0:
-        if previous is not None:  # resume=force over changed settings: the run keeps what it had
-            (run_dir / f"config.before-step-{state['step'] + 1}.json").write_text(json.dumps(previous, indent=2))
+        keep_previous_settings(run_dir, previous, step)
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         builder.save(run_dir)  # the layout and sequences this model learns: sample, rl, eval, export reuse them
         run.push_files()

@@ -34,11 +34,11 @@ from pipeline.config import require_positive
 from pipeline.image_tokenizer import DEFAULT_ID
 from pipeline.registry import DatasetRegistry
 from schemas import VersionManifest
-from trainer.checkpoint import Checkpointer
+from trainer.checkpoint import Checkpointer, check_resume_settings, keep_previous_settings
 from trainer.data import RowSource, check_compatible
 from trainer.engine import Engine, OptimConfig, deepspeed_config, init_distributed
 from trainer.metrics import MetricsLogger
-from trainer.model_io import load_checkpoint_weights, load_model, resolve, save_model, sequence_builder
+from trainer.model_io import check_layout, load_checkpoint_weights, load_model, resolve, save_model, sequence_builder
 from trainer.rl.grpo import group_advantages
 from trainer.rl.learner import Item, accumulation_steps, grpo_update
 from trainer.rl.reward import ClipConfig, RewardModel, RewardStats, check_reward, reference_sample
@@ -178,6 +178,10 @@ def pararl_step(cfg: RLConfig, me: Rank, prompts: list[Prompt], step: int) -> di
     return record
 
 
+# what may change when a run resumes: its length, its pace and where it runs
+RESUMABLE = {"steps", "resume", "save_every", "keep_last", "ray_workers", "ray_gpu", "ray_address", "registry", "out_dir"}
+
+
 def train(cfg: RLConfig, progress: bool = True) -> Path:
     """Trains, and returns the local run folder (for a URI `out_dir`, its mirror)."""
     rank, world = init_distributed()
@@ -187,9 +191,12 @@ def train(cfg: RLConfig, progress: bool = True) -> Path:
     checkpoints = Checkpointer(run, cfg.keep_last, rank)
     checkpoints.prepare()
     me, step = build_rank(cfg, run, checkpoints, rank, world)
+    # checked on every rank (each raises alike), before anything of the run is rewritten
+    previous = check_resume_settings(run.local, run_config(cfg, me), RESUMABLE, cfg.resume == "force") if step else None
     metrics = MetricsLogger(run.local, rank, n_params=sum(p.numel() for p in me.engine.module.parameters()),
                             peak_flops=None, world_size=world)
     if rank == 0:
+        keep_previous_settings(run.local, previous, step)
         (run.local / "config.json").write_text(json.dumps(run_config(cfg, me), indent=2))
         me.sampler.builder.save(run.local)
         run.push_files()
@@ -226,7 +233,8 @@ def build_rank(cfg: RLConfig, run: RunDir, checkpoints: Checkpointer, rank: int,
     sampler = dataclasses.replace(cfg.sampler, image_tokens=grid * grid)  # the version's output images
     reference_dir = frozen_reference(model, run, rank)
 
-    resume_tag = checkpoints.resume_tag(cfg.resume)
+    resume = "auto" if cfg.resume == "force" else cfg.resume  # force: resume even where settings changed
+    resume_tag = checkpoints.resume_tag(resume)
     saved = checkpoints.saved_state(resume_tag) if resume_tag else {}
     regrouped = bool(saved) and saved["world_size"] != world
     if regrouped and rank == 0:
@@ -236,11 +244,12 @@ def build_rank(cfg: RLConfig, run: RunDir, checkpoints: Checkpointer, rank: int,
         print(f"resuming {resume_tag}, saved on {saved['world_size']} rank(s), on {world}: weights, step and "
               "prompt cursor carried over; optimizer moments restart")
     engine, reference = build_learner(cfg, reference_dir, checkpoints.directory / resume_tag if regrouped else None)
+    check_layout(engine.module, builder.layout, cfg.model)
     reward = RewardModel(cfg.clip, cfg.image_tokenizer, cfg.text_tokenizer or model, engine.device, cfg.reward)
     me = Rank(engine, reference, ParallelSampler(engine.module, builder, sampler), reward,
               reward_statistics(cfg, prompts.manifest, reward, run.local, rank), prompts, rank, world)
 
-    state = saved if regrouped else checkpoints.resume(engine, cfg.resume)
+    state = saved if regrouped else checkpoints.resume(engine, resume)
     if not state:
         torch.manual_seed(cfg.seed)
         return me, 0
