@@ -28,6 +28,7 @@ import jobs.world as world
 from jobs.tiny_models import build_tiny_clip
 from jobs.world_ablation import AblationConfig, run_ablation
 from jobs.world_models import SHIPPED_MAGVIT, build_world_tokenizer
+from pipeline.registry import DatasetRegistry
 from schemas import SequenceConfig
 from tests.helpers import metrics, run_trainer
 from trainer.model_io import load_model, sequence_builder
@@ -93,7 +94,7 @@ def test_sft_lowers_the_held_out_loss(small_world, sft_run):
     w, _, bench_ref = small_world
     rows = world.tokenized_rows(w, bench_ref)
     builder = sequence_builder(sft_run.out_dir)
-    untrained, _ = build_model(sft_run, str(w.models["tokenizer"]))
+    untrained, _ = build_model(sft_run, DatasetRegistry(w.registry).resolve(sft_run.dataset).lineage["tokenize"])
     before = held_out_loss(untrained.eval(), builder, rows)
     after = held_out_loss(load_model(sft_run.out_dir), builder, rows)
     print(f"held-out loss of the output part from the prompt alone: {before:.3f} -> {after:.3f}")

@@ -61,7 +61,7 @@ def test_world_tokenizer_reads_traces_and_special_tokens(world_tokenizer):
 
     vocab = world_tokenizer.get_vocab()
     assert all(token in vocab for token in TOKEN_NAMES.values())
-    layout = TokenLayout.from_tokenizer(world_tokenizer, embedding_size=len(world_tokenizer) + 8192)
+    layout = TokenLayout.from_tokenizer(world_tokenizer, embedding_size=len(world_tokenizer) + 512, image_codebook_size=512)
     assert layout.mask_id == vocab["<|mdm_mask|>"] == world_tokenizer.mask_token_id
     assert (layout.bos_id, layout.eos_id) == (world_tokenizer.bos_token_id, world_tokenizer.eos_token_id)
     assert layout.interleave_id == vocab["<|interleave|>"] and layout.image_token_offset == len(world_tokenizer)
@@ -80,7 +80,7 @@ def test_small_magvit_round_trips_through_the_published_layout(tmp_path):
 
     scenes = world_scenes(random.Random(0), 2)
     codes = loaded.encode(render_batch(scenes))
-    assert codes.shape == (2, 9) and codes.max() < 8192  # one code per 16 px cell at 48 px
+    assert codes.shape == (2, 9) and codes.max() < WORLD_MAGVIT.codebook_size == 512  # one code per 16 px cell at 48 px
     assert torch.equal(codes, magvit.encode(render_batch(scenes)))
     assert loaded.decode(codes, (3, 3)).shape == (2, 3, RESOLUTION, RESOLUTION)
 
@@ -90,11 +90,11 @@ def test_small_magvit_round_trips_through_the_published_layout(tmp_path):
 
 def test_cell_codes_name_each_cell_content():
     scene = Scene("beige", (Shape("circle", "red", (0, 0), True), Shape("square", "white", (2, 2), False)))
-    bits = cell_codes([scene])[0]  # [13, 3, 3]
-    value = ((bits > 0).long() * 2 ** torch.arange(12, -1, -1).view(-1, 1, 1)).sum(0)
-    assert value[0, 0] == 1 << 11 | 1 << 7 | 0 << 5 | 1 << 4  # beige, red (colour 1), circle, large
-    assert value[2, 2] == 1 << 11 | 8 << 7 | 1 << 5  # beige, white (colour 8), square, small
-    assert value[1, 1] == 1 << 11  # beige, empty
+    bits = cell_codes([scene])[0]  # [9, 3, 3]
+    value = ((bits > 0).long() * 2 ** torch.arange(8, -1, -1).view(-1, 1, 1)).sum(0)
+    assert value[0, 0] == 1 << 7 | 1 << 3 | 0 << 1 | 1  # beige, red (colour 1), circle, large
+    assert value[2, 2] == 1 << 7 | 8 << 3 | 1 << 1  # beige, white (colour 8), square, small
+    assert value[1, 1] == 1 << 7  # beige, empty
     assert len({tuple(cell_codes([s])[0, :, 0, 0].tolist()) for s in _one_cell_scenes()}) == 3 * (1 + 8 * 3 * 2)
 
 
