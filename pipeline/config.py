@@ -62,6 +62,11 @@ def _build(cls: type[C], values: dict[str, Any], where: str) -> C:
                 value = _merge(dataclasses.asdict(default()), value)
             value = _build(hint, value, f"{where}{name}.")
         kwargs[name] = _coerce(value, hint, where + name)
+    missing = sorted(n for n, f in fields.items() if n not in kwargs and f.init and f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING)
+    if missing:  # else the dataclass's TypeError: a traceback for a usage error
+        raise ValueError(f"missing config key(s) {', '.join(where + k for k in missing)}: give "
+                         f"{' '.join(f'--set {where}{k}=...' for k in missing)} or put them in the config file")
     return cls(**kwargs)
 
 
