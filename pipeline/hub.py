@@ -35,6 +35,17 @@ def portable_name(name: str) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
+def hub_revision(name: str) -> str | None:
+    """The commit of a hub id's cached snapshot (what a version was made with, recorded beside the
+    id: the hub's `main` moves), None for a local folder, a URI or an id not in the cache."""
+    if Path(name).exists() or "://" in name:
+        return None
+    try:
+        return Path(snapshot_download(name, local_files_only=True)).name
+    except Exception:  # not cached, not an id: nothing to record
+        return None
+
+
 def load_text_tokenizer(name: str):
     """A text tokenizer by hub id or folder (the LLaDA tokenizer of the -M family)."""
     from transformers import AutoTokenizer  # why: transformers takes seconds to import; only tokenizer users pay

@@ -238,9 +238,16 @@ def run_units(stage: Stage, units: list[dict[str, Any]], read: Reader, *, regist
 def verify_input(registry: DatasetRegistry, manifest: VersionManifest, work: str, tasks: int = 64) -> None:
     """Hash the row shards of the version a stage reads against its manifest, in parallel tasks,
     before any unit runs, and once per work folder (a resumed run does not read them again). A
-    corrupt or missing shard stops the job naming it: rows read from it would be wrong in silence."""
+    corrupt or missing shard stops the job naming it: rows read from it would be wrong in silence.
+    A resumed run checks, from one listing, that the shards are still there at their sizes: one
+    deleted since (by hand, or a gc with no grace period) stops it here, not in a worker."""
     marker = f"{work}/input-verified.json"
     if registry.exists(marker):
+        sizes = registry.shard_sizes(manifest.dataset)
+        gone = [s.path for s in manifest.shards if s.path.startswith("shards/") and sizes.get(s.path) != s.bytes]
+        if gone:
+            raise ValueError(f"{manifest.ref}: {len(gone)} of {len(manifest.shards)} shards are gone or changed since "
+                             f"this run verified them ({gone[0]}, ...): `pipeline versions verify {manifest.ref}`")
         return
     per_task = -(-len(manifest.shards) // tasks) or 1
     groups = [list(range(i, min(i + per_task, len(manifest.shards)))) for i in range(0, len(manifest.shards), per_task)]

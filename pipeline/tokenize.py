@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from annotators.annotator import speed_only
-from pipeline.hub import load_text_tokenizer, portable_name, sha256_file, tokenizer_fingerprint
+from pipeline.hub import hub_revision, load_text_tokenizer, portable_name, sha256_file, tokenizer_fingerprint
 from pipeline.image_tokenizer import DEFAULT_ID, MagvitV2, encode_blank_image
 from pipeline.image_tokenizer.magvit import checkpoint_file
 from pipeline.images import stable_message
@@ -201,9 +201,11 @@ def plan(config: TokenizeConfig, registry: DatasetRegistry) -> Plan:
     magvit = MagvitV2.from_pretrained(config.image_tokenizer)
     sequence = config.sequence
     provenance = {"image_tokenizer": portable_name(config.image_tokenizer),
+                  "image_tokenizer_revision": hub_revision(config.image_tokenizer),
                   "image_tokenizer_sha256": sha256_file(checkpoint_file(config.image_tokenizer)),
                   "resolution": config.resolution, "image_codebook_size": magvit.config.codebook_size,
-                  "text_tokenizer": portable_name(config.text_tokenizer), "text_tokenizer_sha256": tokenizer_fingerprint(text),
+                  "text_tokenizer": portable_name(config.text_tokenizer),
+                  "text_tokenizer_revision": hub_revision(config.text_tokenizer), "text_tokenizer_sha256": tokenizer_fingerprint(text),
                   "text_tokenizer_size": len(text), "sequence": dataclasses.asdict(sequence),
                   "max_instruction_tokens": sequence.max_instruction_tokens,
                   "max_reasoning_tokens": sequence.max_reasoning_tokens, "overflow": config.overflow,

@@ -74,6 +74,20 @@ def _cut(path: str, keep: int) -> None:
     Path(path).write_bytes(Path(path).read_bytes()[:keep])
 
 
+def _input_shard_gone(tmp: Path) -> str:
+    """A stage resumed after its input was verified, one input shard deleted since: stopped by name."""
+    from pipeline.ray_runtime import verify_input
+
+    registry = _registry_with_a_version(tmp)
+    manifest = registry.resolve("d")
+    work = registry.work_dir("e", "run")
+    registry.write_atomic(f"{work}/input-verified.json", b"{}")
+    verify_input(registry, manifest, work)  # all there: goes on
+    Path(registry.shard_path("d", manifest.shards[0])).unlink()
+    verify_input(registry, manifest, work)
+    return "went on"
+
+
 def _model_folder(tmp: Path, damage=None) -> Path:
     import torch
 
@@ -134,6 +148,8 @@ def cases(tmp: Path, demo: Path) -> list[tuple[str, str, object, str]]:
             demo, tmp / "r2", lambda reg, work, r: Path(reg.shard_path("d", r.shards[0])).unlink()), "redone"),
         ("silent loss", "a cut keys file", lambda: _resume_after(
             demo, tmp / "r3", lambda reg, work, r: _cut(keys_file(work, r), 40)), "redone"),
+        ("traceback", "an input shard deleted after it was verified", lambda: _input_shard_gone(tmp / "in"),
+         "shards are gone or changed since this run verified them"),
         ("silent loss", "an intact unit (the control)", lambda: _resume_after(demo, tmp / "r4", lambda *a: None), "trusted"),
         ("traceback", "micro_batch_size=0", lambda: load_config(SFTConfig, overrides=["dataset=d", "micro_batch_size=0"]),
          "must be at least 1"),

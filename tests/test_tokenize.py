@@ -184,3 +184,20 @@ def test_from_ingest_to_a_resumed_sft_run_on_an_object_store(ray_local, demo_dir
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert m.version in out.read_text() and raw.version in out.read_text()
+
+
+def test_a_hub_id_is_recorded_with_its_cached_revision(tmp_path, monkeypatch, llada_tokenizer_dir):
+    """For a tokenizer given by hub id the lineage records the cached snapshot's commit beside the
+    id (offline), since `main` moves; a local folder or an id not in the cache has none."""
+    from pipeline.hub import hub_revision, portable_name
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--paraforge--tiny-tokenizer"
+    shutil.copytree(llada_tokenizer_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert hub_revision("paraforge/tiny-tokenizer") == commit
+    assert portable_name("paraforge/tiny-tokenizer") == "paraforge/tiny-tokenizer"
+    assert hub_revision(str(llada_tokenizer_dir)) is None and hub_revision("paraforge/not-cached") is None
