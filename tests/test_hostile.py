@@ -148,9 +148,9 @@ def cases(tmp: Path, demo: Path) -> list[tuple[str, str, object, str]]:
             demo, tmp / "r2", lambda reg, work, r: Path(reg.shard_path("d", r.shards[0])).unlink()), "redone"),
         ("silent loss", "a cut keys file", lambda: _resume_after(
             demo, tmp / "r3", lambda reg, work, r: _cut(keys_file(work, r), 40)), "redone"),
+        ("silent loss", "an intact unit (the control)", lambda: _resume_after(demo, tmp / "r4", lambda *a: None), "trusted"),
         ("traceback", "an input shard deleted after it was verified", lambda: _input_shard_gone(tmp / "in"),
          "shards are gone or changed since this run verified them"),
-        ("silent loss", "an intact unit (the control)", lambda: _resume_after(demo, tmp / "r4", lambda *a: None), "trusted"),
         ("traceback", "micro_batch_size=0", lambda: load_config(SFTConfig, overrides=["dataset=d", "micro_batch_size=0"]),
          "must be at least 1"),
         ("traceback", "optim=3", lambda: load_config(SFTConfig, overrides=["dataset=d", "optim=3"]),
