@@ -207,7 +207,7 @@ def _merged(base: dict, update: dict) -> dict:
 def untrained(world: World, sft: SFTConfig, out_dir: Path) -> Path:
     """The SFT run's initial weights as a model folder (weights, sequences, tokenizer): step 0."""
     manifest = DatasetRegistry(world.registry).resolve(sft.dataset)
-    model, layout = build_model(sft, {**manifest.lineage.get("tokenize", {}), "text_tokenizer": str(world.models["tokenizer"])})
+    model, layout = build_model(sft, manifest.lineage.get("tokenize", {}))  # sft names the world's tokenizer
     save_model(model, out_dir)
     SequenceBuilder(layout, sft.sequence, recorded_blank_codes(manifest)).save(out_dir)
     for f in world.models["tokenizer"].iterdir():

@@ -201,12 +201,8 @@ class DatasetRegistry:
     def shard_sizes(self, dataset: str) -> dict[str, int]:
         """{shard path as a manifest names it: bytes} of every file in the dataset's shard store, from
         one recursive listing (pages of 1,000 keys on an object store)."""
-        root = self._path(dataset, "shards")
-        if not self.exists(root):
-            return {}
         start = len(self._path(dataset)) + 1
-        return {i.path[start:]: i.size for i in self.fs.get_file_info(pafs.FileSelector(root, recursive=True))
-                if i.type == pafs.FileType.File}
+        return {i.path[start:]: i.size for i in self._files(self._path(dataset, "shards"))}
 
     def local_shard_paths(self, manifest: VersionManifest, cache: str | None = None, verify: bool = False) -> list[str]:
         """Paths a trainer can memory-map: the shards themselves on a local disk; from anywhere else
@@ -445,7 +441,7 @@ class DatasetRegistry:
             with contextlib.suppress(OSError):
                 self.fs.delete_file(path)
 
-    def _live_runs(self, dataset: str, work_files: list[pafs.FileInfo]) -> dict[str, float]:
+    def _live_runs(self, work_files: list[pafs.FileInfo]) -> dict[str, float]:
         """{work folder: start time} of the runs whose lease holds now. A lease that cannot be read
         (cut mid-write) counts as live from the beginning of time while its file is younger than
         the TTL: sparing too much for a while is safe, deleting a live run's shards is not."""
@@ -476,7 +472,7 @@ class DatasetRegistry:
         # what it writes, and `publish` refuses a version naming a shard that is gone.
         shard_files = self._files(shard_root)
         work_files = self._files(work_root)
-        live = self._live_runs(dataset, work_files)
+        live = self._live_runs(work_files)
         named: set[str] = set()
         for folder in live:
             for info in work_files:
